@@ -1,0 +1,54 @@
+# Two commands do everything on a fresh clone:
+#   make repro   create the environment if missing, fetch the pinned raw data, `dvc repro`
+#   make test    create the environment and fetch the raw data if missing, run the test suite
+# PROFILE=smoke|paper runs the pipeline under another profile (see README).
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PROFILE ?= tiny
+
+# Keep Jupyter, IPython, DVC and Hugging Face state inside the project; never reach for a hub.
+# DVC stages call `python`: the environment's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export JUPYTER_DATA_DIR := $(CURDIR)/.jupyter
+export IPYTHONDIR := $(CURDIR)/.ipython
+export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export HF_HOME := $(CURDIR)/.cache/huggingface
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+# Idle OpenMP threads spin and starve the other core of a 2-core machine.
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: env data repro test lab clean-env
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned resolve pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+env: $(VENV)/.installed
+
+data: env
+	$(PY) -m bat.fetch
+	@test "$$($(VENV)/bin/dvc status --json data.dvc)" = "{}" || { \
+	  echo "error: data/raw differs from data.dvc; run python -m bat.fetch --force" >&2; exit 1; }
+	$(VENV)/bin/dvc commit --force --quiet data.dvc
+
+
+repro: data
+	$(PY) -m bat.profile use $(PROFILE)
+	$(VENV)/bin/dvc repro
+
+test: data
+	$(PY) -m pytest
+
+lab: env
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,106 @@
+"""Parameters: ``params.yaml`` (the ``tiny`` profile), profile overrides, typed sections.
+
+``params.yaml`` is what ``dvc repro`` reads. ``profiles/<name>.yaml`` hold overrides for the
+``smoke`` profile (toy sizes, used by tests) and the ``paper`` profile (hub ids, GPU sizes); an
+override may only change a key that ``params.yaml`` has, so a typo is an error, not a silent
+new parameter. Each stage reads its section into a frozen dataclass that validates itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from bat import paths
+from bat.errors import ConfigError
+
+PROFILES = ("tiny", "smoke", "paper")
+T = TypeVar("T")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found; restore it with `git checkout {Path(path).name}`") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
+    return loaded
+
+
+def merge(base: dict, overrides: dict, where: str = "") -> dict:
+    """``base`` with ``overrides`` applied; every overridden key must exist in ``base``."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        name = f"{where}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown parameter {name!r}; allowed here: {sorted(base)}")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            merged[key] = merge(base[key], value, f"{name}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def check_profile(name: str) -> str:
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; allowed profiles: {list(PROFILES)}")
+    return name
+
+
+def profile_params(name: str, params_path: Path | None = None) -> dict:
+    """The full parameter tree of profile ``name``: the tiny base plus that profile's overrides."""
+    base = read_yaml(params_path or paths.PARAMS)
+    if base.get("profile", "tiny") != "tiny":
+        raise ConfigError(f"params.yaml holds profile {base.get('profile')!r}; "
+                          "run `python -m bat.profile use tiny` first")
+    if check_profile(name) == "tiny":
+        return base
+    overrides = read_yaml(paths.PROFILES / f"{name}.yaml")
+    overrides["profile"] = name
+    return merge(base, overrides)
+
+
+def build(cls: type[T], values: Any, section: str) -> T:
+    """Instantiate the dataclass ``cls`` from a mapping, naming unknown and missing keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"section {section!r} must be a mapping of parameters")
+    names = [field.name for field in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown parameter {section}.{unknown[0]}; allowed: {names}")
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise ConfigError(f"{section}.{missing[0]} is missing from the parameters")
+    return cls(**values)
+
+
+def section(params: dict, name: str) -> dict:
+    if name not in params:
+        raise ConfigError(f"params.yaml has no section {name!r}; sections: {sorted(params)}")
+    return params[name]
+
+
+def load_section(name: str, cls: type[T], params_path: Path | None = None) -> T:
+    params = read_yaml(params_path or paths.PARAMS)
+    return build(cls, section(params, name), name)
+
+
+def run_cli(action: Callable[[], Any]) -> int:
+    """Run a stage; a :class:`ConfigError` becomes one line on stderr and exit status 2."""
+    try:
+        action()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

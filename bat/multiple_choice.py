@@ -1,0 +1,579 @@
+"""Multiple-choice benchmarks (paper Tab. 1: BoolQ, PIQA, SIQA, HellaSwag, ARC, OBQA), two ways.
+
+* Log-likelihood, as lm-evaluation-harness 0.4 does for ``output_type: multiple_choice``: each
+  choice is the continuation ``target_delimiter + choice`` of the item's context; ``acc`` takes
+  the choice with the highest summed log-likelihood, ``acc_norm`` divides that sum by the
+  choice's length in characters first (``len(choice)``, the delimiter not counted; lm-eval's
+  ``acc_bytes`` would use UTF-8 bytes instead, which we do not report).
+* Generation, as the LLM-Adapters suite that the paper's LoRA/DoRA numbers come from does: a
+  prompt lists the options as "Answer1: …", the model answers greedily, and the first "answerK"
+  in its output is the prediction; an output without one counts as wrong.
+
+Models and tokenizers are duck-typed Hugging Face objects (a causal LM, a ``PeftModel`` around one,
+and a tokenizer with ``encode``/``batch_decode``), so this module does not import transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bat import io, validate
+from bat.errors import ConfigError
+
+# lm-eval's fallback when neither the model config nor the caller gives a context length.
+DEFAULT_MAX_LENGTH = 2048
+
+# The Alpaca prompt, which LLM-Adapters wraps every instruction in (their ``generate_prompt``).
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+@dataclass
+class MultipleChoiceItem:
+    """One question: the context, its choices (without a leading space), the gold index, an id.
+
+    ``question`` is the bare question for prompts that list the options (generation scoring);
+    when None, the context is used.
+    """
+
+    context: str
+    choices: list[str]
+    gold: int
+    id: str
+    question: str | None = None
+
+    def __post_init__(self) -> None:
+        where = f"item {self.id!r}"
+        if not isinstance(self.context, str):
+            raise ConfigError(f"{where}: context must be a string, got {self.context!r}")
+        if (
+            not isinstance(self.choices, list)
+            or len(self.choices) < 2
+            or not all(isinstance(choice, str) and choice for choice in self.choices)
+        ):
+            raise ConfigError(
+                f"{where}: choices must be a list of at least 2 non-empty strings, "
+                f"got {self.choices!r}"
+            )
+        if isinstance(self.gold, bool) or not isinstance(self.gold, int):
+            raise ConfigError(f"{where}: gold must be an integer index, got {self.gold!r}")
+        if not 0 <= self.gold < len(self.choices):
+            raise ConfigError(
+                f"{where}: gold {self.gold} is not an index of its {len(self.choices)} choices"
+            )
+
+
+# ----------------------------------------------------------------------------- item files
+
+
+def load_items(path: str | Path) -> list[MultipleChoiceItem]:
+    """Read items from ``.jsonl`` (one object a line) or ``.json`` (a list of objects).
+
+    Each object has the fields of :class:`MultipleChoiceItem`; ``question`` may be left out.
+    """
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        records = [
+            (f"{path}:{n}", json.loads(line)) for n, line in enumerate(lines, 1) if line.strip()
+        ]
+    elif path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise ConfigError(f"{path}: expected a JSON list of items, got {type(data).__name__}")
+        records = [(f"{path}[{n}]", record) for n, record in enumerate(data)]
+    else:
+        raise ConfigError(f"{path}: item files must end in .jsonl or .json")
+    items = []
+    for where, record in records:
+        fields = {"context", "choices", "gold", "id"}
+        if not isinstance(record, dict) or not fields <= record.keys():
+            raise ConfigError(f"{where}: an item needs the fields {sorted(fields)}, got {record!r}")
+        extra = record.keys() - fields - {"question"}
+        if extra:
+            raise ConfigError(f"{where}: unknown item fields {sorted(extra)}")
+        items.append(MultipleChoiceItem(**record))
+    return items
+
+
+def write_items(path: str | Path, items: Sequence[MultipleChoiceItem]) -> None:
+    """Write items as JSONL, the format :func:`load_items` and lm-eval's ``json`` loader read."""
+    io.write_text(
+        path, "".join(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in items)
+    )
+
+
+# ----------------------------------------------------------------------------- hub datasets
+# Each schema turns one dataset row into item fields, with the context and choices that
+# lm-eval's task of the same name builds (lm_eval/tasks/<task>/*.yaml), so acc is comparable.
+
+
+def _question_answer(question: str) -> str:
+    return f"Question: {question}\nAnswer:"
+
+
+def _piqa(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "context": _question_answer(row["goal"]),
+        "choices": [row["sol1"], row["sol2"]],
+        "gold": int(row["label"]),
+        "question": row["goal"],
+    }
+
+
+def _lettered_choices(row: Mapping[str, Any]) -> tuple[list[str], int]:
+    # ARC and OpenBookQA store choices as {"text": [...], "label": ["A", ...]} and answerKey
+    # as one of the labels (some ARC items use "1".."4"; OpenBookQA keys may carry a space).
+    labels = list(row["choices"]["label"])
+    return list(row["choices"]["text"]), labels.index(row["answerKey"].strip())
+
+
+def _arc(row: Mapping[str, Any]) -> dict[str, Any]:
+    choices, gold = _lettered_choices(row)
+    return {
+        "context": _question_answer(row["question"]),
+        "choices": choices,
+        "gold": gold,
+        "question": row["question"],
+    }
+
+
+def _openbookqa(row: Mapping[str, Any]) -> dict[str, Any]:
+    choices, gold = _lettered_choices(row)
+    return {
+        "context": row["question_stem"],
+        "choices": choices,
+        "gold": gold,
+        "question": row["question_stem"],
+    }
+
+
+def _boolq(row: Mapping[str, Any]) -> dict[str, Any]:
+    # super_glue/boolq has an integer "label"; google/boolq a boolean "answer".
+    gold = row["label"] if "label" in row else row["answer"]
+    return {
+        "context": f"{row['passage']}\nQuestion: {row['question']}?\nAnswer:",
+        "choices": ["no", "yes"],
+        "gold": int(gold),
+        "question": f"{row['passage']}\n{row['question']}?",
+    }
+
+
+def _hellaswag_clean(text: str) -> str:
+    # The bracketed tags are WikiHow artifacts; lm-eval's hellaswag/utils.py removes them alike.
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
+def _hellaswag(row: Mapping[str, Any]) -> dict[str, Any]:
+    query = _hellaswag_clean(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}")
+    return {
+        "context": query,
+        "choices": [_hellaswag_clean(ending) for ending in row["endings"]],
+        "gold": int(row["label"]),
+        "question": query,
+    }
+
+
+def _siqa(row: Mapping[str, Any]) -> dict[str, Any]:
+    question = f"{row['context']} {row['question']}"
+    return {
+        "context": f"Q: {question}\nA:",
+        "choices": [row["answerA"], row["answerB"], row["answerC"]],
+        "gold": int(row["label"]) - 1,
+        "question": question,
+    }
+
+
+HUB_SCHEMAS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "arc": _arc,
+    "boolq": _boolq,
+    "hellaswag": _hellaswag,
+    "openbookqa": _openbookqa,
+    "piqa": _piqa,
+    "siqa": _siqa,
+}
+
+
+def load_hub_items(
+    dataset_id: str,
+    split: str,
+    mapping: str | Callable[[Mapping[str, Any]], dict[str, Any]],
+    **load_dataset_kwargs: Any,
+) -> list[MultipleChoiceItem]:
+    """Load a split with ``datasets.load_dataset`` and turn its rows into items.
+
+    ``mapping`` is a name in :data:`HUB_SCHEMAS` (``piqa`` for ``baber/piqa``, ``arc`` for
+    ``allenai/ai2_arc``, ``openbookqa``, ``boolq``, ``hellaswag``, ``siqa``) or a function from a
+    row to the item fields other than ``id``. The id is the row's ``id`` (HellaSwag: ``ind``) or
+    ``"<dataset_id>/<split>/<row index>"``. Extra keyword arguments go to ``load_dataset``
+    (``name``, ``data_files``, ``cache_dir``, ...), so ``load_hub_items("json", "train", "piqa",
+    data_files="piqa.jsonl")`` reads a local file of the hub schema.
+    """
+    if isinstance(mapping, str):
+        validate.choice("mapping", mapping, sorted(HUB_SCHEMAS))
+        to_fields = HUB_SCHEMAS[mapping]
+    else:
+        to_fields = mapping
+    # datasets is slow to import and only this loader needs it.
+    from datasets import load_dataset
+
+    rows = load_dataset(dataset_id, split=split, **load_dataset_kwargs)
+    items = []
+    for index, row in enumerate(rows):
+        row_id = row.get("id", row.get("ind"))
+        item_id = str(row_id) if row_id is not None else f"{dataset_id}/{split}/{index}"
+        try:
+            fields = to_fields(row)
+        except (KeyError, ValueError, TypeError) as error:
+            raise ConfigError(
+                f"{dataset_id} {split} row {index}: does not fit mapping {mapping!r} ({error!r})"
+            ) from error
+        items.append(MultipleChoiceItem(**fields, id=item_id))
+    return items
+
+
+# ----------------------------------------------------------------------------- log-likelihood
+
+
+@contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    # Dropout off for scoring, and the caller's train/eval state back afterwards.
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _max_length(model: torch.nn.Module) -> int:
+    # The config attributes lm-eval's HFLM looks at, in its order.
+    for attribute in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, attribute, None)
+        if value:
+            return int(value)
+    return DEFAULT_MAX_LENGTH
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation), split as lm-eval's HFLM splits them.
+
+    Trailing spaces of the context move to the continuation; the whole string is encoded once
+    (with the tokenizer's special tokens, e.g. BOS) and the continuation is every token past the
+    context's own encoding, so a word's leading space stays inside the word's token. An empty
+    context becomes the BOS token (EOS if there is none), as in lm-eval.
+    """
+    if not context:
+        continuation_ids = tokenizer.encode(continuation, add_special_tokens=False)
+        prefix = (
+            tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        )
+        if continuation_ids[:1] == [prefix]:
+            return continuation_ids[:1], continuation_ids[1:]
+        return [prefix], continuation_ids
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole_ids = tokenizer.encode(context + continuation)
+    context_ids = tokenizer.encode(context)
+    return context_ids, whole_ids[len(context_ids) :]
+
+
+def continuation_loglikelihoods(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Summed log-probability of each continuation's tokens given its context, in ``pairs`` order.
+
+    Sequences longer than ``max_length`` (default: the model's context length) keep their last
+    ``max_length`` input tokens, as in lm-eval. Batches are right-padded; log-softmax runs in
+    float32 whatever the model's dtype.
+    """
+    validate.positive("batch_size", batch_size, integer=True)
+    max_length = max_length or _max_length(model)
+    encoded = []
+    for context, continuation in pairs:
+        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+        if not continuation_ids or len(continuation_ids) > max_length:
+            raise ConfigError(
+                f"continuation {continuation!r} of context {context[-40:]!r}: encodes to "
+                f"{len(continuation_ids)} tokens; need 1 to max_length={max_length}"
+            )
+        # The last max_length + 1 tokens; the final one is only a target, never an input.
+        encoded.append(
+            ((context_ids + continuation_ids)[-(max_length + 1) :], len(continuation_ids))
+        )
+    # Longest first, so each batch pads little and an out-of-memory error shows on the first batch.
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    loglikelihoods = [0.0] * len(encoded)
+    device = _device(model)
+    with _evaluating(model):
+        for start in tqdm(
+            range(0, len(order), batch_size), desc="log-likelihood", disable=not progress
+        ):
+            batch = order[start : start + batch_size]
+            width = len(encoded[batch[0]][0]) - 1
+            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                inputs = encoded[index][0][:-1]
+                input_ids[row, : len(inputs)] = torch.tensor(inputs)
+                attention_mask[row, : len(inputs)] = 1
+            logits = model(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
+            ).logits
+            for row, index in enumerate(batch):
+                sequence, n_continuation = encoded[index]
+                # Input position p predicts token p + 1: the continuation's n tokens are
+                # predicted by the last n real input positions.
+                end = len(sequence) - 1
+                logprobs = torch.log_softmax(
+                    logits[row, end - n_continuation : end].float(), dim=-1
+                )
+                targets = torch.tensor(sequence[-n_continuation:], device=logprobs.device)
+                loglikelihoods[index] = logprobs.gather(1, targets[:, None]).sum().item()
+    return loglikelihoods
+
+
+@dataclass(frozen=True)
+class LoglikelihoodPrediction:
+    id: str
+    gold: int
+    loglikelihoods: list[float]
+    pred: int
+    pred_norm: int
+
+
+@dataclass(frozen=True)
+class LoglikelihoodScores:
+    """``acc`` and ``acc_norm`` (fractions in [0, 1]) with every item's log-likelihoods."""
+
+    acc: float
+    acc_norm: float
+    predictions: list[LoglikelihoodPrediction]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def predict(loglikelihoods: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
+    """(pred, pred_norm): argmax of the log-likelihoods, raw and divided by ``len(choice)``.
+
+    Ties go to the first choice (``np.argmax``), as in lm-eval.
+    """
+    scores = np.asarray(loglikelihoods, dtype=np.float64)
+    characters = np.array([len(choice) for choice in choices], dtype=np.float64)
+    return int(np.argmax(scores)), int(np.argmax(scores / characters))
+
+
+def grade_loglikelihoods(
+    items: Sequence[MultipleChoiceItem], loglikelihoods: Sequence[Sequence[float]]
+) -> LoglikelihoodScores:
+    """Accuracy of per-choice log-likelihoods, ``loglikelihoods[i][j]`` for item i, choice j."""
+    if not items or len(items) != len(loglikelihoods):
+        raise ConfigError(
+            f"loglikelihoods: need one list per item for {len(items)} items, "
+            f"got {len(loglikelihoods)}"
+        )
+    predictions = []
+    for item, scores in zip(items, loglikelihoods, strict=True):
+        if len(scores) != len(item.choices):
+            raise ConfigError(
+                f"item {item.id!r}: {len(item.choices)} choices but {len(scores)} log-likelihoods"
+            )
+        pred, pred_norm = predict(scores, item.choices)
+        predictions.append(
+            LoglikelihoodPrediction(item.id, item.gold, list(scores), pred, pred_norm)
+        )
+    return LoglikelihoodScores(
+        acc=float(np.mean([p.pred == p.gold for p in predictions])),
+        acc_norm=float(np.mean([p.pred_norm == p.gold for p in predictions])),
+        predictions=predictions,
+    )
+
+
+def score_loglikelihood(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    items: Sequence[MultipleChoiceItem],
+    *,
+    target_delimiter: str = " ",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> LoglikelihoodScores:
+    """lm-eval's ``acc`` and ``acc_norm`` of ``model`` on ``items``.
+
+    Choice j of an item is scored as the continuation ``target_delimiter + choices[j]`` of its
+    context; " " is lm-eval's default delimiter, hence choices are stored without a leading space.
+    """
+    pairs = [(item.context, target_delimiter + choice) for item in items for choice in item.choices]
+    flat = continuation_loglikelihoods(
+        model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, progress=progress
+    )
+    per_item, start = [], 0
+    for item in items:
+        per_item.append(flat[start : start + len(item.choices)])
+        start += len(item.choices)
+    return grade_loglikelihoods(items, per_item)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def generation_instruction(item: MultipleChoiceItem, option_word: str = "answer") -> str:
+    """LLM-Adapters' instruction for ARC/OBQA/SIQA, with our item's question and choices.
+
+    For example "Please choose the correct answer to the question: …\\n\\nAnswer1: …\\n\\nAnswer2:
+    …\\n\\nAnswer format: answer1/answer2". LLM-Adapters uses other option words for other tasks
+    ("solution" for PIQA, "ending" for HellaSwag), hence ``option_word``.
+    """
+    question = item.question if item.question is not None else item.context
+    label = option_word.capitalize()
+    options = "\n\n".join(f"{label}{n}: {choice}" for n, choice in enumerate(item.choices, 1))
+    answer_format = "/".join(f"{option_word}{n}" for n in range(1, len(item.choices) + 1))
+    return (
+        f"Please choose the correct answer to the question: {question}\n\n"
+        f"{options}\n\nAnswer format: {answer_format}"
+    )
+
+
+def extract_choice(output: str, n_choices: int, option_word: str = "answer") -> int | None:
+    """The 0-based choice that the first "<option_word>K" in ``output`` names, or None.
+
+    Like LLM-Adapters' ``extract_answer``, only the option label counts, not the option's text;
+    unlike it, case and a space before K are tolerated, and K past the choices is unparseable.
+    """
+    match = re.search(rf"{re.escape(option_word)}\s?(\d+)", output, flags=re.IGNORECASE)
+    if match is None:
+        return None
+    number = int(match.group(1))
+    return number - 1 if 1 <= number <= n_choices else None
+
+
+def generate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (only the new text, special tokens removed)."""
+    validate.positive("batch_size", batch_size, integer=True)
+    validate.positive("max_new_tokens", max_new_tokens, integer=True)
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    device = _device(model)
+    outputs = []
+    with _evaluating(model):
+        for start in tqdm(
+            range(0, len(prompts), batch_size), desc="generate", disable=not progress
+        ):
+            encoded = [tokenizer.encode(prompt) for prompt in prompts[start : start + batch_size]]
+            width = max(map(len, encoded))
+            # Left padding, so that every prompt ends where generation starts.
+            input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])
+            attention_mask = torch.tensor(
+                [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded]
+            )
+            generated = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+            )
+            outputs += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+    return outputs
+
+
+@dataclass(frozen=True)
+class GenerationPrediction:
+    id: str
+    gold: int
+    output: str
+    pred: int | None
+
+
+@dataclass(frozen=True)
+class GenerationScores:
+    """``gen_acc`` (a fraction in [0, 1]; unparseable outputs count as wrong) and every output."""
+
+    gen_acc: float
+    predictions: list[GenerationPrediction]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def grade_generations(
+    items: Sequence[MultipleChoiceItem], outputs: Sequence[str], option_word: str = "answer"
+) -> GenerationScores:
+    if not items or len(items) != len(outputs):
+        raise ConfigError(f"outputs: need one per item for {len(items)} items, got {len(outputs)}")
+    predictions = [
+        GenerationPrediction(
+            item.id, item.gold, output, extract_choice(output, len(item.choices), option_word)
+        )
+        for item, output in zip(items, outputs, strict=True)
+    ]
+    return GenerationScores(
+        gen_acc=float(np.mean([p.pred == p.gold for p in predictions])), predictions=predictions
+    )
+
+
+def score_generation(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    items: Sequence[MultipleChoiceItem],
+    *,
+    option_word: str = "answer",
+    prompt_template: str = ALPACA_TEMPLATE,
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> GenerationScores:
+    """Generation accuracy as LLM-Adapters measures it, but greedy (they use 4-beam search).
+
+    ``prompt_template`` wraps each :func:`generation_instruction` through ``{instruction}``; use
+    the template the adapter was trained with.
+    """
+    prompts = [
+        prompt_template.format(instruction=generation_instruction(item, option_word))
+        for item in items
+    ]
+    outputs = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return grade_generations(items, outputs, option_word)

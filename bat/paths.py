@@ -1,0 +1,41 @@
+"""Every path the compendium reads or writes, in one place.
+
+Raw data is read-only input (``data/raw``, pinned by ``data.dvc``); everything generated lives
+under ``data/prepared``, ``models``, ``figures``, ``metrics`` and ``reports``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# BAT_ROOT lets tests and papermill runs in a temporary directory point at the project.
+ROOT = Path(os.environ.get("BAT_ROOT", Path(__file__).resolve().parent.parent))
+
+PARAMS = ROOT / "params.yaml"
+PROFILES = ROOT / "profiles"
+NOTEBOOKS = ROOT / "notebooks"
+DATA = ROOT / "data"
+RAW = DATA / "raw"
+PREPARED = DATA / "prepared"
+MODELS = ROOT / "models"
+FIGURES = ROOT / "figures"
+METRICS = ROOT / "metrics"
+REPORTS = ROOT / "reports"
+
+
+def figure(stem: str, suffix: str = ".png") -> Path:
+    """A figure has one writer, the notebook of the same stem."""
+    return FIGURES / f"{stem}{suffix}"
+
+
+def metrics(stem: str) -> Path:
+    return METRICS / f"{stem}.json"
+
+
+def report(stem: str) -> Path:
+    return REPORTS / f"{stem}.ipynb"
+
+
+def notebook(stem: str) -> Path:
+    return NOTEBOOKS / f"{stem}.py"

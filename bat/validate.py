@@ -1,0 +1,42 @@
+"""Small checks that config dataclasses call from ``__post_init__``.
+
+Each raises :class:`bat.errors.ConfigError` with the field name, the offending value and the
+allowed values, before any data is written or any training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from bat.errors import ConfigError
+
+
+def choice(field: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{field}: {value!r} is not allowed; choose one of {allowed}")
+
+
+def positive(field: str, value: Any, *, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        what = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"{field}: {value!r} must be {what}")
+
+
+def non_negative(field: str, value: Any, *, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
+        what = "an integer >= 0" if integer else "a number >= 0"
+        raise ConfigError(f"{field}: {value!r} must be {what}")
+
+
+def open_interval(field: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        raise ConfigError(f"{field}: {value!r} must lie strictly between {low} and {high}")
+
+
+def closed_interval(field: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{field}: {value!r} must lie in [{low}, {high}]")

@@ -1,0 +1,48 @@
+"""Shared fixtures: the smoke profile, and a project root with smoke-sized prepared data.
+
+Tests read the real raw data (``make test`` fetches it first) and never write into the project:
+generated files go to a temporary root that ``BAT_ROOT`` points the notebook kernels at.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))  # `import tests.tiny_models` from any working directory
+
+from bat import paths  # noqa: E402
+from bat.config import build, profile_params  # noqa: E402
+from bat.fetch import require_raw  # noqa: E402
+
+# One thread: tests stay fast and deterministic on a 2-core machine that runs other work.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(scope="session")
+def smoke_params() -> dict:
+    return profile_params("smoke")
+
+
+@pytest.fixture(scope="session")
+def raw() -> Path:
+    return require_raw(paths.RAW)
+
+
+@pytest.fixture(scope="session")
+def smoke_root(tmp_path_factory, raw, smoke_params) -> Path:
+    """A project root whose ``data/prepared`` holds the smoke profile's datasets."""
+    from bat.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("smoke_root")
+    (root / "data").mkdir()
+    (root / "data" / "raw").symlink_to(raw)
+    prepare(build(PrepareConfig, smoke_params["prepare"], "prepare"), raw, root / "data" / "prepared")
+    return root

@@ -1,0 +1,102 @@
+"""Profiles and parameter validation: one clear error, nothing written, before any work."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from bat import config, paths, profile
+from bat.errors import ConfigError
+from bat.prepare import PrepareConfig
+from tests.conftest import PROJECT
+
+
+def test_profiles_override_only_known_keys():
+    for name in config.PROFILES:
+        params = config.profile_params(name)
+        assert params["profile"] == name
+        assert set(params) == set(config.read_yaml(paths.PARAMS))
+
+
+def test_unknown_profile_names_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"unknown profile 'huge'.*\['tiny', 'smoke', 'paper'\]"):
+        config.profile_params("huge")
+
+
+def test_override_of_a_missing_key_is_an_error():
+    with pytest.raises(ConfigError, match=r"unknown parameter 'prepare.image_sise'.*image_size"):
+        config.merge({"prepare": {"image_size": 32}}, {"prepare": {"image_sise": 16}})
+
+
+def test_build_names_unknown_and_missing_fields(smoke_params):
+    values = dict(smoke_params["prepare"])
+    with pytest.raises(ConfigError, match=r"unknown parameter prepare.colour"):
+        config.build(PrepareConfig, {**values, "colour": 1}, "prepare")
+    del values["seed"]
+    with pytest.raises(ConfigError, match=r"prepare.seed is missing"):
+        config.build(PrepareConfig, values, "prepare")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("styles", ["noto", "comic"], r"prepare.styles: 'comic' is not allowed; choose one of \['noto', 'emojione'\]"),
+    ("image_size", 30, r"prepare.image_size: 30 is not allowed"),
+    ("held_out_percent", 0, r"prepare.held_out_percent: 0 must lie in \[1, 99\]"),
+    ("eval_set_size", -3, r"prepare.eval_set_size: -3 must be a positive integer"),
+])
+def test_prepare_config_rejects_bad_values(smoke_params, field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config.build(PrepareConfig, {**smoke_params["prepare"], field: value}, "prepare")
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    broken = tmp_path / "params.yaml"
+    broken.write_text("prepare:\n  seed: [0\n")
+    with pytest.raises(ConfigError, match=r"params.yaml is not valid YAML at line"):
+        config.read_yaml(broken)
+
+
+def test_profile_switch_round_trip(tmp_path, monkeypatch):
+    params = tmp_path / "params.yaml"
+    params.write_text((PROJECT / "params.yaml").read_text())
+    monkeypatch.setattr(paths, "PARAMS", params)
+    monkeypatch.setattr(profile, "TINY_BASE", tmp_path / ".tiny-base.yaml")
+    original = params.read_text()
+    profile.use("smoke")
+    assert yaml.safe_load(params.read_text())["prepare"]["image_size"] == 16
+    profile.use("paper")  # from one non-tiny profile to another: still built on the tiny base
+    assert yaml.safe_load(params.read_text())["prepare"]["backbone_images"] == 2000
+    with pytest.raises(ConfigError):
+        profile.use("nonsense")
+    assert yaml.safe_load(params.read_text())["profile"] == "paper"  # nothing written on error
+    profile.use("tiny")
+    assert params.read_text() == original
+
+
+def run_module(module: str, root, *args):
+    env = {"BAT_ROOT": str(root), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT, env=env,
+                          capture_output=True, text=True)
+
+
+def test_cli_missing_raw_data_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+    result = run_module("bat.prepare", tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: raw data missing at {tmp_path / 'data' / 'raw'}; run `make data` (python -m bat.fetch) first"]
+    assert not (tmp_path / "data" / "prepared").exists()
+
+
+def test_cli_broken_params_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("prepare: [\n")
+    result = run_module("bat.prepare", tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "params.yaml is not valid YAML" in result.stderr
+
+
+def test_cli_wrong_profile_is_one_line(tmp_path):
+    result = run_module("bat.profile", tmp_path, "use", "huge")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: unknown profile 'huge'; allowed profiles: ['tiny', 'smoke', 'paper']"

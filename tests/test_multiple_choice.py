@@ -1,0 +1,381 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from bat import multiple_choice as mc
+from bat.errors import ConfigError
+
+CORPUS = [
+    "Question: which backbone augmented training selects data?\nAnswer: the backbone",
+    "Please choose the correct answer to the question. Answer1: yes Answer2: no",
+    "backbone backbone augmented augmented training training adaptation adaptation",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A byte-level BPE with a BOS post-processor, like LLaMA's tokenizers, trained offline."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=320,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_llama(len(tokenizer))
+
+
+def items_for_scoring() -> list[mc.MultipleChoiceItem]:
+    return [
+        mc.MultipleChoiceItem(
+            "Question: which backbone?\nAnswer:", ["the backbone", "data", "no"], 0, "a"
+        ),
+        mc.MultipleChoiceItem(
+            "Answer1: yes Answer2: no", ["yes", "augmented training selects"], 1, "b"
+        ),
+        mc.MultipleChoiceItem(
+            "adaptation", ["training", "zq", "backbone augmented training"], 2, "c"
+        ),
+    ]
+
+
+def manual_loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
+    """One unpadded forward pass per pair: the straightforward computation to compare with."""
+    whole = tokenizer(context + continuation)["input_ids"]
+    n_context = len(tokenizer(context)["input_ids"])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([whole])).logits[0], dim=-1)
+    return sum(logprobs[p - 1, whole[p]].item() for p in range(n_context, len(whole)))
+
+
+def test_batched_loglikelihoods_match_one_pass_per_pair(model, tokenizer):
+    pairs = [
+        (item.context, " " + choice) for item in items_for_scoring() for choice in item.choices
+    ]
+    expected = [manual_loglikelihood(model, tokenizer, c, x) for c, x in pairs]
+    for batch_size in (1, 3, 16):
+        got = mc.continuation_loglikelihoods(
+            model, tokenizer, pairs, batch_size=batch_size, progress=False
+        )
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_long_sequences_keep_their_last_tokens(model, tokenizer):
+    context, continuation = (
+        "Question: which backbone augmented training selects data?",
+        " the backbone",
+    )
+    context_ids, continuation_ids = mc.encode_pair(tokenizer, context, continuation)
+    sequence = (context_ids + continuation_ids)[-9:]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([sequence[:-1]])).logits[0], dim=-1)
+    n = len(continuation_ids)
+    expected = sum(
+        logprobs[p - 1, sequence[p]].item() for p in range(len(sequence) - n, len(sequence))
+    )
+    got = mc.continuation_loglikelihoods(
+        model, tokenizer, [(context, continuation)], max_length=8, progress=False
+    )
+    assert got[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_encode_pair_moves_trailing_space_and_splits_after_context(tokenizer):
+    assert mc.encode_pair(tokenizer, "Answer: ", "yes") == mc.encode_pair(
+        tokenizer, "Answer:", " yes"
+    )
+    context_ids, continuation_ids = mc.encode_pair(tokenizer, "Answer:", " the backbone")
+    assert context_ids == tokenizer("Answer:")["input_ids"]  # with BOS
+    assert tokenizer.decode(continuation_ids) == " the backbone"
+    # The leading space belongs to the word's token, not to a token of its own.
+    assert continuation_ids == tokenizer.encode(" the backbone", add_special_tokens=False)
+    assert mc.encode_pair(tokenizer, "", " yes") == (
+        [tokenizer.bos_token_id],
+        tokenizer.encode(" yes", add_special_tokens=False),
+    )
+
+
+def test_acc_norm_divides_by_characters_not_tokens(tokenizer):
+    # A zero output layer makes every token cost exactly log V, so a choice's log-likelihood is
+    # -(its token count) * log V and only the normalisation decides acc_norm.
+    uniform = tiny_llama(len(tokenizer))
+    torch.nn.init.zeros_(uniform.lm_head.weight)
+    # "yes" has fewer tokens, the other choice far more characters per token; normalised per
+    # token, every choice would tie and argmax would take 0.
+    item = mc.MultipleChoiceItem("adaptation", ["yes", "backbone augmented training"], 0, "x")
+    tokens = np.array(
+        [len(mc.encode_pair(tokenizer, item.context, " " + c)[1]) for c in item.choices]
+    )
+    characters = np.array([len(c) for c in item.choices])
+    by_tokens, by_characters = np.argmax(-tokens / tokens), np.argmax(-tokens / characters)
+    assert by_characters != by_tokens and by_characters != np.argmax(
+        -tokens
+    )  # the case discriminates
+
+    scores = mc.score_loglikelihood(uniform, tokenizer, [item], progress=False)
+    prediction = scores.predictions[0]
+    np.testing.assert_allclose(
+        prediction.loglikelihoods, -tokens * np.log(len(tokenizer)), rtol=1e-6
+    )
+    assert prediction.pred == np.argmax(-tokens)
+    assert prediction.pred_norm == by_characters
+
+
+def test_acc_norm_counts_characters_not_bytes():
+    choices, loglikelihoods = ["ééé", "abcd"], [-3.3, -4.0]
+    by_characters = np.argmax(np.array(loglikelihoods) / [len(c) for c in choices])
+    by_bytes = np.argmax(np.array(loglikelihoods) / [len(c.encode()) for c in choices])
+    assert by_characters != by_bytes
+    assert mc.predict(loglikelihoods, choices) == (int(np.argmax(loglikelihoods)), by_characters)
+
+
+def random_items(count: int, n_choices: int, seed: int) -> list[mc.MultipleChoiceItem]:
+    rng = np.random.default_rng(seed)
+    return [
+        mc.MultipleChoiceItem(
+            "q", [f"choice {j}" for j in range(n_choices)], int(rng.integers(n_choices)), str(i)
+        )
+        for i in range(count)
+    ]
+
+
+def within_chance(accuracy: float, count: int, n_choices: int) -> bool:
+    chance = 1 / n_choices
+    return abs(accuracy - chance) < 4 * np.sqrt(chance * (1 - chance) / count)
+
+
+def test_perfect_and_random_loglikelihood_scorers():
+    items = random_items(2000, 4, seed=0)
+    perfect = [[0.0 if j == item.gold else -1.0 for j in range(4)] for item in items]
+    scores = mc.grade_loglikelihoods(items, perfect)
+    assert scores.acc == 1.0 and scores.acc_norm == 1.0
+    noise = np.random.default_rng(1).normal(size=(len(items), 4)).tolist()
+    scores = mc.grade_loglikelihoods(items, noise)
+    assert within_chance(scores.acc, len(items), 4) and within_chance(
+        scores.acc_norm, len(items), 4
+    )
+
+
+def test_perfect_random_and_unparseable_generations():
+    items = random_items(2000, 3, seed=2)
+    assert mc.grade_generations(items, [f"answer{item.gold + 1}" for item in items]).gen_acc == 1.0
+    guesses = np.random.default_rng(3).integers(1, 4, size=len(items))
+    assert within_chance(
+        mc.grade_generations(items, [f"Answer{g}" for g in guesses]).gen_acc, len(items), 3
+    )
+    unparseable = mc.grade_generations(items, ["I do not know."] * len(items))
+    assert unparseable.gen_acc == 0.0 and all(p.pred is None for p in unparseable.predictions)
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("answer2", 1),
+        ("The correct answer is Answer 3.", 2),
+        ("answer1 or answer2", 0),
+        ("answer4", None),
+        ("answer0", None),
+        ("the first one", None),
+    ],
+)
+def test_extract_choice(output, expected):
+    assert mc.extract_choice(output, 3) == expected
+
+
+def test_generation_instruction_lists_options():
+    item = mc.MultipleChoiceItem("Question: q?\nAnswer:", ["red", "blue"], 0, "i", question="q?")
+    assert mc.generation_instruction(item, "solution") == (
+        "Please choose the correct answer to the question: q?\n\n"
+        "Solution1: red\n\nSolution2: blue\n\nAnswer format: solution1/solution2"
+    )
+
+
+def test_generation_is_the_same_batched_and_alone(model, tokenizer):
+    # Without the Alpaca wrapper the prompts end differently, so a random model's outputs differ.
+    options = dict(prompt_template="{instruction}", max_new_tokens=4, progress=False)
+    items = items_for_scoring()
+    batched = mc.score_generation(model, tokenizer, items, batch_size=3, **options)
+    alone = [
+        mc.score_generation(model, tokenizer, [item], batch_size=1, **options) for item in items
+    ]
+    outputs = [p.output for p in batched.predictions]
+    assert outputs == [s.predictions[0].output for s in alone]
+    assert len(set(outputs)) > 1
+    assert (
+        batched.gen_acc
+        == mc.grade_generations(items, [p.output for p in batched.predictions]).gen_acc
+    )
+
+
+def test_scoring_restores_training_mode(tokenizer):
+    model = tiny_llama(len(tokenizer)).train()
+    mc.score_loglikelihood(model, tokenizer, items_for_scoring()[:1], progress=False)
+    assert model.training
+
+
+def test_items_round_trip_through_jsonl_and_json(tmp_path):
+    items = items_for_scoring() + [mc.MultipleChoiceItem("ctx", ["é", "b"], 1, "d", question="q")]
+    mc.write_items(tmp_path / "items.jsonl", items)
+    assert mc.load_items(tmp_path / "items.jsonl") == items
+    records = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
+    (tmp_path / "items.json").write_text(json.dumps(records))
+    assert mc.load_items(tmp_path / "items.json") == items
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"context": "c", "choices": ["a", "b"], "gold": 2, "id": "x"},
+        {"context": "c", "choices": ["a"], "gold": 0, "id": "x"},
+        {"context": "c", "choices": ["a", "b"], "id": "x"},
+        {"context": "c", "choices": ["a", "b"], "gold": 0, "id": "x", "label": 1},
+    ],
+)
+def test_bad_items_raise(tmp_path, record):
+    (tmp_path / "bad.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(ConfigError):
+        mc.load_items(tmp_path / "bad.jsonl")
+
+
+HUB_ROWS = {
+    "piqa": (
+        {"goal": "Keep tea warm", "sol1": "Use a cosy.", "sol2": "Use ice.", "label": 0},
+        mc.MultipleChoiceItem(
+            "Question: Keep tea warm\nAnswer:",
+            ["Use a cosy.", "Use ice."],
+            0,
+            "json/train/0",
+            question="Keep tea warm",
+        ),
+    ),
+    "arc": (
+        {
+            "id": "Mercury_1",
+            "question": "What melts ice?",
+            "answerKey": "B",
+            "choices": {"text": ["cold", "heat", "dark"], "label": ["A", "B", "C"]},
+        },
+        mc.MultipleChoiceItem(
+            "Question: What melts ice?\nAnswer:",
+            ["cold", "heat", "dark"],
+            1,
+            "Mercury_1",
+            question="What melts ice?",
+        ),
+    ),
+    "openbookqa": (
+        {
+            "id": "7-1",
+            "question_stem": "The sun is",
+            "answerKey": "A",
+            "choices": {"text": ["a star", "a moon"], "label": ["A", "B"]},
+        },
+        mc.MultipleChoiceItem("The sun is", ["a star", "a moon"], 0, "7-1", question="The sun is"),
+    ),
+    "boolq": (
+        {"question": "is the sky blue", "passage": "The sky is blue.", "label": 1},
+        mc.MultipleChoiceItem(
+            "The sky is blue.\nQuestion: is the sky blue?\nAnswer:",
+            ["no", "yes"],
+            1,
+            "json/train/0",
+            question="The sky is blue.\nis the sky blue?",
+        ),
+    ),
+    "hellaswag": (
+        {
+            "ind": 4,
+            "activity_label": "Baking",
+            "ctx_a": "A man mixes flour.",
+            "ctx_b": "he",
+            "endings": ["bakes [title] bread.", "swims."],
+            "label": "0",
+        },
+        mc.MultipleChoiceItem(
+            "Baking: A man mixes flour. He",
+            ["bakes. bread.", "swims."],
+            0,
+            "4",
+            question="Baking: A man mixes flour. He",
+        ),
+    ),
+    "siqa": (
+        {
+            "context": "Ann lost.",
+            "question": "How does Ann feel?",
+            "answerA": "sad",
+            "answerB": "glad",
+            "answerC": "tall",
+            "label": "1",
+        },
+        mc.MultipleChoiceItem(
+            "Q: Ann lost. How does Ann feel?\nA:",
+            ["sad", "glad", "tall"],
+            0,
+            "json/train/0",
+            question="Ann lost. How does Ann feel?",
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("schema", sorted(HUB_ROWS))
+def test_load_hub_items_reads_local_files_of_the_hub_schema(tmp_path, schema):
+    row, expected = HUB_ROWS[schema]
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    items = mc.load_hub_items(
+        "json",
+        "train",
+        schema,
+        data_files=str(tmp_path / "rows.jsonl"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert items == [expected]
+
+
+def test_load_hub_items_rejects_unknown_schema_and_misfit_rows(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        mc.load_hub_items("json", "train", "winogrande")
+    (tmp_path / "rows.jsonl").write_text(json.dumps(HUB_ROWS["piqa"][0]) + "\n")
+    with pytest.raises(ConfigError, match="row 0"):
+        mc.load_hub_items(
+            "json",
+            "train",
+            "arc",
+            data_files=str(tmp_path / "rows.jsonl"),
+            cache_dir=str(tmp_path / "cache"),
+        )

@@ -1,0 +1,78 @@
+"""dvc.yaml: one stage per notebook, with its notebook, params and every bat module it uses as deps."""
+
+import ast
+
+import pytest
+import yaml
+
+from tests.conftest import PROJECT
+
+STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+NOTEBOOKS = sorted(path.stem for path in (PROJECT / "notebooks").glob("*.py"))
+# The runner and the provenance cell shape the report, not the numbers: they are not deps.
+RUNNER = {"bat/notebook.py", "bat/provenance.py", "bat/__init__.py"}
+
+
+def bat_imports(path) -> set[str]:
+    """bat modules that ``path`` imports, directly or through other bat modules."""
+    found, pending = set(), [path]
+    while pending:
+        tree = ast.parse(pending.pop().read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "bat":
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names if alias.name.split(".")[0] == "bat"]
+            for name in names:
+                module = PROJECT / (name.replace(".", "/") + ".py")
+                relative = module.relative_to(PROJECT).as_posix()
+                if module.exists() and relative not in found:
+                    found.add(relative)
+                    pending.append(module)
+    return found - RUNNER
+
+
+def dep_paths(stage) -> set[str]:
+    return {dep if isinstance(dep, str) else next(iter(dep)) for dep in stage["deps"]}
+
+
+def out_paths(stage, key="outs") -> set[str]:
+    return {out if isinstance(out, str) else next(iter(out)) for out in stage.get(key, [])}
+
+
+@pytest.mark.parametrize("stem", NOTEBOOKS)
+def test_each_notebook_is_a_stage(stem):
+    stage = STAGES[stem]
+    assert stage["cmd"] == f"python -m bat.notebook {stem}"
+    assert f"notebooks/{stem}.py" in dep_paths(stage)
+    assert stage["params"] == [stem]
+    assert {f"reports/{stem}.ipynb", f"figures/{stem}.png", f"figures/{stem}.pdf"} <= out_paths(stage)
+
+
+@pytest.mark.parametrize("stem", NOTEBOOKS)
+def test_notebook_stage_depends_on_the_library_it_uses(stem):
+    missing = bat_imports(PROJECT / "notebooks" / f"{stem}.py") - dep_paths(STAGES[stem])
+    assert not missing, f"dvc.yaml stage {stem} lacks deps {sorted(missing)}"
+
+
+def test_module_stages_depend_on_the_library_they_use():
+    for name, stage in STAGES.items():
+        command = stage["cmd"].split()
+        if command[:2] == ["python", "-m"] and command[2] != "bat.notebook":
+            module = PROJECT / (command[2].replace(".", "/") + ".py")
+            used = bat_imports(module) | {module.relative_to(PROJECT).as_posix()}
+            missing = used - dep_paths(stage)
+            assert not missing, f"dvc.yaml stage {name} lacks deps {sorted(missing)}"
+
+
+def test_figures_and_metrics_are_versioned_in_git():
+    """Figures and metrics are small and shown in README: git keeps them, not the DVC cache."""
+    for stage in STAGES.values():
+        for out in stage.get("outs", []) + stage.get("metrics", []):
+            if isinstance(out, dict):
+                (path, options), = out.items()
+                if path.startswith(("figures/", "metrics/")):
+                    assert options.get("cache") is False, path
+            else:
+                assert not out.startswith(("figures/", "metrics/")), out
