@@ -104,3 +104,9 @@ def run_cli(action: Callable[[], Any]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def from_namespace(cls: type[T], namespace: dict, section_name: str) -> T:
+    """Build ``cls`` from the variables of a notebook's parameters cell (``globals()``)."""
+    return build(cls, {field.name: namespace[field.name] for field in dataclasses.fields(cls)
+                       if field.name in namespace}, section_name)

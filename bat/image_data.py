@@ -146,6 +146,12 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.captions)
 
+    def spread(self, count: int) -> "ImageSet":
+        """``count`` items evenly spaced over the set (sets are sorted by code point)."""
+        index = np.linspace(0, len(self) - 1, min(count, len(self))).round().astype(int)
+        return ImageSet(self.images[index], [self.emoji[i] for i in index],
+                        [self.captions[i] for i in index], self.source)
+
 
 def load_image_set(path: Path) -> ImageSet:
     with np.load(path) as archive:

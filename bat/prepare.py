@@ -29,6 +29,7 @@ class PrepareConfig:
     seed: int
     image_size: int  # pixels; the UNet needs a multiple of 8
     backbone_images: int  # cap on |D^B| for images (OpenMoji has ~1.4k drawable concepts)
+    backbone_heldout_size: int  # OpenMoji concepts kept out of D^B: do samples follow unseen prompts?
     styles: tuple[str, ...]
     style_train_size: int  # the few-shot D^A (paper: 5 images)
     style_oracle_size: int  # the larger disjoint split that θ* is trained on (Sec. 5.1.1)
@@ -50,7 +51,7 @@ class PrepareConfig:
         for style in self.styles:
             validate.choice("prepare.styles", style, STYLES)
         for name in ("backbone_images", "style_train_size", "style_oracle_size", "style_heldout_size",
-                     "out_of_backbone_size", "text_backbone_size", "task_train_size",
+                     "backbone_heldout_size", "out_of_backbone_size", "text_backbone_size", "task_train_size",
                      "task_oracle_size", "task_test_size", "eval_set_size"):
             validate.positive(f"prepare.{name}", getattr(self, name), integer=True)
         validate.closed_interval("prepare.held_out_percent", self.held_out_percent, 1, 99)
@@ -64,11 +65,14 @@ def prepare_images(config: PrepareConfig, raw: Path, out: Path) -> dict[str, int
     rng = random.Random(config.seed)
     concepts = load_concepts(raw)
     backbone_images = render_source(raw, "openmoji", concepts, config.image_size)
-    backbone = [c for c in concepts if c.emoji in backbone_images]
-    backbone = sorted(rng.sample(backbone, min(config.backbone_images, len(backbone))),
+    drawable = [c for c in concepts if c.emoji in backbone_images]
+    heldout = sorted(rng.sample(drawable, config.backbone_heldout_size), key=lambda c: c.emoji)
+    remaining = [c for c in drawable if c not in heldout]
+    backbone = sorted(rng.sample(remaining, min(config.backbone_images, len(remaining))),
                       key=lambda c: c.emoji)
     save_image_set(out / "backbone.npz", _stack(backbone_images, backbone), backbone, "openmoji")
-    sizes = {"images/backbone": len(backbone)}
+    save_image_set(out / "backbone_heldout.npz", _stack(backbone_images, heldout), heldout, "openmoji")
+    sizes = {"images/backbone": len(backbone), "images/backbone_heldout": len(heldout)}
     splits = {"train": config.style_train_size, "oracle": config.style_oracle_size,
               "heldout": config.style_heldout_size}
     for style in config.styles:

@@ -64,6 +64,9 @@ def test_image_splits_are_disjoint_and_not_in_the_backbone(smoke_root, smoke_par
             # A style teaches how to draw concepts the backbone already knows.
             assert set(image_set.emoji) <= set(backbone.emoji)
         assert len(concepts) == len(set(concepts))
+    heldout = load_image_set(images / "backbone_heldout.npz")
+    assert len(heldout) == smoke_params["prepare"]["backbone_heldout_size"]
+    assert not set(heldout.emoji) & set(backbone.emoji)
 
 
 def test_prepare_is_deterministic(tmp_path, raw, smoke_params, smoke_root):

@@ -1,0 +1,96 @@
+# %% [markdown]
+# # Image backbone: a text-to-image diffusion model pre-trained on D^B
+#
+# In the tiny profile the pipeline builds a small `StableDiffusionPipeline` (VAE + UNet from
+# configs, the real frozen all-MiniLM-L6-v2 as text encoder) and pre-trains it on the OpenMoji
+# image–caption pairs, so the backbone's data D^B is known exactly. In the paper profile the same
+# code loads Stable Diffusion 1.4 instead. Below: the loss curves, samples beside their real
+# renders, and one number that says whether samples carry their prompt — for captions seen in
+# D^B and for OpenMoji concepts held out of it.
+
+# %% tags=["parameters"]
+source = "train"
+model_id = "CompVis/stable-diffusion-v1-4"
+text_encoder = "data/raw/minilm"
+resolution = 32
+vae_channels = [32, 64]
+unet_channels = [64, 128]
+max_caption_tokens = 16
+vae_steps = 150
+vae_learning_rate = 0.001
+unet_steps = 500
+unet_learning_rate = 0.001
+batch_size = 32
+caption_dropout = 0.1
+seed = 0
+torch_dtype = "float32"
+device = "cpu"
+eval_prompts = 32
+sample_steps = 25
+guidance_scale = 3.0
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bat import paths
+from bat.config import from_namespace
+from bat.image_backbone import ImageBackboneConfig, build_or_load, prompt_fidelity
+from bat.image_data import load_image_set
+from bat.io import write_json
+from bat.plotting import save_figure, show_images
+
+config = from_namespace(ImageBackboneConfig, globals(), "backbone_image")
+backbone = load_image_set(paths.PREPARED / "images" / "backbone.npz")
+heldout = load_image_set(paths.PREPARED / "images" / "backbone_heldout.npz")
+
+# %%
+pipe, log = build_or_load(config, backbone, paths.MODELS / "backbone_image")
+
+# %% [markdown]
+# ## Do samples carry their prompt?
+# For each caption, one sample (fixed seed per prompt). The score is the share of samples whose
+# nearest real render, among all captions of the same group, is their own caption's; chance is
+# 1 / (number of captions).
+
+# %%
+evaluation = {
+    "seen in D^B": prompt_fidelity(pipe, backbone.spread(eval_prompts), seed, sample_steps, guidance_scale),
+    "held out of D^B": prompt_fidelity(pipe, heldout.spread(eval_prompts), seed, sample_steps, guidance_scale),
+}
+scores = pd.DataFrame({group: {"accuracy": result["accuracy"], "chance": result["chance"],
+                               "captions": result["count"]} for group, result in evaluation.items()}).T
+scores
+
+# %%
+columns = min(8, eval_prompts)
+fig = plt.figure(figsize=(1.1 * columns, 7.5))
+grid = fig.add_gridspec(5, columns, height_ratios=[1.6, 1, 1, 1, 1])
+loss_axis = fig.add_subplot(grid[0, :])
+if log is not None:
+    for name in ("vae", "unet"):
+        steps = pd.DataFrame(log[name])
+        loss_axis.plot(steps["step"], steps["loss"].rolling(10, min_periods=1).mean(), label=f"{name} loss")
+    loss_axis.set_yscale("log")
+    loss_axis.set_xlabel("step")
+    loss_axis.legend()
+loss_axis.set_title("pre-training on D^B (10-step moving average)", fontsize=8)
+rows = [("seen in D^B", backbone.spread(eval_prompts)), ("held out of D^B", heldout.spread(eval_prompts))]
+for row, (group, image_set) in enumerate(rows):
+    sample_axes = [fig.add_subplot(grid[1 + 2 * row, c]) for c in range(columns)]
+    reference_axes = [fig.add_subplot(grid[2 + 2 * row, c]) for c in range(columns)]
+    show_images(sample_axes, evaluation[group]["samples"], image_set.captions)
+    show_images(reference_axes, image_set.images)
+    sample_axes[0].text(-0.1, 0.5, f"{group}\nsample", transform=sample_axes[0].transAxes, ha="right",
+                        va="center", fontsize=7)
+    reference_axes[0].text(-0.1, 0.5, "real", transform=reference_axes[0].transAxes, ha="right",
+                           va="center", fontsize=7)
+save_figure(fig, "backbone_image")
+
+# %%
+write_json(paths.metrics("backbone_image"), {
+    "prompt_fidelity": {group: {"accuracy": result["accuracy"], "chance": result["chance"],
+                                "captions": result["count"]} for group, result in evaluation.items()},
+    "final_loss": None if log is None else {name: log[name][-1]["loss"] for name in ("vae", "unet")},
+    "timings": None if log is None else log["timings"],
+})

@@ -1,0 +1,89 @@
+"""The image backbone: validation before training, determinism, loading without bat."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bat.config import build
+from bat.errors import ConfigError
+from bat.image_backbone import (ImageBackboneConfig, generate, load_image_backbone, pretrain,
+                                save_image_backbone)
+from bat.image_data import load_image_set
+
+SMOKE = dict(source="train", model_id="unused", text_encoder="data/raw/minilm", resolution=16,
+             vae_channels=[8, 16], unet_channels=[16, 32], max_caption_tokens=8, vae_steps=2,
+             vae_learning_rate=1e-3, unet_steps=2, unet_learning_rate=1e-3, batch_size=4,
+             caption_dropout=0.5, seed=0, torch_dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def backbone_set(smoke_root):
+    return load_image_set(smoke_root / "data" / "prepared" / "images" / "backbone.npz")
+
+
+@pytest.fixture(scope="module")
+def trained(backbone_set, tmp_path_factory):
+    config = build(ImageBackboneConfig, SMOKE, "backbone_image")
+    pipe, log = pretrain(config, backbone_set.images[:8], backbone_set.captions[:8])
+    folder = save_image_backbone(pipe, tmp_path_factory.mktemp("models") / "backbone_image")
+    return pipe, log, folder
+
+
+def test_resolution_the_levels_cannot_take_is_refused():
+    with pytest.raises(ConfigError, match=r"backbone_image.resolution: 18 is not a multiple of 4"):
+        build(ImageBackboneConfig, {**SMOKE, "resolution": 18}, "backbone_image")
+
+
+@pytest.mark.parametrize("field, value", [("source", "download"), ("torch_dtype", "int8"), ("device", "tpu")])
+def test_bad_choices_name_the_allowed_values(field, value):
+    with pytest.raises(ConfigError, match=rf"backbone_image.{field}: '{value}' is not allowed; choose one of"):
+        build(ImageBackboneConfig, {**SMOKE, field: value}, "backbone_image")
+
+
+def test_images_of_another_size_are_refused_before_training(backbone_set):
+    config = build(ImageBackboneConfig, {**SMOKE, "resolution": 32}, "backbone_image")
+    with pytest.raises(ConfigError, match="set prepare.image_size to the same value"):
+        pretrain(config, backbone_set.images[:4], backbone_set.captions[:4])
+
+
+def test_pretraining_is_deterministic(trained, backbone_set):
+    pipe, log, _ = trained
+    config = build(ImageBackboneConfig, SMOKE, "backbone_image")
+    again, log_again = pretrain(config, backbone_set.images[:8], backbone_set.captions[:8])
+    assert [row["loss"] for row in log["unet"]] == [row["loss"] for row in log_again["unet"]]
+    for model, other in ((pipe.unet, again.unet), (pipe.vae, again.vae)):
+        for (name, tensor), (_, other_tensor) in zip(model.state_dict().items(), other.state_dict().items()):
+            assert torch.equal(tensor, other_tensor), name
+
+
+def test_saved_pipeline_loads_and_generates_without_bat(trained, tmp_path):
+    pipe, _, folder = trained
+    prompts = ["grinning face", "red heart"]
+    expected = generate(load_image_backbone(folder), prompts, seed=3, steps=3)
+    script = f"""
+import numpy as np, torch
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained({str(folder)!r})
+pipe.set_progress_bar_config(disable=True)
+generators = [torch.Generator().manual_seed(3 + i) for i in range(2)]
+images = pipe({prompts!r}, num_inference_steps=3, guidance_scale=3.0, generator=generators, output_type="np").images
+np.save({str(tmp_path / "images.npy")!r}, (np.asarray(images) * 255).round().astype(np.uint8))
+assert "bat" not in __import__("sys").modules
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, cwd=tmp_path)
+    np.testing.assert_array_equal(np.load(tmp_path / "images.npy"), expected)
+    assert expected.shape == (2, 16, 16, 3)
+
+
+def test_folder_without_a_pipeline_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="holds no diffusers pipeline"):
+        load_image_backbone(tmp_path)
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="could not load a StableDiffusionPipeline from 'nobody/no-such-model'"):
+        load_image_backbone("nobody/no-such-model")
