@@ -1,0 +1,87 @@
+"""The two :class:`bat.protocols.Task` implementations: noise prediction and next-token prediction.
+
+Both also build training batches from stored examples (:meth:`prepare`): the diffusion task draws
+the noise and timesteps there, from a ``torch.Generator``, so a batch is a fixed value that can be
+scored twice (by a selector, then by the optimizer step) and replayed after a resume.
+Losses use only per-example arithmetic, so ``torch.func.vmap`` over single examples (each a batch
+of one) gives the same numbers as the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bat.errors import ConfigError
+from bat.protocols import Batch
+
+IGNORE_INDEX = -100  # label of tokens that are not trained on (prompt, padding), as in transformers
+
+
+def make_diffusion_batch(latents: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                         generator: torch.Generator, num_train_timesteps: int,
+                         loss_weight: torch.Tensor | None = None) -> Batch:
+    """A diffusion training batch whose noise and timesteps come from ``generator``."""
+    batch = {
+        "latents": latents,
+        "encoder_hidden_states": encoder_hidden_states,
+        "noise": torch.randn(latents.shape, generator=generator, dtype=latents.dtype),
+        "timesteps": torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=generator),
+    }
+    if loss_weight is not None:
+        batch["loss_weight"] = loss_weight
+    return batch
+
+
+class DiffusionTask:
+    """Epsilon-prediction loss of a (possibly adapted) ``UNet2DConditionModel``.
+
+    Examples hold ``latents`` and ``encoder_hidden_states`` and optionally ``loss_weight``: DreamBooth's
+    prior preservation (paper eq. 27) is class images with weight λ_prior in the same batch.
+    """
+
+    def __init__(self, noise_scheduler):
+        prediction = noise_scheduler.config.prediction_type
+        if prediction != "epsilon":
+            raise ConfigError(f"noise_scheduler.prediction_type: {prediction!r} is not supported; "
+                              "DiffusionTask trains 'epsilon' prediction")
+        self.noise_scheduler = noise_scheduler
+
+    def prepare(self, examples: Batch, generator: torch.Generator) -> Batch:
+        return make_diffusion_batch(examples["latents"], examples["encoder_hidden_states"], generator,
+                                    self.noise_scheduler.config.num_train_timesteps,
+                                    examples.get("loss_weight"))
+
+    def batch_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        noisy = self.noise_scheduler.add_noise(batch["latents"], batch["noise"], batch["timesteps"])
+        prediction = model(noisy, batch["timesteps"],
+                           encoder_hidden_states=batch["encoder_hidden_states"]).sample
+        squared = (prediction.float() - batch["noise"].float()) ** 2
+        losses = squared.mean(dim=tuple(range(1, squared.ndim)))
+        if "loss_weight" in batch:
+            losses = losses * batch["loss_weight"]
+        return losses
+
+
+class CausalLMTask:
+    """Mean cross-entropy over each example's labelled tokens (labels ``-100`` are ignored).
+
+    Under ``vmap`` the LM needs ``attn_implementation="eager"``: transformers' SDPA mask builder
+    branches on the mask's values, which vmap cannot trace.
+    """
+
+    def prepare(self, examples: Batch, generator: torch.Generator) -> Batch:
+        """Drop the padding columns that no example in this batch attends to (saves compute)."""
+        attended = examples["attention_mask"].any(dim=0).nonzero()
+        end = int(attended.max()) + 1 if len(attended) else 1
+        return {name: values[:, :end] for name, values in examples.items()}
+
+    def batch_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Position i predicts token i + 1, as the labels of a transformers causal LM are meant.
+        labels = batch["labels"][:, 1:]
+        token_losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels,
+                                       ignore_index=IGNORE_INDEX, reduction="none")
+        counts = (labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+        return token_losses.sum(dim=1) / counts

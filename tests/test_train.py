@@ -1,0 +1,230 @@
+"""The training loop: every adapter kind in every regime, resume, divergence, checks, baselines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bat.adapters import AdapterConfig, attach_adapter, flat_adapter_vector, trainable_parameters
+from bat.checkpoint import adapter_dir, atomic_directory, load_state, log_path, save_state
+from bat.checkpoint import trained_vector
+from bat.errors import ConfigError
+from bat.io import read_json
+from bat.tasks import CausalLMTask, DiffusionTask
+from bat.train import (REGIMES, TrainConfig, TrainingDiverged, backbone_schedule,
+                       compute_matched_steps, seed_everything, train)
+from tests.tiny_models import diffusion_examples, text_examples, tiny_llama, tiny_scheduler, tiny_unet
+
+UNET_KINDS = ("dreambooth", "locon", "loha", "lokr")
+LM_KINDS = ("lora", "dora")
+
+
+def setting(kind: str) -> dict:
+    """Backbone builder, task, D^A, D^B and the mixing scheme the paper uses for that family."""
+    if kind in UNET_KINDS:
+        return {"build": tiny_unet, "task": DiffusionTask(tiny_scheduler()),
+                "adaptation": diffusion_examples(6, seed=0), "backbone": diffusion_examples(24, seed=1),
+                "mixing": "per_batch"}
+    return {"build": tiny_llama, "task": CausalLMTask(), "adaptation": text_examples(6, seed=0),
+            "backbone": text_examples(24, seed=1), "mixing": "regular_interval"}
+
+
+def config(kind: str, **fields) -> TrainConfig:
+    defaults = {"steps": 3, "batch_size": 2, "learning_rate": 1e-3, "gamma": 0.5, "candidates": 8,
+                "checkpoint_every": 2, "log_every": 1, "mixing": setting(kind)["mixing"]}
+    return TrainConfig(**{**defaults, **fields})
+
+
+class LowestLossSelector:
+    """A selector that looks at the model: the candidates it already fits best."""
+
+    def select(self, context, count):
+        with torch.no_grad():
+            losses = context.task.batch_losses(context.model, context.candidate_batch)
+        return [context.candidate_ids[i] for i in torch.argsort(losses, stable=True)[:count].tolist()]
+
+
+def run(kind, regime, run_dir, *, task=None, selector=None, **fields):
+    s = setting(kind)
+    if regime == "bat" and selector is None:
+        selector = LowestLossSelector()
+    return train(s["build"](), AdapterConfig(kind), task or s["task"], s["adaptation"], s["backbone"],
+                 config(kind, regime=regime, **fields), run_dir, selector=selector, progress=False)
+
+
+def initial_vector(kind):
+    seed_everything(0)
+    return flat_adapter_vector(attach_adapter(setting(kind)["build"](), AdapterConfig(kind)))
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("kind", UNET_KINDS + LM_KINDS)
+def test_every_kind_trains_in_every_regime(kind, regime, tmp_path):
+    result = run(kind, regime, tmp_path)
+    assert [row["step"] for row in result.log] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result.log)
+    assert not torch.equal(flat_adapter_vector(result.model), initial_vector(kind))
+    last = result.log[-1]
+    if regime == "plain":
+        assert last["n_backbone"] == 0 and last["realised_ratio"] == 1.0
+    else:
+        assert abs(last["realised_ratio"] - 0.5) <= 1 / (last["n_adaptation"] + last["n_backbone"])
+    assert (adapter_dir(tmp_path, 2) / "bat_adapter.json").exists()
+    assert (adapter_dir(tmp_path, 3) / "bat_adapter.json").exists()
+    assert read_json(log_path(tmp_path)) == result.log
+
+
+class Killed(Exception):
+    pass
+
+
+class DyingTask:
+    """The real task, counting training steps, until the process is 'killed' at a given one."""
+
+    def __init__(self, task, killed_at_step=None):
+        self.task, self.killed_at_step, self.steps = task, killed_at_step, 0
+
+    def prepare(self, examples, generator):
+        return self.task.prepare(examples, generator)
+
+    def batch_losses(self, model, batch):
+        if model.training:
+            self.steps += 1
+            if self.steps == self.killed_at_step:
+                raise Killed
+        return self.task.batch_losses(model, batch)
+
+
+@pytest.mark.parametrize("kind, regime", [("locon", "random"), ("lora", "bat"), ("dreambooth", "plain")])
+def test_resume_after_a_kill_is_bit_identical(kind, regime, tmp_path):
+    fields = {"steps": 5, "checkpoint_every": 2}
+    whole = run(kind, regime, tmp_path / "whole", **fields)
+
+    with pytest.raises(Killed):
+        run(kind, regime, tmp_path / "killed", task=DyingTask(setting(kind)["task"], 4), **fields)
+    assert load_state(tmp_path / "killed")["step"] == 2
+    assert not adapter_dir(tmp_path / "killed", 4).exists()
+    counting = DyingTask(setting(kind)["task"])
+    resumed = run(kind, regime, tmp_path / "killed", task=counting, **fields)  # all built afresh
+    assert counting.steps == 3  # steps 3, 4 and 5: it resumed, it did not start over
+
+    expected, actual = trainable_parameters(whole.model), trainable_parameters(resumed.model)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert [row["loss"] for row in resumed.log] == [row["loss"] for row in whole.log]
+
+
+class NanAt(DyingTask):
+    def batch_losses(self, model, batch):
+        losses = self.task.batch_losses(model, batch)
+        if model.training:
+            self.steps += 1
+            if self.steps >= self.killed_at_step:
+                return losses * float("nan")
+        return losses
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"nan at step 3.*last good checkpoint \(step 2\)"):
+        run("locon", "plain", tmp_path, task=NanAt(setting("locon")["task"], 3), steps=5)
+    assert load_state(tmp_path)["step"] == 2
+    assert all(torch.isfinite(t).all() for t in load_state(tmp_path)["trainable"].values())
+    assert not adapter_dir(tmp_path, 3).exists()
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"gamma": 1.0}, "train.gamma"),
+    ({"gamma": 0.0}, "train.gamma"),
+    ({"regime": "sgd"}, r"train.regime.*\['plain', 'random', 'bat'\]"),
+    ({"mixing": "shuffle"}, "train.mixing"),
+    ({"steps": 0}, "train.steps"),
+    ({"betas": (0.9,)}, "train.betas"),
+])
+def test_bad_train_configs_are_rejected(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**fields)
+
+
+@pytest.mark.parametrize("arguments, fields, message", [
+    ({"adapter": AdapterConfig("lora", target_modules=("q_prj",))}, {}, "match no module"),
+    ({}, {"regime": "bat"}, "needs a selector"),
+    ({"backbone": None}, {"regime": "random"}, "needs the backbone examples"),
+    ({}, {"regime": "random", "candidates": 1}, "train.candidates"),
+    ({"backbone": text_examples(24, seed=1, length=9)}, {"regime": "random"}, "backbone.input_ids"),
+    ({"oracle": torch.zeros(3)}, {}, "oracle: 3 values"),
+])
+def test_bad_inputs_are_rejected_before_anything_is_written(arguments, fields, message, tmp_path):
+    s = setting("lora")
+    arguments = {"adapter": AdapterConfig("lora"), "backbone": s["backbone"], **arguments}
+    oracle = arguments.pop("oracle", None)
+    with pytest.raises(ConfigError, match=message):
+        train(tiny_llama(), arguments["adapter"], s["task"], s["adaptation"], arguments["backbone"],
+              config("lora", **fields), tmp_path, oracle=oracle, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_checkpoint_of_another_kind_or_setting_is_not_resumed(tmp_path):
+    run("locon", "plain", tmp_path, steps=1)
+    with pytest.raises(ConfigError, match="holds a checkpoint of a 'locon' adapter, not 'loha'"):
+        run("loha", "plain", tmp_path, steps=2)
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        run("locon", "plain", tmp_path, steps=2, learning_rate=0.5)
+
+
+def test_weight_difference_is_logged_against_the_oracle(tmp_path):
+    oracle_run = run("lora", "plain", tmp_path / "oracle", steps=4)
+    oracle = trained_vector(tmp_path / "oracle")
+    assert torch.equal(oracle, flat_adapter_vector(oracle_run.model))
+
+    s = setting("lora")
+    result = train(tiny_llama(), AdapterConfig("lora"), s["task"], s["adaptation"], s["backbone"],
+                   config("lora", regime="random", steps=4, log_every=2), tmp_path / "random",
+                   oracle=oracle, progress=False)
+    assert [row["weight_difference"] is None for row in result.log] == [True, False, True, False]
+    expected = torch.linalg.vector_norm(flat_adapter_vector(result.model) - oracle).item()
+    assert result.log[-1]["weight_difference"] == pytest.approx(expected)
+
+
+class HalfSelector(LowestLossSelector):
+    """Rejects half of what it is asked for, so its schedule differs from the mixer's."""
+
+    def select(self, context, count):
+        return super().select(context, count)[: (count + 1) // 2]
+
+
+def test_matched_random_run_uses_the_bat_runs_backbone_counts(tmp_path):
+    s = setting("locon")
+    bat_run = run("locon", "bat", tmp_path / "bat", selector=HalfSelector(), steps=4)
+    schedule = backbone_schedule(bat_run.log)
+    matched = train(s["build"](), AdapterConfig("locon"), s["task"], s["adaptation"], s["backbone"],
+                    config("locon", regime="random", steps=4), tmp_path / "random",
+                    backbone_counts=schedule, progress=False)
+    assert [r["n_backbone"] for r in matched.log] == [r["n_backbone"] for r in bat_run.log]
+    assert sum(schedule) < 4 * 2  # fewer than the mixer's two per step
+
+
+def test_compute_matched_steps_pays_selection_time_in_training_steps():
+    log = [{"seconds": 0.5, "selection_seconds": 1.0}] * 4
+    assert compute_matched_steps(log) == 8
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    save_state(tmp_path, {"step": 1})
+    with atomic_directory(tmp_path / "adapter") as folder:
+        (folder / "weights").write_text("old")
+
+    def half_written(obj, path):
+        open(path, "wb").write(b"partial")
+        raise Killed
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(Killed):
+        save_state(tmp_path, {"step": 2})
+    with pytest.raises(Killed):
+        with atomic_directory(tmp_path / "adapter") as folder:
+            (folder / "weights").write_text("new")
+            raise Killed
+    monkeypatch.undo()
+    assert load_state(tmp_path) == {"step": 1}
+    assert (tmp_path / "adapter" / "weights").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "state.pt"]
