@@ -25,6 +25,7 @@ FONT_POINTS = {"openmoji": 72, "noto": 109, "symbola": 72}
 FONT_FILES = {"openmoji": "openmoji/glyf_colr0.ttf", "noto": "noto/NotoColorEmoji.ttf",
               "symbola": "symbola/Symbola_hint.ttf"}
 IMAGE_SOURCES = ("openmoji", "noto", "emojione", "symbola")
+STYLES = ("noto", "emojione")  # the adaptation styles D^A; OpenMoji is D^B, Symbola out of it
 
 
 @dataclass(frozen=True)

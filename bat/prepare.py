@@ -17,11 +17,9 @@ import numpy as np
 from bat import paths, text_data, validate
 from bat.config import load_section, run_cli
 from bat.fetch import require_raw
-from bat.image_data import Concept, load_concepts, render_source, save_image_set
+from bat.image_data import STYLES, Concept, load_concepts, render_source, save_image_set
 from bat.io import write_json, write_jsonl
 from bat.text_sources import read_gcide, read_wikipedia, read_wordnet
-
-STYLES = ("noto", "emojione")
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,16 @@ def smoke_root(tmp_path_factory, raw, smoke_params) -> Path:
     (root / "data" / "raw").symlink_to(raw)
     prepare(build(PrepareConfig, smoke_params["prepare"], "prepare"), raw, root / "data" / "prepared")
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_image_backbone(smoke_root, smoke_params) -> Path:
+    """The smoke profile's image backbone, pre-trained and saved under ``smoke_root/models``."""
+    from bat.config import from_namespace
+    from bat.image_backbone import ImageBackboneConfig, pretrain, save_image_backbone
+    from bat.image_data import load_image_set
+
+    config = from_namespace(ImageBackboneConfig, smoke_params["backbone_image"], "backbone_image")
+    backbone = load_image_set(smoke_root / "data" / "prepared" / "images" / "backbone.npz")
+    pipe, _ = pretrain(config, backbone.images, backbone.captions)
+    return save_image_backbone(pipe, smoke_root / "models" / "backbone_image")

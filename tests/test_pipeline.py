@@ -58,6 +58,7 @@ def test_notebook_stage_depends_on_the_library_it_uses(stem):
 
 def test_module_stages_depend_on_the_library_they_use():
     for name, stage in STAGES.items():
+        stage = stage.get("do", stage)  # a foreach stage: its template
         command = stage["cmd"].split()
         if command[:2] == ["python", "-m"] and command[2] != "bat.notebook":
             module = PROJECT / (command[2].replace(".", "/") + ".py")

@@ -1,0 +1,41 @@
+"""Oracle stages: a plain run per dataset whose final weights later runs measure against."""
+
+import pytest
+import torch
+
+from bat import paths
+from bat.checkpoint import trained_vector
+from bat.config import build
+from bat.errors import ConfigError
+from bat.oracle import OracleRun, load_run, train_oracle
+
+
+@pytest.fixture
+def smoke_paths(smoke_root, monkeypatch):
+    monkeypatch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
+
+
+def test_oracle_trains_saves_and_is_not_retrained(smoke_paths, smoke_image_backbone, smoke_params, tmp_path):
+    run = load_run("noto_locon", smoke_params)
+    result = train_oracle("noto_locon", run, smoke_image_backbone, tmp_path / "noto_locon")
+    assert [row["step"] for row in result.log] == list(range(1, run.steps + 1))
+    oracle = trained_vector(tmp_path / "noto_locon")
+    # A finished run is resumed at its end: nothing more is trained, the vector is the same.
+    again = train_oracle("noto_locon", run, smoke_image_backbone, tmp_path / "noto_locon")
+    assert len(again.log) == run.steps
+    assert torch.equal(trained_vector(tmp_path / "noto_locon"), oracle)
+
+
+def test_unknown_run_names_the_runs(smoke_params):
+    with pytest.raises(ConfigError, match=r"oracles.runs has no run 'x'; runs: \['emojione_dreambooth'"):
+        load_run("x", smoke_params)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("adapter", "lora", r"oracles.runs.adapter: 'lora' is not allowed"),
+    ("dataset", "noto_train", r"oracles.runs.dataset: 'noto_train' is not allowed; choose one of \['noto_oracle'"),
+])
+def test_bad_runs_are_refused(smoke_params, field, value, message):
+    values = {**smoke_params["oracles"]["runs"]["noto_dreambooth"], field: value}
+    with pytest.raises(ConfigError, match=message):
+        build(OracleRun, values, "oracles.runs.noto_dreambooth")
