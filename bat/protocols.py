@@ -22,6 +22,16 @@ from torch import nn
 Batch = dict[str, torch.Tensor]
 
 
+def take_examples(batch: Batch, indices) -> Batch:
+    """The examples ``indices`` of a batch (or of stored examples), in that order."""
+    indices = torch.as_tensor(list(indices) if not torch.is_tensor(indices) else indices, dtype=torch.long)
+    return {key: value[indices] for key, value in batch.items()}
+
+
+def concat_batches(first: Batch, second: Batch) -> Batch:
+    return {key: torch.cat([first[key], second[key]]) for key in first}
+
+
 @runtime_checkable
 class Task(Protocol):
     def batch_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:

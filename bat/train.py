@@ -44,7 +44,7 @@ from bat.checkpoint import adapter_dir, capture_rng, load_state, log_path, resto
 from bat.errors import ConfigError
 from bat.io import write_json
 from bat.mixing import SCHEMES, Mixer, RandomSelector, derived_seed, realised_ratio
-from bat.protocols import Batch, SelectionContext, Selector
+from bat.protocols import Batch, SelectionContext, Selector, concat_batches, take_examples
 
 REGIMES = ("plain", "random", "bat")
 # Settings a resumed run may change: none of them alters the steps already taken.
@@ -103,15 +103,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def take(examples: Batch, ids: Sequence[int]) -> Batch:
-    index = torch.as_tensor(list(ids), dtype=torch.long)
-    return {name: values[index] for name, values in examples.items()}
-
-
-def concat(first: Batch, second: Batch) -> Batch:
-    return {name: torch.cat([first[name], second[name]]) for name in first}
 
 
 def count_examples(name: str, examples: Batch) -> int:
@@ -180,9 +171,13 @@ def select_backbone(selector, model: nn.Module, task, adaptation: Batch, backbon
     else:
         candidate_ids = list(range(n_backbone))
     model.eval()  # scores without dropout noise; the step itself trains in train mode
+    # One prepare for both, so that they share a shape (the LM task trims padding per batch)
+    # and a selector can stack them into D^bat.
+    offered = task.prepare(concat_batches(adaptation, take_examples(backbone, candidate_ids)), generator)
+    n_adaptation = count_examples("adaptation", adaptation)
     context = SelectionContext(model=model, task=task,
-                               adaptation_batch=task.prepare(adaptation, generator),
-                               candidate_batch=task.prepare(take(backbone, candidate_ids), generator),
+                               adaptation_batch={k: v[:n_adaptation] for k, v in offered.items()},
+                               candidate_batch={k: v[n_adaptation:] for k, v in offered.items()},
                                candidate_ids=candidate_ids, step=step)
     chosen = [int(i) for i in selector.select(context, count)]
     if len(chosen) > count or not set(chosen) <= set(candidate_ids):
@@ -254,9 +249,9 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
             selection_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        examples = take(adaptation, plan.adaptation_ids)
+        examples = take_examples(adaptation, plan.adaptation_ids)
         if backbone_ids:
-            examples = concat(examples, take(backbone, backbone_ids))
+            examples = concat_batches(examples, take_examples(backbone, backbone_ids))
         batch = task.prepare(examples, generators["data"])
         model.train()
         loss = task.batch_losses(model, batch).mean()  # R_k^{bat|A} of Def. 1 on this batch

@@ -1,0 +1,113 @@
+"""The convex check: closed forms against sampling, Prop-2 scores against exact Newton steps."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bat import glm
+from bat.convex import (METHODS, ConvexConfig, backbone_count, laws, run_convex, summarise,
+                        summary_records)
+from bat.errors import ConfigError
+from bat.prop2 import Prop2Problem
+from bat.solvers import SolveOptions
+
+SMOKE = ConvexConfig(sample_sizes=(16, 32), seeds=(0, 1), population_samples=20_000)
+
+
+def test_ridge_closed_form_moments_match_sampled_moments():
+    config = ConvexConfig()
+    sources = laws(config)
+    theta = np.linspace(-1, 1, config.dim)
+    exact = glm.Population("ridge", sources, 1.0, 0.01, 0, np.random.default_rng(0))
+    sampled = glm.Population("ridge", sources, 1.0, 0.01, 400_000, np.random.default_rng(1),
+                             closed_form=False)
+    for name in ("A", "B"):
+        a, b = exact.moments(name, theta), sampled.moments(name, theta)
+        for field in ("gradient", "hessian", "covariance"):
+            scale = np.abs(getattr(a, field)).max()
+            np.testing.assert_allclose(getattr(b, field), getattr(a, field), atol=0.03 * scale)
+
+
+def test_ridge_population_minimizer_is_the_normal_equations():
+    config = ConvexConfig()
+    sources = laws(config)
+    population = glm.Population("ridge", sources, 1.0, 0.01, 0, np.random.default_rng(0))
+    a, b = sources["A"], sources["B"]
+    expected = np.linalg.solve(0.3 * a.covariance + 0.7 * b.covariance + 0.01 * np.eye(5),
+                               0.3 * a.covariance @ a.theta + 0.7 * b.covariance @ b.theta)
+    np.testing.assert_allclose(population.minimizer({"A": 0.3, "B": 0.7}), expected)
+
+
+@pytest.mark.parametrize("model", glm.MODELS)
+def test_fit_is_a_stationary_point_of_the_torch_loss(model):
+    rng = np.random.default_rng(0)
+    x, y = glm.sample(model, laws(ConvexConfig())["A"], 40, 1.0, rng)
+    theta = glm.fit(model, x, y, 0.01)
+    linear = glm.LinearModel(theta)
+    loss = glm.GLMTask(model, 0.01).batch_losses(linear, glm.as_batch(x, y)).mean()
+    gradient, = torch.autograd.grad(loss, linear.theta)
+    assert float(gradient.norm()) < 1e-10
+
+
+def test_prop2_scores_for_ridge_are_exact_newton_distances():
+    """For a quadratic loss, Score_A = k‖θ − θ̂^A‖ and Score_bat = k‖θ − θ̂^bat‖ (share)."""
+    sources, rng = laws(ConvexConfig()), np.random.default_rng(0)
+    x_a, y_a = glm.sample("ridge", sources["A"], 12, 1.0, rng)
+    x_b, y_b = glm.sample("ridge", sources["B"], 8, 1.0, rng)
+    theta = np.full(5, 0.2)
+    problem = Prop2Problem(glm.LinearModel(theta), glm.GLMTask("ridge", 0.01),
+                           glm.as_batch(x_a, y_a), glm.as_batch(x_b, y_b), "hessian",
+                           backbone_curvature="share")
+    options = SolveOptions(solver="dense", damping=1e-12)
+    k = 20
+    theta_a = glm.fit("ridge", x_a, y_a, 0.01)
+    theta_bat = glm.fit("ridge", np.concatenate([x_a, x_b]), np.concatenate([y_a, y_b]), 0.01)
+    assert problem.score_adaptation(options)[0] == pytest.approx(
+        k * np.linalg.norm(theta - theta_a), rel=1e-8)
+    assert problem.score_bat(options)[0] == pytest.approx(
+        k * np.linalg.norm(theta - theta_bat), rel=1e-8)
+
+
+def test_plain_and_random_errors_follow_their_predictions():
+    plain = run_convex(ConvexConfig(models=("ridge",), methods=("plain",), sample_sizes=(200,),
+                                    seeds=tuple(range(400))))
+    assert plain.n_error.mean() == pytest.approx(plain.predicted_n_error.iloc[0], rel=0.1)
+    both = run_convex(ConvexConfig(models=("ridge",), methods=("plain", "random"),
+                                   sample_sizes=(200,), seeds=tuple(range(40))))
+    random = both[both.method == "random"]
+    assert random.n_error.mean() == pytest.approx(random.predicted_n_error.iloc[0], rel=0.1)
+
+
+def test_smoke_run_has_every_method_and_json_ready_summary():
+    results = run_convex(SMOKE)
+    assert len(results) == 2 * 2 * 2 * len(METHODS)
+    assert np.isfinite(results[["sq_error", "n_error", "k_error"]].to_numpy()).all()
+    augmented = results[results.method != "plain"]
+    assert augmented.condition_share.isin([True, False]).all()
+    assert (augmented.k == augmented.n + backbone_count(16, 0.5) * augmented.n // 16).all()
+    summary = summarise(results)
+    assert len(summary) == 2 * 2 * len(METHODS)
+    assert summary[summary.method == "plain"].rho_le_rho_a.all()
+    json.dumps(summary_records(summary), allow_nan=False)
+
+
+def test_runs_are_deterministic():
+    small = ConvexConfig(models=("logistic",), sample_sizes=(16,), seeds=(3,),
+                         population_samples=5_000)
+    first, second = run_convex(small), run_convex(small)
+    assert first.equals(second)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(models=("lasso",)), "models"),
+    (dict(methods=("random",)), "methods"),
+    (dict(gamma=1.0), "gamma"),
+    (dict(weight="fisher"), "weight"),
+    (dict(sample_sizes=(0,)), "sample_sizes"),
+    (dict(seeds=()), "seeds"),
+])
+def test_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        ConvexConfig(**kwargs)

@@ -1,0 +1,302 @@
+"""Per-sample gradients, curvature products and solvers, each against a second computation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from torch.func import functional_call, hessian, jacrev
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from bat.curvature import (FisherOperator, MatrixOperator, OutputTask, adapter_parameters,
+                           curvature_operators, flat_parameters, per_sample_grads,
+                           per_sample_grads_loop, unflatten)
+from bat.errors import ConfigError
+from bat.solvers import IndefiniteCurvatureError, SolveOptions, solve
+
+
+class LMTask:
+    """Next-token cross-entropy, mean over each sequence's tokens."""
+
+    def batch_outputs(self, model, batch):
+        return model(input_ids=batch["input_ids"]).logits
+
+    def output_losses(self, logits, batch):
+        ids = batch["input_ids"]
+        tokens = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(),
+                                 reduction="none")
+        return tokens.view(ids.shape[0], -1).mean(1)
+
+    def batch_losses(self, model, batch):
+        return self.output_losses(self.batch_outputs(model, batch), batch)
+
+
+class RegressionTask:
+    """Squared error of a network's vector output against a target."""
+
+    def batch_outputs(self, model, batch):
+        return model(batch["x"])
+
+    def output_losses(self, outputs, batch):
+        return ((outputs - batch["y"]) ** 2).sum(1) / 2
+
+    def batch_losses(self, model, batch):
+        return self.output_losses(self.batch_outputs(model, batch), batch)
+
+
+@pytest.fixture(scope="module")
+def lora_lm():
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                         max_position_embeddings=32, attn_implementation="eager")
+    # init_lora_weights=False: B ≠ 0, so the gradients of A are not all zero.
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], lora_dropout=0.1,
+                      init_lora_weights=False)
+    model = get_peft_model(LlamaForCausalLM(config), lora).double()
+    batch = {"input_ids": torch.randint(0, 64, (5, 8), generator=torch.Generator().manual_seed(1))}
+    return model, batch
+
+
+def mlp_problem(seed=0, n=6):
+    generator = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(0.2), nn.Linear(4, 2)).double()
+    for p in model.parameters():
+        p.data = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+    model[0].bias.requires_grad_(False)  # a frozen part, as the backbone is
+    model.train()  # the library must switch dropout off itself
+    batch = {"x": torch.randn(n, 3, generator=generator, dtype=torch.float64),
+             "y": torch.randn(n, 2, generator=generator, dtype=torch.float64)}
+    return model, batch
+
+
+def functional_mean_loss(model, task, batch, weights):
+    """Weighted loss as a function of the flat θ_A, for torch.func.hessian."""
+    names, params = adapter_parameters(model)
+    model.eval()
+
+    def loss(theta):
+        swapped = dict(zip(names, unflatten(theta, params)))
+        outputs = functional_call(model, swapped, (batch["x"],))
+        return (weights * task.output_losses(outputs, batch)).sum()
+    return loss
+
+
+def random_weights(n, seed=0):
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# --- per-sample gradients ---------------------------------------------------------------------
+
+def test_vmap_matches_loop_on_lora_lm_with_dropout(lora_lm):
+    model, batch = lora_lm
+    model.train()  # dropout active: scores must still be deterministic and mode restored
+    vmapped = per_sample_grads(model, LMTask(), batch, chunk_size=2)
+    looped = per_sample_grads_loop(model, LMTask(), batch)
+    assert model.training
+    assert vmapped.shape == (5, flat_parameters(model).numel())
+    assert vmapped.abs().sum() > 0
+    torch.testing.assert_close(vmapped, looped, atol=1e-10, rtol=1e-8)
+
+
+def test_vmap_matches_loop_on_mlp_and_sums_to_batch_gradient():
+    model, batch = mlp_problem()
+    task = RegressionTask()
+    vmapped = per_sample_grads(model, task, batch)
+    torch.testing.assert_close(vmapped, per_sample_grads_loop(model, task, batch))
+    params = adapter_parameters(model)[1]
+    model.eval()
+    total = torch.autograd.grad(task.batch_losses(model, batch).sum(), params)
+    torch.testing.assert_close(vmapped.sum(0), torch.cat([g.reshape(-1) for g in total]))
+
+
+def test_frozen_parameters_are_left_out():
+    model, _ = mlp_problem()
+    frozen = model[0].bias.numel()
+    assert flat_parameters(model).numel() == sum(p.numel() for p in model.parameters()) - frozen
+
+
+# --- curvature products -----------------------------------------------------------------------
+
+def test_hessian_products_match_dense_hessian():
+    model, batch = mlp_problem()
+    task, weights = RegressionTask(), random_weights(6)
+    operator, = curvature_operators("hessian", model, task, batch, [weights])
+    dense = hessian(functional_mean_loss(model, task, batch, weights))(flat_parameters(model))
+    v = torch.randn(operator.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(operator.matvec(v), dense @ v)
+    torch.testing.assert_close(operator.dense(), dense)
+
+
+def test_gauss_newton_matches_jacobian_form():
+    model, batch = mlp_problem()
+    task, weights = RegressionTask(), random_weights(6)
+    operator, = curvature_operators("gauss_newton", model, task, batch, [weights])
+    names, params = adapter_parameters(model)
+    model.eval()
+
+    def outputs(theta):
+        return functional_call(model, dict(zip(names, unflatten(theta, params))), (batch["x"],))
+    jacobian = jacrev(outputs)(flat_parameters(model))  # [n, 2, d]; ∂²ℓ/∂f² = I
+    expected = torch.einsum("i,iod,ioe->de", weights, jacobian, jacobian)
+    torch.testing.assert_close(operator.dense(), expected)
+
+
+def test_gauss_newton_equals_hessian_for_linear_model_with_squared_loss():
+    model = nn.Linear(4, 3).double()
+    generator = torch.Generator().manual_seed(0)
+    batch = {"x": torch.randn(7, 4, generator=generator, dtype=torch.float64),
+             "y": torch.randn(7, 3, generator=generator, dtype=torch.float64)}
+    weights = [torch.full((7,), 1 / 7, dtype=torch.float64)]
+    gn, = curvature_operators("gauss_newton", model, RegressionTask(), batch, weights)
+    h, = curvature_operators("hessian", model, RegressionTask(), batch, weights)
+    torch.testing.assert_close(gn.dense(), h.dense())
+
+
+def test_gauss_newton_on_lora_lm_is_psd_and_differences_share_products(lora_lm):
+    model, batch = lora_lm
+    w_all = torch.full((5,), 0.2, dtype=torch.float64)
+    w_part = torch.tensor([0, 0, 0.2, 0.2, 0.2], dtype=torch.float64)
+    full, part, difference = curvature_operators("gauss_newton", model, LMTask(), batch,
+                                                 [w_all, w_part, w_all - w_part])
+    v = torch.randn(full.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert float(v @ full.matvec(v)) > 0
+    torch.testing.assert_close(difference.matvec(v), full.matvec(v) - part.matvec(v))
+
+
+def test_hessian_on_lora_lm_matches_forward_over_reverse(lora_lm):
+    model, batch = lora_lm
+    weights = torch.full((5,), 0.2, dtype=torch.float64)
+    operator, = curvature_operators("hessian", model, LMTask(), batch, [weights])
+    names, params = adapter_parameters(model)
+    task = LMTask()
+    model.eval()
+
+    def mean_loss(theta):
+        swapped = dict(zip(names, unflatten(theta, params)))
+        logits = functional_call(model, swapped, (), {"input_ids": batch["input_ids"]}).logits
+        return (weights * task.output_losses(logits, batch)).sum()
+    v = torch.randn(operator.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _, expected = torch.func.jvp(torch.func.grad(mean_loss), (flat_parameters(model),), (v,))
+    # rotary embeddings are computed in float32 inside the double model, hence the tolerance
+    torch.testing.assert_close(operator.matvec(v), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fisher_operator_is_weighted_outer_products():
+    grads = torch.randn(5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights = random_weights(5)
+    expected = sum(w * torch.outer(g, g) for w, g in zip(weights, grads))
+    torch.testing.assert_close(FisherOperator(grads, weights).dense(), expected)
+
+
+def test_gauss_newton_without_outputs_is_a_config_error():
+    class LossOnly:
+        def batch_losses(self, model, batch):
+            return RegressionTask().batch_losses(model, batch)
+    model, batch = mlp_problem()
+    assert isinstance(RegressionTask(), OutputTask) and not isinstance(LossOnly(), OutputTask)
+    with pytest.raises(ConfigError, match="gauss_newton"):
+        curvature_operators("gauss_newton", model, LossOnly(), batch, [random_weights(6)])
+
+
+# --- solvers ----------------------------------------------------------------------------------
+
+def psd_fisher(d=30, n=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return FisherOperator(torch.randn(n, d, generator=generator, dtype=torch.float64),
+                          torch.full((n,), 1 / n, dtype=torch.float64))
+
+
+def rhs(d, seed=1):
+    return torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("solver", ["cg", "lissa", "woodbury"])
+def test_solvers_match_dense_on_psd_fisher(solver):
+    operator, v = psd_fisher(), rhs(30)
+    reference = solve(operator, v, SolveOptions(solver="dense", damping=0.1)).x
+    options = SolveOptions(solver=solver, damping=0.1, tol=1e-10, max_iter=5000,
+                           indefinite="raise")
+    solution = solve(operator, v, options)
+    assert solution.report.converged and not solution.report.indefinite
+    assert solution.report.residual < 1e-8
+    torch.testing.assert_close(solution.x, reference, rtol=1e-7, atol=1e-9)
+    assert solution.report.solver == solver and solution.report.curvature == "fisher"
+
+
+def test_woodbury_matches_dense_for_more_rows_than_dimensions():
+    operator, v = psd_fisher(d=6, n=15), rhs(6)
+    dense = solve(operator, v, SolveOptions(solver="dense", damping=1e-3)).x
+    torch.testing.assert_close(solve(operator, v, SolveOptions(
+        solver="woodbury", damping=1e-3, indefinite="raise")).x, dense)
+
+
+def test_cg_matches_dense_on_hessian_products():
+    model, batch = mlp_problem(n=20)
+    operator, = curvature_operators("gauss_newton", model, RegressionTask(), batch,
+                                    [torch.full((20,), 1 / 20, dtype=torch.float64)])
+    v = rhs(operator.dim)
+    dense = solve(operator, v, SolveOptions(solver="dense", damping=1e-2)).x
+    cg = solve(operator, v, SolveOptions(solver="cg", damping=1e-2, tol=1e-10))
+    assert cg.report.converged and cg.report.iterations <= 2 * operator.dim
+    torch.testing.assert_close(cg.x, dense)
+
+
+def indefinite_matrix(d=8):
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.float64))
+    eigenvalues = torch.linspace(-2.0, 3.0, d, dtype=torch.float64)
+    return MatrixOperator(q @ torch.diag(eigenvalues) @ q.T, kind="hessian"), q, eigenvalues
+
+
+@pytest.mark.parametrize("solver", ["dense", "cg", "lissa"])
+def test_indefinite_raises_under_raise_policy(solver):
+    operator, _, _ = indefinite_matrix()
+    with pytest.raises(IndefiniteCurvatureError) as caught:
+        solve(operator, rhs(8), SolveOptions(solver=solver, damping=0.1, indefinite="raise",
+                                             max_iter=500))
+    assert caught.value.report.indefinite
+
+
+@pytest.mark.parametrize("solver", ["cg", "lissa"])
+def test_truncated_iterations_flag_negative_curvature_without_nan(solver):
+    operator, _, _ = indefinite_matrix()
+    solution = solve(operator, rhs(8), SolveOptions(solver=solver, damping=0.1,
+                                                    indefinite="truncate", max_iter=500))
+    assert solution.report.indefinite and not solution.report.converged
+    assert torch.isfinite(solution.x).all()
+
+
+def test_dense_clip_and_abs_policies_change_only_negative_eigenvalues():
+    operator, q, eigenvalues = indefinite_matrix()
+    v = rhs(8)
+    clip = solve(operator, v, SolveOptions(solver="dense", damping=0.1, indefinite="clip",
+                                           eig_floor=0.5))
+    absolute = solve(operator, v, SolveOptions(solver="dense", damping=0.1, indefinite="abs"))
+    coefficients = q.T @ v
+    torch.testing.assert_close(clip.x, q @ (coefficients / (eigenvalues + 0.1).clamp(min=0.5)))
+    torch.testing.assert_close(absolute.x, q @ (coefficients / (eigenvalues.abs() + 0.1)))
+    assert clip.report.indefinite and clip.report.negative_eigenvalues == 3
+    assert clip.report.min_eigenvalue == pytest.approx(-2.0)
+
+
+def test_woodbury_with_signed_weights_detects_indefinite_difference():
+    grads = torch.randn(6, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    signed = torch.tensor([0.3, 0.3, 0.3, -0.2, -0.2, -0.2], dtype=torch.float64)
+    operator, v = FisherOperator(grads, signed), rhs(20)
+    woodbury = solve(operator, v, SolveOptions(solver="woodbury", damping=0.1, indefinite="abs"))
+    dense = solve(operator, v, SolveOptions(solver="dense", damping=0.1, indefinite="abs"))
+    assert woodbury.report.indefinite and woodbury.report.negative_eigenvalues == 3
+    torch.testing.assert_close(woodbury.x, dense.x)
+
+
+def test_solve_options_name_field_and_allowed_values():
+    with pytest.raises(ConfigError, match=r"indefinite.*'raise', 'truncate'"):
+        SolveOptions(solver="cg", indefinite="clip")
+    with pytest.raises(ConfigError, match="solver"):
+        SolveOptions(solver="newton")
+    with pytest.raises(ConfigError, match="damping"):
+        SolveOptions(damping=0.0)
+    with pytest.raises(ConfigError, match="woodbury"):
+        solve(MatrixOperator(torch.eye(3)), torch.ones(3), SolveOptions(solver="woodbury",
+                                                                        indefinite="clip"))

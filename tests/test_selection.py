@@ -1,0 +1,178 @@
+"""Proposition-2 scores and Algorithm 1 on a linear model with known good and bad candidates."""
+
+import pytest
+import torch
+from torch import nn
+
+from bat import io
+from bat.curvature import curvature_operators, flat_parameters, set_flat_parameters
+from bat.errors import ConfigError
+from bat.protocols import take_examples
+from bat.prop2 import (Prop2Problem, parameter_distance, weight_difference,
+                       weighted_squared_distance)
+from bat.protocols import SelectionContext, Selector
+from bat.selection import FirstSelector, Prop2Selector, SelectionConfig
+from bat.solvers import SolveOptions, solve
+
+DIM = 4
+
+
+class LinearRegressionTask:
+    def batch_outputs(self, model, batch):
+        return model(batch["x"])
+
+    def output_losses(self, outputs, batch):
+        return (outputs[:, 0] - batch["y"]) ** 2 / 2
+
+    def batch_losses(self, model, batch):
+        return self.output_losses(self.batch_outputs(model, batch), batch)
+
+
+def sample(theta, n, generator):
+    x = torch.randn(n, DIM, generator=generator, dtype=torch.float64)
+    return {"x": x, "y": x @ theta + 0.1 * torch.randn(n, generator=generator, dtype=torch.float64)}
+
+
+def problem(seed=0, n_adaptation=40, n_good=10, n_bad=10):
+    """D^A from θ_A; candidates 0..n_good−1 from the same law, the rest from θ_bad = −2θ_A."""
+    generator = torch.Generator().manual_seed(seed)
+    theta_a = torch.randn(DIM, generator=generator, dtype=torch.float64)
+    model = nn.Linear(DIM, 1, bias=False).double()
+    set_flat_parameters(model, 0.3 * theta_a)
+    good, bad = sample(theta_a, n_good, generator), sample(-2 * theta_a, n_bad, generator)
+    candidates = {key: torch.cat([good[key], bad[key]]) for key in good}
+    context = SelectionContext(model=model, task=LinearRegressionTask(),
+                               adaptation_batch=sample(theta_a, n_adaptation, generator),
+                               candidate_batch=candidates,
+                               candidate_ids=list(range(100, 100 + n_good + n_bad)), step=0)
+    return context, theta_a
+
+
+CURVATURE_SETUPS = [dict(curvature="fisher", solver="woodbury"),
+                    dict(curvature="hessian", solver="dense", indefinite="abs"),
+                    dict(curvature="gauss_newton", solver="cg", indefinite="truncate")]
+
+
+@pytest.mark.parametrize("mode", ["oracle", "oracle_free"])
+@pytest.mark.parametrize("setup", CURVATURE_SETUPS, ids=lambda s: s["curvature"])
+def test_selector_prefers_candidates_from_the_adaptation_distribution(mode, setup):
+    picked_good = 0
+    for seed in range(8):
+        context, theta_a = problem(seed)
+        config = SelectionConfig(mode=mode, damping=1e-3, **setup)
+        selector = Prop2Selector(config, target=theta_a if mode == "oracle" else None)
+        chosen = selector.select(context, 4)
+        assert len(chosen) == 4 and set(chosen) <= set(context.candidate_ids)
+        picked_good += sum(i < 110 for i in chosen)
+        record, = selector.records
+        assert record["reason"] == "initial"
+        for report in record["reports"].values():
+            assert report["curvature"] == setup["curvature"]
+            assert report["solver"] == setup["solver"] and report["damping"] == 1e-3
+    # Half the candidates are good, so chance picks 50%. A bad candidate whose x is nearly
+    # orthogonal to θ_A carries almost no bias and may rightly be picked; the empirical Fisher,
+    # a noisy curvature away from the optimum, separates least well.
+    assert picked_good / 32 >= 0.65
+
+
+def test_algorithm_1_schedule_keeps_selection_and_records_json(tmp_path):
+    context, theta_a = problem()
+    config = SelectionConfig(score_adaptation_every=2, score_bat_every=3, gamma=0.01)
+    selector = Prop2Selector(config, target=theta_a)
+    first = selector.select(context, 4)
+    for step in range(1, 7):
+        context.step = step
+        assert selector.select(context, 4) == first  # γ = 0.01: eq. 12 holds, nothing re-selected
+    steps = {r["step"]: r for r in selector.records}
+    assert sorted(steps) == [0, 2, 3, 4, 6]
+    assert "score_bat" not in steps[2] and "score_bat" in steps[3] and "score_bat" in steps[6]
+    assert all(r["condition"] for r in selector.records if "condition" in r)
+    io.write_json(tmp_path / "records.json", selector.records)
+    assert io.read_json(tmp_path / "records.json")[0]["selected_ids"] == first
+
+
+def test_failed_condition_triggers_reselection():
+    context, theta_a = problem(n_good=0)
+    # At the least-squares fit of D^A, Σ_{D^A} ∇ℓ = 0, so Score_A = 0 < γ·Score_bat.
+    x, y = context.adaptation_batch["x"], context.adaptation_batch["y"]
+    set_flat_parameters(context.model, torch.linalg.lstsq(x, y[:, None]).solution[:, 0])
+    selector = Prop2Selector(SelectionConfig(backbone_curvature="share"), target=theta_a)
+    selector.select(context, 4)
+    assert selector.records[0]["condition"] is False
+    context.step = 1
+    selector.select(context, 4)
+    assert selector.records[-1]["reselected"] and selector.records[-1]["reason"] == \
+        "condition_failed"
+    context.candidate_ids = [i + 1000 for i in context.candidate_ids]
+    context.step = 2
+    selector.select(context, 4)
+    assert selector.records[-1]["reason"] == "candidates_changed"
+    assert all(i >= 1100 for i in selector.selected_ids)
+
+
+def test_score_adaptation_with_share_is_the_adaptation_only_newton_step():
+    context, _ = problem()
+    backbone = take_examples(context.candidate_batch, [0, 1, 12, 13])
+    p2 = Prop2Problem(context.model, context.task, context.adaptation_batch, backbone,
+                      "hessian", backbone_curvature="share")
+    options = SolveOptions(solver="dense", damping=1e-6)
+    score, report = p2.score_adaptation(options)
+    n, k = 40, 44
+    operator, = curvature_operators("hessian", context.model, context.task,
+                                    context.adaptation_batch,
+                                    [torch.full((n,), 1.0 / k, dtype=torch.float64)])
+    direct = solve(operator, p2.grads[:n].sum(0), options).x
+    assert score == pytest.approx(float(direct.norm()), rel=1e-9)
+    assert not report.indefinite
+
+
+def test_weight_difference_is_score_bat_and_distances_agree():
+    context, theta_a = problem()
+    backbone = take_examples(context.candidate_batch, [0, 15])
+    p2 = Prop2Problem(context.model, context.task, context.adaptation_batch, backbone, "fisher")
+    options = SolveOptions(solver="woodbury", damping=1e-3, indefinite="clip")
+    whole = {key: torch.cat([context.adaptation_batch[key], backbone[key]]) for key in backbone}
+    assert weight_difference(context.model, context.task, whole, "fisher", options)[0] == \
+        pytest.approx(p2.score_bat(options)[0], rel=1e-9)
+    theta = flat_parameters(context.model)
+    assert weighted_squared_distance(theta, theta_a, torch.eye(DIM, dtype=torch.float64)) == \
+        pytest.approx(parameter_distance(theta, theta_a) ** 2)
+
+
+def test_conditional_difference_can_be_indefinite_and_is_handled():
+    context, _ = problem()
+    backbone = take_examples(context.candidate_batch, list(range(10, 20)))
+    p2 = Prop2Problem(context.model, context.task, context.adaptation_batch, backbone, "fisher")
+    score, report = p2.score_adaptation(SolveOptions(solver="woodbury", indefinite="clip"))
+    assert report.indefinite and report.negative_eigenvalues > 0
+    assert score == score and score > 0  # finite, not NaN
+
+
+def test_both_selectors_implement_the_protocol():
+    context, theta_a = problem()
+    assert isinstance(Prop2Selector(SelectionConfig(), target=theta_a), Selector)
+    assert isinstance(FirstSelector(), Selector)
+    assert FirstSelector().select(context, 3) == [100, 101, 102]
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(mode="oracel"), "mode"),
+    (dict(curvature="kfac"), "curvature"),
+    (dict(solver="woodbury", curvature="hessian"), "solver"),
+    (dict(solver="cg", indefinite="clip"), "indefinite"),
+    (dict(damping=0), "damping"),
+    (dict(gamma=1.0), "gamma"),
+    (dict(score_bat_every=0), "score_bat_every"),
+    (dict(backbone_curvature="mean"), "backbone_curvature"),
+    (dict(holdout_fraction=1.5), "holdout_fraction"),
+])
+def test_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        SelectionConfig(**kwargs)
+
+
+def test_oracle_needs_target_and_oracle_free_refuses_one():
+    with pytest.raises(ConfigError, match="target"):
+        Prop2Selector(SelectionConfig(mode="oracle"))
+    with pytest.raises(ConfigError, match="target"):
+        Prop2Selector(SelectionConfig(mode="oracle_free"), target=torch.zeros(DIM))
