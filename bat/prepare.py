@@ -7,7 +7,6 @@ tree is built beside ``data/prepared`` and swapped in only when complete.
 from __future__ import annotations
 
 import random
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from bat import paths, text_data, validate
 from bat.config import load_section, run_cli
 from bat.fetch import require_raw
 from bat.image_data import STYLES, Concept, load_concepts, render_source, save_image_set
-from bat.io import write_json, write_jsonl
+from bat.io import atomic_directory, write_json, write_jsonl
 from bat.text_sources import read_gcide, read_wikipedia, read_wordnet
 
 
@@ -170,16 +169,11 @@ def prepare_text(config: PrepareConfig, raw: Path, out: Path) -> dict[str, int]:
 
 def prepare(config: PrepareConfig, raw: Path = paths.RAW, prepared: Path = paths.PREPARED) -> dict:
     require_raw(raw)
-    partial = prepared.with_name(prepared.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    sizes = {**prepare_images(config, raw, partial / "images"), **prepare_text(config, raw, partial / "text")}
-    write_json(partial / "summary.json", {"sizes": sizes, "eval_sets": text_data.EVAL_SETS,
-                                          "adaptation_tasks": text_data.ADAPTATION_TASKS})
-    previous = prepared.with_name(prepared.name + ".previous")
-    if prepared.exists():
-        prepared.rename(previous)
-    partial.rename(prepared)
-    shutil.rmtree(previous, ignore_errors=True)
+    with atomic_directory(prepared) as partial:
+        sizes = {**prepare_images(config, raw, partial / "images"),
+                 **prepare_text(config, raw, partial / "text")}
+        write_json(partial / "summary.json", {"sizes": sizes, "eval_sets": text_data.EVAL_SETS,
+                                              "adaptation_tasks": text_data.ADAPTATION_TASKS})
     return sizes
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bat.adapters import AdapterConfig, attach_adapter, flat_adapter_vector, trainable_parameters
-from bat.checkpoint import adapter_dir, atomic_directory, load_state, log_path, save_state
+from bat.io import atomic_directory
+from bat.checkpoint import adapter_dir, load_state, log_path, save_state
 from bat.checkpoint import trained_vector
 from bat.errors import ConfigError
 from bat.io import read_json

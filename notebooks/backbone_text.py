@@ -1,0 +1,146 @@
+# %% [markdown]
+# # The text backbone
+#
+# The paper's language backbone is LLaMA-2-7B fine-tuned on Alpaca-cleaned: a public model whose
+# last training set is known, so that set can play D^B. Here the same situation is built at CPU
+# scale: SmolLM2-135M-Instruct (from its pinned GGUF file) is instruction-tuned on our D^B
+# (`data/prepared/text/backbone.jsonl`: WordNet and Wikipedia instruction/response pairs, rendered
+# with the model's chat template, loss on the response tokens only). The result, saved to
+# `models/backbone_text` as a plain `LlamaForCausalLM`, is the backbone every text adaptation starts from.
+#
+# The fine-tune trains a LoRA on every linear layer and merges it into the weights (a full
+# fine-tune of 135M weights does not fit the CPU budget); `lora_rank = 0` would train every weight.
+# The eight multiple-choice sets (held out from D^B, `bat/text_data.py`) are scored before and
+# after, with lm-evaluation-harness's `acc` and `acc_norm`, on their first `eval_set_size` items.
+# The smoke profile runs the same code on a minuscule LLaMA built from a config; the paper profile
+# loads its model by hub id.
+
+# %% tags=["parameters"]
+source = "gguf"
+gguf_file = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+model_id = ""
+tiny_config = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2}
+attn_implementation = "eager"
+torch_dtype = "float32"
+device = "cpu"
+steps = 40
+batch_size = 8
+max_length = 64
+learning_rate = 0.0002
+weight_decay = 0.0
+warmup_steps = 4
+lora_rank = 8
+lora_alpha = 16.0
+max_grad_norm = 1.0
+seed = 0
+eval_set_size = 20
+eval_batch_size = 8
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from bat import paths
+from bat.io import read_jsonl, write_json
+from bat.plotting import save_figure
+from bat.text_backbone import (TextBackboneConfig, compare_scores, fine_tune, initial_backbone,
+                               load_backbone, load_eval_sets, loss_summary, save_backbone,
+                               score_eval_sets)
+
+started = time.perf_counter()
+config = TextBackboneConfig(
+    source=source, gguf_file=gguf_file, model_id=model_id, tiny_config=tiny_config,
+    attn_implementation=attn_implementation, torch_dtype=torch_dtype, device=device, steps=steps,
+    batch_size=batch_size, max_length=max_length, learning_rate=learning_rate,
+    weight_decay=weight_decay, warmup_steps=warmup_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
+    max_grad_norm=max_grad_norm, seed=seed, eval_set_size=eval_set_size, eval_batch_size=eval_batch_size)
+records = read_jsonl(paths.PREPARED / "text" / "backbone.jsonl")
+eval_sets = load_eval_sets(paths.PREPARED / "text" / "eval", eval_set_size)
+folder = paths.MODELS / "backbone_text"
+seconds = {}
+pd.set_option("display.width", 200)
+config
+
+# %% [markdown]
+# ## Load the backbone before our fine-tune and score it
+
+# %%
+clock = time.perf_counter()
+model, tokenizer = initial_backbone(config)
+seconds["load"] = time.perf_counter() - clock
+clock = time.perf_counter()
+before = score_eval_sets(model, tokenizer, eval_sets, batch_size=eval_batch_size)
+seconds["eval_before"] = time.perf_counter() - clock
+before
+
+# %% [markdown]
+# ## Fine-tune on D^B, save, and reload the saved folder
+#
+# The scores "after" come from the folder as saved, reopened with the same loader that the
+# adaptation stages use.
+
+# %%
+model, tokenizer, log = fine_tune(config, records, model=model, tokenizer=tokenizer)
+seconds["fine_tune"] = log["seconds"]
+clock = time.perf_counter()
+save_backbone(model, tokenizer, folder, pretraining_ids=log["seen_ids"])
+del model
+model, tokenizer = load_backbone(folder, torch_dtype=torch_dtype, device=device,
+                                 attn_implementation=attn_implementation)
+seconds["save_and_reload"] = time.perf_counter() - clock
+losses = pd.DataFrame(log["rows"], columns=["step", "loss", "learning_rate", "tokens", "seconds"])
+summary = loss_summary(log)
+pd.Series({key: log[key] for key in ("examples", "dropped_examples", "trainable_parameters")}
+          | {"distinct_examples_seen": len(set(log["seen_ids"]))} | summary)
+
+# %%
+clock = time.perf_counter()
+after = score_eval_sets(model, tokenizer, eval_sets, batch_size=eval_batch_size)
+seconds["eval_after"] = time.perf_counter() - clock
+table = compare_scores(before, after)
+table.round(3)
+
+# %% [markdown]
+# Left: the training loss per step (response tokens only) and its running mean. Middle and right:
+# `acc` and `acc_norm` per set before and after the fine-tune, on the same items; the black tick
+# is chance (the mean of 1 / number of choices).
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [1, 1.4, 1.4]})
+if len(losses):
+    axes[0].plot(losses["step"], losses["loss"], color="tab:gray", lw=0.8, label="per step")
+    axes[0].plot(losses["step"], losses["loss"].rolling(summary["window"], min_periods=1).mean(),
+                 color="tab:blue", label=f"running mean ({summary['window']} steps)")
+    axes[0].legend(fontsize=7)
+else:
+    axes[0].text(0.5, 0.5, "no fine-tune (steps = 0)", ha="center", va="center", transform=axes[0].transAxes)
+axes[0].set(xlabel="step", ylabel="loss (response tokens)", title="fine-tune on D^B")
+per_set = table[table["set"] != "mean"]
+positions = np.arange(len(per_set))
+for axis, metric in zip(axes[1:], ["acc", "acc_norm"]):
+    axis.bar(positions - 0.2, per_set[f"{metric}_before"], width=0.4, color="tab:gray", label="before")
+    axis.bar(positions + 0.2, per_set[f"{metric}_after"], width=0.4, color="tab:blue", label="after")
+    axis.scatter(positions, per_set["chance"], marker="_", s=300, color="black", label="chance", zorder=3)
+    axis.set_xticks(positions, [f"{s}\n({p})" for s, p in zip(per_set["set"], per_set["paper"])],
+                    rotation=60, ha="right", fontsize=6)
+    axis.set(ylim=(0, 1), ylabel=metric, title=f"{metric} on {eval_set_size} items per set")
+axes[1].legend(fontsize=7, loc="upper right")
+fig.suptitle(f"Text backbone ({source}): instruction-tuned on D^B, {steps} steps", fontsize=9)
+fig.tight_layout()
+save_figure(fig, "backbone_text")
+
+# %%
+seconds["total"] = time.perf_counter() - started
+scores = {row["set"]: {key: row[key] for key in ("items", "chance", "acc_before", "acc_after",
+                                                 "acc_norm_before", "acc_norm_after")}
+          for row in table.to_dict("records")}
+metrics = {"source": source, "steps": steps, "examples": log["examples"],
+           "dropped_examples": log["dropped_examples"], "trainable_parameters": log["trainable_parameters"],
+           "distinct_examples_seen": len(set(log["seen_ids"])),
+           "loss": summary, "scores": scores, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+write_json(paths.metrics("backbone_text"), metrics)
+pd.Series(metrics["seconds"], name="seconds")
