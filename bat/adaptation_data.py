@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from bat.adapters import DREAMBOOTH_IDENTIFIER
+from bat.errors import ConfigError
 from bat.image_backbone import encode_captions, encode_images, images_to_tensor
 from bat.image_data import ImageSet
 from bat.protocols import Batch
@@ -18,8 +19,11 @@ from bat.protocols import Batch
 STYLE_TEMPLATE = "{caption} in {identifier} style"
 
 
-def style_prompts(captions: list[str], template: str = STYLE_TEMPLATE,
-                  identifier: str = DREAMBOOTH_IDENTIFIER) -> list[str]:
+def style_prompts(captions: list[str], identifier: str = DREAMBOOTH_IDENTIFIER,
+                  template: str = STYLE_TEMPLATE) -> list[str]:
+    """``"<caption> in <identifier> style"`` for each caption: prompts for a personalized style."""
+    if not isinstance(identifier, str) or not identifier.strip():
+        raise ConfigError(f"identifier: {identifier!r} must be a non-empty word, e.g. 'sks'")
     return [template.format(caption=caption, identifier=identifier) for caption in captions]
 
 
