@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from bat import paths, validate
 from bat.errors import ConfigError
+from bat.io import atomic_directory
 from bat.tasks import DiffusionTask, make_diffusion_batch
 
 SOURCES = ("train", "pretrained")
@@ -104,13 +105,16 @@ def build_pipeline(config: ImageBackboneConfig):
                         block_out_channels=config.vae_channels, norm_num_groups=_groups(config.vae_channels),
                         sample_size=config.resolution, mid_block_add_attention=False)
     unet_levels = len(config.unet_channels)
-    # Cross-attention only on the coarser levels: at full latent size attention dominates the cost.
-    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (unet_levels - 1)
-    up = ("CrossAttnUpBlock2D",) * (unet_levels - 1) + ("UpBlock2D",)
+    # Cross-attention on every level, and the pooled caption added to the time embedding
+    # (addition_embed_type="text"): with a few hundred CPU steps, a UNet with cross-attention on
+    # the coarse level alone learnt to ignore its prompt (samples identical across prompts).
+    down = ("CrossAttnDownBlock2D",) * unet_levels
+    up = ("CrossAttnUpBlock2D",) * unet_levels
     unet = UNet2DConditionModel(sample_size=config.latent_size, in_channels=4, out_channels=4,
                                 layers_per_block=1, block_out_channels=config.unet_channels,
                                 down_block_types=down, up_block_types=up,
                                 cross_attention_dim=text_encoder.config.hidden_size, attention_head_dim=8,
+                                addition_embed_type="text", addition_embed_type_num_heads=8,
                                 norm_num_groups=_groups(config.unet_channels))
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
@@ -239,31 +243,26 @@ def build_or_load(config: ImageBackboneConfig, backbone, folder: Path):
 
 
 def prompt_fidelity(pipe, image_set, seed: int, steps: int, guidance_scale: float) -> dict:
-    """Sample every caption of ``image_set``; how often is a sample nearest its own reference?
+    """Sample every caption of ``image_set``: do the samples look like their own prompt's reference?
 
-    Nearness is cosine similarity of :func:`bat.image_features.pixel_features`; chance is 1/N.
+    ``preference``: how often a sample is nearer its own reference than another caption's (chance
+    0.5); ``accuracy``: how often its own reference is the nearest of all (chance 1/N). Nearness is
+    cosine similarity of :func:`bat.image_features.pixel_features`.
     """
     from bat.image_features import pixel_features
-    from bat.image_metrics import retrieval_accuracy
+    from bat.image_metrics import pairwise_preference, retrieval_accuracy
 
     samples = generate(pipe, list(image_set.captions), seed, steps, guidance_scale)
-    accuracy = retrieval_accuracy(pixel_features(samples), pixel_features(image_set.images))
-    return {"samples": samples, "accuracy": accuracy, "chance": 1 / len(image_set), "count": len(image_set)}
+    sample_features, reference_features = pixel_features(samples), pixel_features(image_set.images)
+    return {"samples": samples, "count": len(image_set),
+            "preference": pairwise_preference(sample_features, reference_features), "preference_chance": 0.5,
+            "accuracy": retrieval_accuracy(sample_features, reference_features), "accuracy_chance": 1 / len(image_set)}
 
 
 def save_image_backbone(pipe, folder: Path) -> Path:
     """``save_pretrained`` into a temporary folder beside ``folder``, then swap it in."""
-    import shutil
-
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    pipe.save_pretrained(partial, safe_serialization=True)
-    previous = folder.with_name(folder.name + ".previous")
-    if folder.exists():
-        folder.rename(previous)
-    partial.rename(folder)
-    shutil.rmtree(previous, ignore_errors=True)
+    with atomic_directory(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
     return folder
 
 

@@ -16,16 +16,16 @@ resolution = 32
 vae_channels = [32, 64]
 unet_channels = [64, 128]
 max_caption_tokens = 16
-vae_steps = 150
+vae_steps = 120
 vae_learning_rate = 0.001
-unet_steps = 500
+unet_steps = 450
 unet_learning_rate = 0.001
 batch_size = 32
 caption_dropout = 0.1
 seed = 0
 torch_dtype = "float32"
 device = "cpu"
-eval_prompts = 32
+eval_prompts = 64
 sample_steps = 25
 guidance_scale = 3.0
 
@@ -49,23 +49,24 @@ pipe, log = build_or_load(config, backbone, paths.MODELS / "backbone_image")
 
 # %% [markdown]
 # ## Do samples carry their prompt?
-# For each caption, one sample (fixed seed per prompt). The score is the share of samples whose
-# nearest real render, among all captions of the same group, is their own caption's; chance is
-# 1 / (number of captions).
+# For each caption, one sample (fixed seed per prompt), compared with the real renders of all
+# captions of its group in pixel-thumbnail space. `preference`: how often a sample is nearer its
+# own caption's render than another caption's (chance 0.5). `accuracy`: how often its own render
+# is the nearest of all (chance 1 / number of captions).
 
 # %%
 evaluation = {
     "seen in D^B": prompt_fidelity(pipe, backbone.spread(eval_prompts), seed, sample_steps, guidance_scale),
     "held out of D^B": prompt_fidelity(pipe, heldout.spread(eval_prompts), seed, sample_steps, guidance_scale),
 }
-scores = pd.DataFrame({group: {"accuracy": result["accuracy"], "chance": result["chance"],
-                               "captions": result["count"]} for group, result in evaluation.items()}).T
+scores = pd.DataFrame({group: {key: value for key, value in result.items() if key != "samples"}
+                       for group, result in evaluation.items()}).T
 scores
 
 # %%
 columns = min(8, eval_prompts)
-fig = plt.figure(figsize=(1.1 * columns, 7.5))
-grid = fig.add_gridspec(5, columns, height_ratios=[1.6, 1, 1, 1, 1])
+fig = plt.figure(figsize=(1.1 * columns, 8.5))
+grid = fig.add_gridspec(5, columns, height_ratios=[1.6, 1, 1, 1, 1], hspace=0.6)
 loss_axis = fig.add_subplot(grid[0, :])
 if log is not None:
     for name in ("vae", "unet"):
@@ -89,8 +90,7 @@ save_figure(fig, "backbone_image")
 
 # %%
 write_json(paths.metrics("backbone_image"), {
-    "prompt_fidelity": {group: {"accuracy": result["accuracy"], "chance": result["chance"],
-                                "captions": result["count"]} for group, result in evaluation.items()},
+    "prompt_fidelity": scores.to_dict(orient="index"),
     "final_loss": None if log is None else {name: log[name][-1]["loss"] for name in ("vae", "unet")},
     "timings": None if log is None else log["timings"],
 })

@@ -121,3 +121,19 @@ def test_retrieval_accuracy():
 def test_bad_shapes_and_values_raise(call):
     with pytest.raises(ConfigError):
         call()
+
+
+def test_pairwise_preference_is_one_for_perfect_and_half_for_unrelated_samples():
+    from bat.image_metrics import pairwise_preference
+
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(40, 16))
+    assert pairwise_preference(keys, keys) == 1.0
+    # Independent samples: the own key is a random one among the rest.
+    assert abs(pairwise_preference(rng.normal(size=(400, 16)), rng.normal(size=(400, 16))) - 0.5) < 0.02
+    # The AUC by brute force on a small case.
+    query, key = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    from bat.image_metrics import cosine_matrix
+    sim = cosine_matrix(query, key)
+    brute = np.mean([np.mean([sim[i, j] < sim[i, i] for j in range(5) if j != i]) for i in range(5)])
+    assert pairwise_preference(query, key) == pytest.approx(brute)
