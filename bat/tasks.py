@@ -53,15 +53,20 @@ class DiffusionTask:
                                     self.noise_scheduler.config.num_train_timesteps,
                                     examples.get("loss_weight"))
 
-    def batch_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+    def batch_outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The predicted noise: the network output that Gauss-Newton products differentiate."""
         noisy = self.noise_scheduler.add_noise(batch["latents"], batch["noise"], batch["timesteps"])
-        prediction = model(noisy, batch["timesteps"],
-                           encoder_hidden_states=batch["encoder_hidden_states"]).sample
-        squared = (prediction.float() - batch["noise"].float()) ** 2
+        return model(noisy, batch["timesteps"], encoder_hidden_states=batch["encoder_hidden_states"]).sample
+
+    def output_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        squared = (outputs.float() - batch["noise"].float()) ** 2
         losses = squared.mean(dim=tuple(range(1, squared.ndim)))
         if "loss_weight" in batch:
             losses = losses * batch["loss_weight"]
         return losses
+
+    def batch_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.output_losses(self.batch_outputs(model, batch), batch)
 
 
 class CausalLMTask:
@@ -77,11 +82,17 @@ class CausalLMTask:
         end = int(attended.max()) + 1 if len(attended) else 1
         return {name: values[:, :end] for name, values in examples.items()}
 
-    def batch_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    def batch_outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The logits: the network output that Gauss-Newton products differentiate."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def output_losses(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         # Position i predicts token i + 1, as the labels of a transformers causal LM are meant.
         labels = batch["labels"][:, 1:]
         token_losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels,
                                        ignore_index=IGNORE_INDEX, reduction="none")
         counts = (labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
         return token_losses.sum(dim=1) / counts
+
+    def batch_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.output_losses(self.batch_outputs(model, batch), batch)

@@ -42,3 +42,22 @@ def test_bat_regime_trains_with_proposition_2_selection(kind, mode, tmp_path):
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result.log)
     if target is not None:
         assert flat_parameters(result.model).numel() == target.numel()
+
+
+@pytest.mark.parametrize("kind", ["lora", "locon"])
+def test_library_tasks_give_gauss_newton_curvature(kind):
+    """bat.tasks expose their outputs, so Gauss-Newton products (PSD, unlike the Hessian) work."""
+    from bat.adapters import attach_adapter
+    from bat.curvature import OutputTask, curvature_operators
+
+    setting = SETTINGS[kind]
+    task = setting["task"]()
+    assert isinstance(task, OutputTask)
+    model = attach_adapter(setting["build"](), AdapterConfig(kind))
+    batch = task.prepare(setting["adaptation"](), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(task.output_losses(task.batch_outputs(model, batch), batch),
+                               task.batch_losses(model, batch))
+    weights = torch.full((len(batch["latents" if kind == "locon" else "input_ids"]),), 1.0)
+    (operator,) = curvature_operators("gauss_newton", model, task, batch, [weights])
+    vector = torch.randn(operator.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert float(vector @ operator.matvec(vector).double()) >= 0
