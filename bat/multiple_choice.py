@@ -81,7 +81,8 @@ class MultipleChoiceItem:
 def load_items(path: str | Path) -> list[MultipleChoiceItem]:
     """Read items from ``.jsonl`` (one object a line) or ``.json`` (a list of objects).
 
-    Each object has the fields of :class:`MultipleChoiceItem`; ``question`` may be left out.
+    Each object has the fields of :class:`MultipleChoiceItem`; ``question`` may be left out, and
+    ``key`` (the held-out word or title that ``prepare`` records) is read past.
     """
     path = Path(path)
     if path.suffix == ".jsonl":
@@ -101,10 +102,10 @@ def load_items(path: str | Path) -> list[MultipleChoiceItem]:
         fields = {"context", "choices", "gold", "id"}
         if not isinstance(record, dict) or not fields <= record.keys():
             raise ConfigError(f"{where}: an item needs the fields {sorted(fields)}, got {record!r}")
-        extra = record.keys() - fields - {"question"}
+        extra = record.keys() - fields - {"question", "key"}
         if extra:
             raise ConfigError(f"{where}: unknown item fields {sorted(extra)}")
-        items.append(MultipleChoiceItem(**record))
+        items.append(MultipleChoiceItem(**{k: v for k, v in record.items() if k != "key"}))
     return items
 
 

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from bat import paths, validate
 from bat.errors import ConfigError
 from bat.io import atomic_directory, read_json, write_json
-from bat.multiple_choice import ALPACA_TEMPLATE, MultipleChoiceItem, score_loglikelihood
+from bat.multiple_choice import ALPACA_TEMPLATE, MultipleChoiceItem, load_items, score_loglikelihood
 from bat.tasks import IGNORE_INDEX, CausalLMTask
 
 SOURCES = ("gguf", "config", "pretrained")
@@ -493,7 +493,6 @@ def pretraining_ids(folder: str | Path) -> list[str] | None:
 def load_eval_sets(folder: str | Path, size: int, names: Sequence[str] | None = None
                    ) -> dict[str, list[MultipleChoiceItem]]:
     """The first ``size`` items of each prepared multiple-choice set (``eval/<set>.jsonl``)."""
-    from bat.io import read_jsonl
     from bat.text_data import EVAL_SETS
 
     folder = Path(folder)
@@ -503,9 +502,7 @@ def load_eval_sets(folder: str | Path, size: int, names: Sequence[str] | None = 
         path = folder / f"{name}.jsonl"
         if not path.is_file():
             raise ConfigError(f"{path} not found; run `dvc repro prepare` first")
-        records = read_jsonl(path)[:size]
-        sets[name] = [MultipleChoiceItem(context=r["context"], choices=r["choices"], gold=r["gold"], id=r["id"])
-                      for r in records]
+        sets[name] = load_items(path)[:size]
     return sets
 
 
