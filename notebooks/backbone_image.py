@@ -27,7 +27,7 @@ torch_dtype = "float32"
 device = "cpu"
 eval_prompts = 64
 sample_steps = 25
-guidance_scale = 3.0
+guidance_scale = 7.5
 
 # %%
 import matplotlib.pyplot as plt
