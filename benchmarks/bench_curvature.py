@@ -17,31 +17,15 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from bat import io
 from bat.curvature import (FisherOperator, curvature_operators, per_sample_grads,
                            per_sample_grads_loop)
-from bat.protocols import SelectionContext
+from bat.protocols import SelectionContext, concat_batches, take_examples
+from bat.tasks import CausalLMTask
 from bat.selection import FirstSelector, Prop2Selector, SelectionConfig
 from bat.solvers import SolveOptions, solve
-
-
-class LMTask:
-    """Next-token cross-entropy per sequence; exposes logits for Gauss-Newton products."""
-
-    def batch_outputs(self, model, batch):
-        return model(input_ids=batch["input_ids"]).logits
-
-    def output_losses(self, logits, batch):
-        ids = batch["input_ids"]
-        tokens = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(),
-                                 reduction="none")
-        return tokens.view(ids.shape[0], -1).mean(1)
-
-    def batch_losses(self, model, batch):
-        return self.output_losses(self.batch_outputs(model, batch), batch)
 
 
 class NoiseTask:
@@ -93,8 +77,9 @@ def tiny_unet(latent_size=8):
 
 
 def lm_batch(size, length=32, seed=0):
-    return {"input_ids": torch.randint(0, 256, (size, length),
-                                       generator=torch.Generator().manual_seed(seed))}
+    """Random full-length sequences, every token labelled: the library's CausalLMTask format."""
+    ids = torch.randint(0, 256, (size, length), generator=torch.Generator().manual_seed(seed))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
 def unet_batch(size, latent_size=8, seed=0):
@@ -125,7 +110,7 @@ def bench_selection_overhead(steps, every, repeats):
         model = tiny_lm()
         selector = selector_factory(model)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        task = LMTask()
+        task = CausalLMTask()
         start = time.perf_counter()
         for step in range(steps):
             context = SelectionContext(model=model, task=task, adaptation_batch=adaptation,
@@ -133,8 +118,9 @@ def bench_selection_overhead(steps, every, repeats):
                                        candidate_ids=list(range(64)), step=step)
             chosen = selector.select(context, 8)
             rows = slice(8 * (step % 2), 8 * (step % 2) + 8)
-            ids = torch.cat([adaptation["input_ids"][rows], candidates["input_ids"][chosen]])
-            loss = task.batch_losses(model, {"input_ids": ids}).mean()
+            batch = concat_batches(take_examples(adaptation, range(rows.start, rows.stop)),
+                                   take_examples(candidates, chosen))
+            loss = task.batch_losses(model, batch).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -177,7 +163,7 @@ def bench_solvers(dims, rows, repeats):
 def bench_lm_gauss_newton(repeats):
     torch.manual_seed(0)
     model = tiny_lm(hidden=32, rank=2).double()
-    operator, = curvature_operators("gauss_newton", model, LMTask(), lm_batch(8, length=16),
+    operator, = curvature_operators("gauss_newton", model, CausalLMTask(), lm_batch(8, length=16),
                                     [torch.full((8,), 1 / 8, dtype=torch.float64)])
     v = torch.randn(operator.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     # Each LiSSA iteration is a Gauss-Newton product here: a fixed budget shows its slow progress.
@@ -219,7 +205,7 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
         "per_sample_grads": {
-            "lora_lm": bench_per_sample(tiny_lm(), LMTask(), lm_batch(64), args.repeats),
+            "lora_lm": bench_per_sample(tiny_lm(), CausalLMTask(), lm_batch(64), args.repeats),
             # 16×16 latents are the tiny profile's; at 8×8 attention weighs less.
             **{f"lora_unet_{size}x{size}": bench_per_sample(
                 tiny_unet(size), NoiseTask(), unet_batch(64, size), args.repeats)
