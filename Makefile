@@ -21,7 +21,7 @@ export HF_DATASETS_OFFLINE := 1
 # Idle OpenMP threads spin and starve the other core of a 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: env data repro test lab clean-env
+.PHONY: env data repro test bench lab clean-env
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ repro: data
 
 test: data
 	$(PY) -m pytest
+
+# Speed, memory and agreement checks; each writes benchmarks/results/<name>.json (see README).
+bench: env
+	$(PY) benchmarks/bench_curvature.py --out benchmarks/results/curvature.json
+	$(PY) benchmarks/bench_adapters.py --out benchmarks/results/adapters.json
+	$(PY) benchmarks/bench_backbone_text.py --out benchmarks/results/backbone_text.json
+	$(PY) benchmarks/bench_stage.py backbone_image --out benchmarks/results/backbone_image.json
+	$(PY) benchmarks/lm_eval_compare.py --model models/backbone_text \
+	  --items data/prepared/text/eval/hypernym_choice.jsonl --out benchmarks/results/lm_eval_compare.json
 
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/
