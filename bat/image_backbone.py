@@ -230,14 +230,16 @@ def pretrain(config: ImageBackboneConfig, images: np.ndarray, captions: list[str
 
 
 def build_or_load(config: ImageBackboneConfig, backbone, folder: Path):
-    """Tiny profile: pre-train on D^B and save to ``folder``; paper profile: load ``model_id``.
+    """Tiny profile: pre-train on D^B; paper profile: load ``model_id``. Either way save to ``folder``.
 
-    Either way the pipeline returned is the one loaded back from disk, so what is evaluated is
-    what later stages read. The log is ``None`` when nothing was trained.
+    Later stages read the backbone from ``folder`` only, whichever profile made it, and the
+    pipeline returned is the one loaded back from there, so what is evaluated is what they read.
+    The log is ``None`` when nothing was trained.
     """
     if config.source == "pretrained":
-        return load_image_backbone(config.model_id, config.torch_dtype, config.device), None
-    pipe, log = pretrain(config, backbone.images, backbone.captions)
+        pipe, log = load_image_backbone(config.model_id, config.torch_dtype, config.device), None
+    else:
+        pipe, log = pretrain(config, backbone.images, backbone.captions)
     save_image_backbone(pipe, folder)
     return load_image_backbone(folder, config.torch_dtype, config.device), log
 

@@ -87,3 +87,17 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="could not load a StableDiffusionPipeline from 'nobody/no-such-model'"):
         load_image_backbone("nobody/no-such-model")
+
+
+def test_pretrained_source_is_loaded_and_saved_where_later_stages_read(trained, tmp_path, backbone_set):
+    """The paper profile loads a pipeline by id (here: a local folder) and writes it to models/."""
+    from bat.image_backbone import build_or_load
+
+    _, _, folder = trained
+    config = build(ImageBackboneConfig, {**SMOKE, "source": "pretrained", "model_id": str(folder)},
+                   "backbone_image")
+    pipe, log = build_or_load(config, backbone_set, tmp_path / "backbone_image")
+    assert log is None
+    assert (tmp_path / "backbone_image" / "model_index.json").exists()
+    for name, tensor in pipe.unet.state_dict().items():
+        assert torch.equal(tensor, trained[0].unet.state_dict()[name]), name
