@@ -35,3 +35,17 @@ def image_examples(pipe, image_set: ImageSet, prompts: list[str] | None = None) 
         raise ValueError(f"{len(prompts)} prompts for {len(image_set)} images")
     return {"latents": encode_images(pipe, images_to_tensor(image_set.images)),
             "encoder_hidden_states": encode_captions(pipe, prompts)}
+
+
+def text_examples(tokenizer, records: list[dict], max_length: int) -> Batch:
+    """Instruction records → right-padded ``{"input_ids", "attention_mask", "labels"}``.
+
+    Formatted exactly as the text backbone was fine-tuned (chat template, prompt masked);
+    records whose prompt alone fills ``max_length`` are dropped, as in that fine-tune.
+    """
+    from bat.text_backbone import collate, encode_records
+
+    encoded, _ = encode_records(tokenizer, records, max_length)
+    if not encoded:
+        raise ValueError(f"no record fits in max_length={max_length} tokens")
+    return collate(encoded, tokenizer.pad_token_id)

@@ -59,3 +59,14 @@ def smoke_image_backbone(smoke_root, smoke_params) -> Path:
     backbone = load_image_set(smoke_root / "data" / "prepared" / "images" / "backbone.npz")
     pipe, _ = pretrain(config, backbone.images, backbone.captions)
     return save_image_backbone(pipe, smoke_root / "models" / "backbone_image")
+
+
+@pytest.fixture(scope="session")
+def smoke_text_backbone(smoke_root, smoke_params, raw) -> Path:
+    """The smoke profile's LM backbone (a from-config LLaMA, real tokenizer), saved under models."""
+    from bat.config import from_namespace
+    from bat.text_backbone import TextBackboneConfig, initial_backbone, save_backbone
+
+    config = from_namespace(TextBackboneConfig, smoke_params["backbone_text"], "backbone_text")
+    model, tokenizer = initial_backbone(config)
+    return save_backbone(model, tokenizer, smoke_root / "models" / "backbone_text")

@@ -26,16 +26,24 @@ def test_oracle_trains_saves_and_is_not_retrained(smoke_paths, smoke_image_backb
     assert torch.equal(trained_vector(tmp_path / "noto_locon"), oracle)
 
 
+def test_text_oracle_trains_a_lora_on_the_lm(smoke_paths, smoke_text_backbone, smoke_params, tmp_path):
+    run = load_run("word_definition_lora", smoke_params)
+    result = train_oracle("word_definition_lora", run, smoke_text_backbone, tmp_path / "lora")
+    assert len(result.log) == run.steps
+    assert trained_vector(tmp_path / "lora").numel() > 0
+
+
 def test_unknown_run_names_the_runs(smoke_params):
-    with pytest.raises(ConfigError, match=r"oracles.runs has no run 'x'; runs: \['emojione_dreambooth'"):
+    with pytest.raises(ConfigError, match=r"oracles has no run 'x'; runs: \['emojione_dreambooth'"):
         load_run("x", smoke_params)
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("adapter", "lora", r"oracles.runs.adapter: 'lora' is not allowed"),
-    ("dataset", "noto_train", r"oracles.runs.dataset: 'noto_train' is not allowed; choose one of \['noto_oracle'"),
+    ("adapter", "loda", r"oracles.run.adapter: 'loda' is not allowed"),
+    ("dataset", "noto_train", r"oracles.run.dataset: 'noto_train' is not allowed; choose one of \['noto_oracle'"),
+    ("dataset", "word_definition_oracle", r"oracles.run.dataset: 'word_definition_oracle' is not allowed"),
 ])
 def test_bad_runs_are_refused(smoke_params, field, value, message):
-    values = {**smoke_params["oracles"]["runs"]["noto_dreambooth"], field: value}
+    values = {**smoke_params["oracles"]["image"]["noto_dreambooth"], field: value}
     with pytest.raises(ConfigError, match=message):
-        build(OracleRun, values, "oracles.runs.noto_dreambooth")
+        build(OracleRun, values, "oracles.image.noto_dreambooth")
