@@ -70,3 +70,16 @@ def smoke_text_backbone(smoke_root, smoke_params, raw) -> Path:
     config = from_namespace(TextBackboneConfig, smoke_params["backbone_text"], "backbone_text")
     model, tokenizer = initial_backbone(config)
     return save_backbone(model, tokenizer, smoke_root / "models" / "backbone_text")
+
+
+@pytest.fixture(scope="session")
+def smoke_oracles(smoke_root, smoke_image_backbone, smoke_params) -> Path:
+    """The smoke profile's image oracles, trained into ``smoke_root/models/oracles/<run>``."""
+    from bat.oracle import load_run, train_oracle
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
+        for name in smoke_params["oracles"]["image"]:
+            train_oracle(name, load_run(name, smoke_params), smoke_image_backbone,
+                         smoke_root / "models" / "oracles" / name)
+    return smoke_root / "models" / "oracles"

@@ -11,6 +11,8 @@ from bat.config import read_yaml
 from tests.conftest import PROJECT
 
 NOTEBOOKS = sorted(path.stem for path in (PROJECT / "notebooks").glob("*.py"))
+# What a notebook's smoke run reads besides smoke_root's prepared data: the fixtures that make it.
+UPSTREAM = {"fig04_dreambooth_initial_steps": ["smoke_image_backbone", "smoke_oracles"]}
 
 
 def test_there_are_notebooks():
@@ -39,7 +41,9 @@ def test_unknown_parameter_is_refused_before_the_kernel_starts(stem, tmp_path):
 
 
 @pytest.mark.parametrize("stem", NOTEBOOKS)
-def test_notebook_runs_at_smoke_size(stem, smoke_root, smoke_params, monkeypatch):
+def test_notebook_runs_at_smoke_size(stem, smoke_root, smoke_params, monkeypatch, request):
+    for fixture in UPSTREAM.get(stem, []):
+        request.getfixturevalue(fixture)
     monkeypatch.setenv("BAT_ROOT", str(smoke_root))
     report = runner.execute(stem, smoke_params[stem], report=smoke_root / "reports" / f"{stem}.ipynb",
                             cwd=smoke_root)
