@@ -130,15 +130,12 @@ def initial_steps_runs(config: InitialStepsConfig, out_folder: str | Path,
     ``reselected`` / ``condition`` (``bat`` only, at the steps Algorithm 1 scored).
     Run folders are ``out_folder/<style>/seed<seed>/<regime>``; a finished run is not retrained.
     """
-    from diffusers import DDPMScheduler
-
     from bat.adaptation_data import image_examples, style_prompts
     from bat.adapters import AdapterConfig, attach_adapter, flat_adapter_vector
     from bat.checkpoint import trained_vector
-    from bat.image_backbone import load_image_backbone
+    from bat.image_backbone import load_image_backbone, noise_task
     from bat.protocols import take_examples
     from bat.selection import Prop2Selector, SelectionConfig
-    from bat.tasks import DiffusionTask
     from bat.train import (TrainConfig, backbone_schedule, compute_matched_steps, seed_everything,
                            train)
 
@@ -156,7 +153,7 @@ def initial_steps_runs(config: InitialStepsConfig, out_folder: str | Path,
                               f"oracle_image@{oracle_run(style, config.adapter)} first") from None
 
     pipe = load_image_backbone(backbone_folder or paths.MODELS / "backbone_image")
-    task = DiffusionTask(DDPMScheduler.from_config(pipe.scheduler.config))
+    task = noise_task(pipe)
     backbone_set = load_image_set(paths.PREPARED / "images" / "backbone.npz")
     pools = {seed: backbone_pool(config.pool_size, len(backbone_set), seed) for seed in config.seeds}
     needed = sorted({i for pool in pools.values() for i in pool})

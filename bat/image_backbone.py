@@ -148,8 +148,18 @@ def _batches(count: int, batch_size: int, steps: int, generator: torch.Generator
         order = order[batch_size:]
 
 
-def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig) -> list[dict]:
-    """Reconstruction + a small KL term, then set ``scaling_factor`` so latents have unit variance."""
+def noise_task(pipe) -> DiffusionTask:
+    """The epsilon-prediction task on ``pipe``'s UNet, with the DDPM view of its noise schedule."""
+    from diffusers import DDPMScheduler
+
+    return DiffusionTask(DDPMScheduler.from_config(pipe.scheduler.config))
+
+
+def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig) -> tuple[list[dict], torch.Tensor]:
+    """Reconstruction + a small KL term, then set ``scaling_factor`` so latents have unit variance.
+
+    Returns the log and the scaled latents of ``pixels``, encoded once for the UNet's training.
+    """
     vae = pipe.vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
@@ -168,9 +178,9 @@ def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig) -> list[d
         progress.set_postfix(loss=f"{loss.item():.4f}")
         log.append({"step": step, "loss": loss.item(), "reconstruction": reconstruction.item()})
     vae.eval().requires_grad_(False)
-    latents = encode_images(pipe, pixels, scaled=False)
-    vae.register_to_config(scaling_factor=float(1 / latents.std()))
-    return log
+    means = encode_images(pipe, pixels, scaled=False)
+    vae.register_to_config(scaling_factor=float(1 / means.std()))
+    return log, means * vae.config.scaling_factor
 
 
 @torch.no_grad()
@@ -184,9 +194,7 @@ def encode_images(pipe, pixels: torch.Tensor, scaled: bool = True, batch_size: i
 def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
                config: ImageBackboneConfig) -> list[dict]:
     unet = pipe.unet.train().requires_grad_(True)
-    from diffusers import DDPMScheduler
-
-    task = DiffusionTask(DDPMScheduler.from_config(pipe.scheduler.config))
+    task = noise_task(pipe)
     empty = encode_captions(pipe, [""])
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
@@ -221,9 +229,8 @@ def pretrain(config: ImageBackboneConfig, images: np.ndarray, captions: list[str
     if pixels.shape[-1] != config.resolution:
         raise ConfigError(f"backbone_image.resolution: {config.resolution} but the prepared images are "
                           f"{pixels.shape[-1]} pixels; set prepare.image_size to the same value")
-    vae_log = train_vae(pipe, pixels, config)
+    vae_log, latents = train_vae(pipe, pixels, config)
     vae_seconds = time.perf_counter() - started
-    latents = encode_images(pipe, pixels)
     unet_log = train_unet(pipe, latents, encode_captions(pipe, captions), config)
     timings = {"vae_seconds": vae_seconds, "total_seconds": time.perf_counter() - started}
     return pipe, {"vae": vae_log, "unet": unet_log, "timings": timings}

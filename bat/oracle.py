@@ -72,16 +72,13 @@ def train_oracle(name: str, run: OracleRun, backbone_folder=None, out_folder=Non
 
 
 def _image_setting(run: OracleRun, backbone_folder):
-    from diffusers import DDPMScheduler
-
     from bat.adaptation_data import image_examples, style_prompts
-    from bat.image_backbone import load_image_backbone
-    from bat.tasks import DiffusionTask
+    from bat.image_backbone import load_image_backbone, noise_task
 
     pipe = load_image_backbone(backbone_folder)
     image_set = load_image_set(paths.PREPARED / "images" / f"{run.dataset}.npz")
     examples = image_examples(pipe, image_set, style_prompts(image_set.captions))
-    return pipe.unet, DiffusionTask(DDPMScheduler.from_config(pipe.scheduler.config)), examples
+    return pipe.unet, noise_task(pipe), examples
 
 
 def _text_setting(run: OracleRun, backbone_folder):
