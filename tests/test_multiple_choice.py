@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from bat import multiple_choice as mc
 from bat.errors import ConfigError
+from benchmarks.lm_eval.make_tiny_model import build_tokenizer
 
 CORPUS = [
     "Question: which backbone augmented training selects data?\nAnswer: the backbone",
@@ -19,23 +19,7 @@ CORPUS = [
 @pytest.fixture(scope="module")
 def tokenizer():
     """A byte-level BPE with a BOS post-processor, like LLaMA's tokenizers, trained offline."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        CORPUS,
-        trainers.BpeTrainer(
-            vocab_size=320,
-            special_tokens=["<pad>", "<s>", "</s>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    bpe.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+    return build_tokenizer(CORPUS, vocab_size=320)
 
 
 def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:

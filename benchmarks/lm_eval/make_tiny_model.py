@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 ITEMS = Path(__file__).with_name("items.jsonl")
 
 
-def build_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
+def build_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     # Byte-level BPE with a BOS token prepended, the shape of LLaMA-family tokenizers.
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -26,7 +26,7 @@ def build_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     bpe.train_from_iterator(
         corpus,
         trainers.BpeTrainer(
-            vocab_size=512,
+            vocab_size=vocab_size,
             special_tokens=["<pad>", "<s>", "</s>"],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
