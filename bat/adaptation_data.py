@@ -41,11 +41,13 @@ def text_examples(tokenizer, records: list[dict], max_length: int) -> Batch:
     """Instruction records → right-padded ``{"input_ids", "attention_mask", "labels"}``.
 
     Formatted exactly as the text backbone was fine-tuned (chat template, prompt masked);
-    records whose prompt alone fills ``max_length`` are dropped, as in that fine-tune.
+    records whose prompt alone fills ``max_length`` are dropped, as in that fine-tune. Every set
+    is padded to ``max_length``, so that D^A and D^B examples can share a batch (the task trims
+    the padding no example of a batch uses).
     """
     from bat.text_backbone import collate, encode_records
 
     encoded, _ = encode_records(tokenizer, records, max_length)
     if not encoded:
         raise ValueError(f"no record fits in max_length={max_length} tokens")
-    return collate(encoded, tokenizer.pad_token_id)
+    return collate(encoded, tokenizer.pad_token_id, max_length)

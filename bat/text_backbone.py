@@ -328,9 +328,11 @@ def encode_records(tokenizer, records: Sequence[Mapping[str, Any]], max_length: 
     return examples, dropped
 
 
-def collate(examples: Sequence[Mapping[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (``-100`` on padding)."""
-    width = max(len(example["input_ids"]) for example in examples)
+def collate(examples: Sequence[Mapping[str, list[int]]], pad_token_id: int,
+            width: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (``-100`` on padding),
+    ``width`` columns wide (default: the longest example)."""
+    width = width or max(len(example["input_ids"]) for example in examples)
     input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)

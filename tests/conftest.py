@@ -73,13 +73,50 @@ def smoke_text_backbone(smoke_root, smoke_params, raw) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_oracles(smoke_root, smoke_image_backbone, smoke_params) -> Path:
-    """The smoke profile's image oracles, trained into ``smoke_root/models/oracles/<run>``."""
+def smoke_encoders(smoke_root, smoke_params) -> Path:
+    """The smoke profile's metric encoders, trained and saved under ``smoke_root/models``."""
+    from bat.config import from_namespace
+    from bat.encoders import EncoderConfig, build_or_load
+    from bat.image_data import load_image_set
+
+    config = from_namespace(EncoderConfig, smoke_params["encoders"], "encoders")
+    backbone = load_image_set(smoke_root / "data" / "prepared" / "images" / "backbone.npz")
+    build_or_load(config, backbone, smoke_root / "models" / "encoders")
+    return smoke_root / "models" / "encoders"
+
+
+def _train_oracles(track: str, backbone: Path, smoke_root: Path, smoke_params: dict) -> Path:
     from bat.oracle import load_run, train_oracle
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
-        for name in smoke_params["oracles"]["image"]:
-            train_oracle(name, load_run(name, smoke_params), smoke_image_backbone,
+        for name in smoke_params["oracles"][track]:
+            train_oracle(name, load_run(name, smoke_params), backbone,
                          smoke_root / "models" / "oracles" / name)
     return smoke_root / "models" / "oracles"
+
+
+@pytest.fixture(scope="session")
+def smoke_oracles(smoke_root, smoke_image_backbone, smoke_params) -> Path:
+    """The smoke profile's image oracles, trained into ``smoke_root/models/oracles/<run>``."""
+    return _train_oracles("image", smoke_image_backbone, smoke_root, smoke_params)
+
+
+@pytest.fixture(scope="session")
+def smoke_text_oracles(smoke_root, smoke_text_backbone, smoke_params) -> Path:
+    """The smoke profile's LoRA / DoRA oracles, beside the image ones."""
+    return _train_oracles("text", smoke_text_backbone, smoke_root, smoke_params)
+
+
+@pytest.fixture(scope="session")
+def smoke_grids(smoke_root, smoke_encoders, smoke_oracles, smoke_text_oracles, smoke_params) -> Path:
+    """Every grid of the smoke profile, run into ``smoke_root/runs/<name>`` as its stage would."""
+    from bat.grid import load_grid, run_grid
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
+        for track in ("image", "text"):
+            for name in smoke_params["grids"][track]:
+                run_grid(load_grid(name, smoke_params), smoke_root / "runs" / name,
+                         smoke_root / "models")
+    return smoke_root / "runs"

@@ -1,0 +1,138 @@
+"""Grids of runs (bat.grid, bat.grid_results): config checks and every smoke-sized grid."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bat import paths
+from bat.config import build
+from bat.errors import ConfigError
+from bat.grid import GridConfig, load_grid, run_grid
+from bat.grid_results import (band_summary, compare_final, final_rows, paired_difference,
+                              read_grid, selection_summary)
+
+VALID = {"name": "test", "track": "image", "datasets": ["noto"], "adapters": ["dreambooth"],
+         "seeds": [0, 1], "regimes": ["plain", "bat", "random_matched"], "gammas": [0.5],
+         "batch_sizes": [4], "steps": 2, "learning_rate": 0.0001, "log_every": 1,
+         "evaluate_every": 1, "pool": "backbone", "pool_size": 4, "score_every": 1, "damping": 0.001,
+         "eval_size": 2, "sample_steps": 2, "guidance_scale": 7.5, "benchmark_items": 0}
+
+
+def test_every_grid_of_each_profile_is_valid(smoke_params):
+    from bat.config import profile_params
+
+    for params in (smoke_params, profile_params("tiny"), profile_params("paper")):
+        for track in ("image", "text"):
+            for name in params["grids"][track]:
+                assert load_grid(name, params).track == track
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("datasets", ["openmoji"], r"grids.image.test.datasets: 'openmoji' is not allowed; choose one of \['noto', 'emojione'\]"),
+    ("datasets", "noto", r"datasets: 'noto' must be a non-empty list"),
+    ("adapters", ["lora"], r"adapters: 'lora' is not allowed"),
+    ("seeds", [0, 0], r"seeds: \[0, 0\] lists an entry twice"),
+    ("regimes", ["plain", "random_matched"], r"'random_matched' is matched to a 'bat' run"),
+    ("regimes", ["bogus"], r"regimes: 'bogus' is not allowed"),
+    ("gammas", [1.0], r"gammas: 1.0 must lie strictly between 0.0 and 1.0"),
+    ("steps", 0, r"steps: 0 must be a positive integer"),
+    ("pool", "laion", r"pool: 'laion' is not allowed; choose one of \['backbone', 'out_of_backbone'\]"),
+    ("pool_size", 3, r"pool_size: 3 is fewer than the 4 backbone examples"),
+    ("benchmark_items", 4, r"benchmark_items: the multiple-choice sets score LMs"),
+])
+def test_bad_values_are_refused(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        build(GridConfig, {**VALID, field: value}, "grids.image.test")
+
+
+def test_text_grid_takes_text_tasks_and_adapters():
+    values = {**VALID, "track": "text", "datasets": ["word_definition"], "adapters": ["lora"]}
+    assert build(GridConfig, values, "grids.text.test").mixing == "regular_interval"
+    with pytest.raises(ConfigError, match=r"grids.text.test.pool: 'out_of_backbone' exists for images only"):
+        build(GridConfig, {**values, "pool": "out_of_backbone"}, "grids.text.test")
+
+
+def test_unknown_grid_lists_the_grids(smoke_params):
+    with pytest.raises(ConfigError, match=r"grids has no grid 'bogus'; grids: \['batch_size'"):
+        load_grid("bogus", smoke_params)
+
+
+def test_evaluation_steps_end_at_the_last_step():
+    assert build(GridConfig, {**VALID, "steps": 10, "evaluate_every": 4}, "g").evaluation_steps == [4, 8, 10]
+    assert build(GridConfig, {**VALID, "steps": 10, "evaluate_every": 0}, "g").evaluation_steps == [10]
+
+
+def test_missing_oracle_names_its_entry(smoke_root, smoke_image_backbone, smoke_encoders, tmp_path,
+                                        monkeypatch):
+    monkeypatch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("backbone_image", "encoders"):
+        (models / name).symlink_to(smoke_root / "models" / name)
+    with pytest.raises(ConfigError, match=r"add 'noto_dreambooth' to oracles.image"):
+        run_grid(build(GridConfig, VALID, "g"), tmp_path / "runs" / "test", models)
+    assert not (tmp_path / "runs" / "test").exists()  # nothing half-written
+
+
+def test_dreambooth_grid_matches_its_baselines(smoke_grids, smoke_params):
+    grid = read_grid(smoke_grids / "dreambooth")
+    config = load_grid("dreambooth", smoke_params)
+    steps = grid.steps
+    runs = steps.groupby(["seed", "regime"]).size()
+    assert (runs == config.steps + 1).all() and len(runs) == len(config.seeds) * len(config.regimes)
+    assert steps["weight_difference"].notna().all()  # log_every 1, and step 0
+    assert steps[steps["step"] == 0]["weight_difference"].nunique() == 1  # all start at the backbone
+    assert steps[steps["regime"] == "plain"]["gamma"].isna().all()  # plain has no γ
+    for seed in config.seeds:  # random_matched took as many backbone examples as bat, step by step
+        bat = steps[(steps["seed"] == seed) & (steps["regime"] == "bat")]["n_backbone"].tolist()
+        matched = steps[(steps["seed"] == seed) & (steps["regime"] == "random_matched")]["n_backbone"].tolist()
+        assert bat == matched and bat[-1] > 0
+    assert selection_summary(steps)["checks"].iloc[0] == len(config.seeds) * config.steps
+
+    evaluations = grid.evaluations
+    assert sorted(evaluations["step"].unique()) == [0, *config.evaluation_steps]
+    assert evaluations[["heldout_loss", "cosine", "vendi", "clip_cosine"]].notna().all().all()
+    start = evaluations[evaluations["step"] == 0].groupby("seed")["cosine"].nunique()
+    assert (start == 1).all()  # one backbone evaluation per seed, shared by the regimes
+    images = grid.samples("noto", "dreambooth", 0, 0.5, 2, "bat", config.steps)
+    assert images.dtype == np.uint8 and images.shape[0] == config.eval_size
+    assert len(grid.info["captions"]["noto"]) == config.eval_size
+
+    summary = band_summary(steps, "weight_difference")
+    assert (summary["min"] <= summary["mean"] + 1e-9).all() and (summary["mean"] <= summary["max"] + 1e-9).all()
+    difference = paired_difference(steps, "weight_difference", "bat")
+    assert len(difference) == len(config.seeds) * (config.steps + 1)
+    assert np.allclose(difference["difference"],
+                       difference["weight_difference"] - difference["weight_difference_reference"])
+    final = compare_final(evaluations, ("cosine", "heldout_loss")).set_index("regime")
+    assert "cosine_better_share" not in final.columns or pd.isna(final.loc["plain", "cosine_better_share"])
+    assert 0.0 <= final.loc["bat", "cosine_better_share"] <= 1.0
+
+
+def test_sweeps_cover_every_setting(smoke_grids, smoke_params):
+    ratio = read_grid(smoke_grids / "ratio").steps
+    assert set(ratio[ratio["regime"] == "bat"]["gamma"]) == set(smoke_params["grids"]["image"]["ratio"]["gammas"])
+    assert ratio[ratio["regime"] == "plain"]["gamma"].isna().all()  # one plain run, not one per γ
+    batch = read_grid(smoke_grids / "batch_size").steps
+    assert set(batch["batch_size"]) == set(smoke_params["grids"]["image"]["batch_size"]["batch_sizes"])
+    out = read_grid(smoke_grids / "out_of_backbone")
+    assert set(out.steps["regime"]) == {"bat"} and out.info["config"]["pool"] == "out_of_backbone"
+
+
+def test_text_grid_scores_final_models_on_the_benchmarks(smoke_grids, smoke_params):
+    grid = read_grid(smoke_grids / "lora_dora")
+    evaluations = grid.evaluations
+    assert set(evaluations["adapter"]) == {"lora", "dora"}
+    final = final_rows(evaluations)
+    assert final["acc:mean"].between(0, 1).all() and final["heldout_loss"].notna().all()
+    assert evaluations[evaluations["step"] == 0]["acc:mean"].nunique() == 1  # the backbone, once
+    assert not (smoke_grids / "lora_dora" / "samples.npz").exists()
+
+
+def test_a_grid_is_deterministic(smoke_grids, smoke_root, smoke_params, tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
+    run_grid(load_grid("locon", smoke_params), tmp_path / "locon", smoke_root / "models")
+    again, first = read_grid(tmp_path / "locon"), read_grid(smoke_grids / "locon")
+    columns = ["dataset", "seed", "regime", "step", "loss", "weight_difference", "n_backbone"]
+    pd.testing.assert_frame_equal(again.steps[columns], first.steps[columns])
+    pd.testing.assert_frame_equal(again.evaluations, first.evaluations)
