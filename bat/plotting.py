@@ -57,3 +57,37 @@ def show_images(axes, images, captions=None, caption_chars: int = 18) -> None:
             axis.imshow(images[index], interpolation="nearest")
             if captions is not None:
                 axis.set_title(str(captions[index])[:caption_chars], fontsize=6)
+
+
+def plot_bands(axis, summary, hue: str = "regime", colors: dict | None = None,
+               label: str = "{}") -> None:
+    """One line per value of ``hue``: the mean over seeds, shaded from min to max.
+
+    ``summary`` has the columns of :func:`bat.grid_results.band_summary` (``step``, ``mean``,
+    ``min``, ``max``); ``colors`` maps hue values to colours (default: :data:`REGIME_COLORS`).
+    """
+    colors = REGIME_COLORS if colors is None else colors
+    for value, curve in summary.groupby(hue, sort=False, dropna=False):
+        color = colors.get(value)
+        axis.plot(curve["step"], curve["mean"], color=color, label=label.format(value))
+        axis.fill_between(curve["step"], curve["min"], curve["max"], color=color, alpha=0.2,
+                          linewidth=0)
+
+
+def table_figure(tables, width: float = 9.0):
+    """DataFrames drawn as one figure (the paper's tables): ``tables`` is ``[(frame, title), ...]``,
+    stacked top to bottom, or a single ``(frame, title)``."""
+    if isinstance(tables, tuple):
+        tables = [tables]
+    heights = [len(frame) + 2 for frame, _ in tables]
+    fig, axes = plt.subplots(len(tables), 1, figsize=(width, 0.3 + 0.28 * sum(heights)),
+                             height_ratios=heights, squeeze=False)
+    for axis, (frame, title) in zip(axes[:, 0], tables):
+        axis.axis("off")
+        table = axis.table(cellText=frame.values, colLabels=list(frame.columns), loc="center",
+                           cellLoc="center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(7)
+        table.scale(1.0, 1.25)
+        axis.set_title(title, fontsize=9)
+    return fig

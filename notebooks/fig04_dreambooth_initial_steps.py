@@ -7,26 +7,15 @@
 # stage: a long plain run on the larger split of the style, disjoint from the few-shot D^A
 # (as in Sec. 5.1.1), so neither run is guaranteed to converge to it.
 #
-# Beside the paper's two curves: `random_matched`, random backbone samples, as many at every step
-# as the BAT run took (optionally `compute_matched`, plain training given the extra steps that
-# selection's wall time would have paid for). Every curve is the mean over seeds, with the
-# min–max band over seeds. BAT offers Algorithm 1 a fixed random pool of D^B per seed and checks
-# Proposition 2 every `score_every` steps: per-sample gradients over all UNet weights are the cost
-# (see `bat.experiments`).
+# The runs are the `grid_image@dreambooth` stage (`bat.grid`), shared with Fig. 1, 3, 9 and 10.
+# Beside the paper's two curves: `random_matched`, random backbone samples from the pool BAT was
+# offered, as many at every step as the BAT run took. Every curve is the mean over seeds, with the
+# min–max band over seeds. Task metrics lead in Fig. 1 and Tab. 1; this figure is the paper's
+# weight-distance view.
 
 # %% tags=["parameters"]
-styles = ["noto", "emojione"]
-seeds = [0, 1, 2]
+grid = "dreambooth"
 regimes = ["plain", "bat", "random_matched"]
-adapter = "dreambooth"
-steps = 20
-batch_size = 4
-learning_rate = 0.0001
-gamma = 0.5
-log_every = 2
-pool_size = 16
-score_every = 20
-damping = 0.001
 
 # %%
 import json
@@ -34,68 +23,68 @@ import json
 import matplotlib.pyplot as plt
 
 from bat import paths
-from bat.config import from_namespace
-from bat.experiments import InitialStepsConfig, band_summary, final_comparison, initial_steps_runs
+from bat.grid_results import (band_summary, compare_final, paired_difference, read_grid,
+                              selection_summary, seconds_summary)
 from bat.io import write_json
-from bat.plotting import REGIME_COLORS, save_figure
+from bat.plotting import plot_bands, save_figure
 
-config = from_namespace(InitialStepsConfig, globals(), "fig04_dreambooth_initial_steps")
-
-# %%
-frame = initial_steps_runs(config, paths.MODELS / "runs" / "fig04")
-summary = band_summary(frame)
-losses = band_summary(frame, "loss")
-comparison = final_comparison(frame)
+result = read_grid(paths.ROOT / "runs" / grid)
+steps = result.steps[result.steps["regime"].isin(regimes)]
+datasets = list(result.info["config"]["datasets"])
+seeds = result.info["config"]["seeds"]
+distance = band_summary(steps, "weight_difference")
+losses = band_summary(steps, "loss")
 
 # %% [markdown]
 # ## Weight difference to θ^{A*} over the first steps
-# Top: ‖θ − θ^{A*}‖ (mean over seeds, band min–max). Bottom: the training loss of each step's
-# batch (mean over seeds); BAT's and random_matched's batches also hold backbone examples.
+# Top: ‖θ − θ^{A*}‖ (mean over seeds, band min–max). Middle: the same, minus the plain run of the
+# same seed (below zero: closer to θ^{A*} than plain). Bottom: the training loss of each step's
+# batch; BAT's and random_matched's batches also hold backbone examples.
 
 # %%
-fig, axes = plt.subplots(2, len(config.styles), figsize=(4.2 * len(config.styles), 6),
-                         squeeze=False, sharex="col")
-for column, style in enumerate(config.styles):
-    for regime in config.regimes:
-        curve = summary[(summary["style"] == style) & (summary["regime"] == regime)]
-        axes[0, column].plot(curve["step"], curve["mean"], color=REGIME_COLORS[regime], label=regime)
-        axes[0, column].fill_between(curve["step"], curve["min"], curve["max"],
-                                     color=REGIME_COLORS[regime], alpha=0.2, linewidth=0)
-        loss = losses[(losses["style"] == style) & (losses["regime"] == regime)]
-        axes[1, column].plot(loss["step"], loss["mean"], color=REGIME_COLORS[regime], label=regime)
-    axes[0, column].set_title(f"{style} ({config.adapter}, {len(config.seeds)} seeds)")
+fig, axes = plt.subplots(3, len(datasets), figsize=(4.2 * len(datasets), 8), squeeze=False,
+                         sharex="col")
+for column, dataset in enumerate(datasets):
+    plot_bands(axes[0, column], distance[distance["dataset"] == dataset])
+    for regime in regimes[1:]:
+        gap = paired_difference(steps, "weight_difference", regime)
+        gap = band_summary(gap[gap["dataset"] == dataset].assign(regime=regime), "difference")
+        plot_bands(axes[1, column], gap)
+    axes[1, column].axhline(0, color="black", linewidth=0.8)
+    plot_bands(axes[2, column], losses[losses["dataset"] == dataset])
+    axes[0, column].set_title(f"{dataset} (dreambooth, {len(seeds)} seeds)")
     axes[0, column].set_ylabel(r"$\|\theta - \theta^{A*}\|$")
-    axes[1, column].set_ylabel("training loss")
-    axes[1, column].set_xlabel("step")
+    axes[1, column].set_ylabel("minus plain, same seed")
+    axes[2, column].set_ylabel("training loss")
+    axes[2, column].set_xlabel("step")
 axes[0, 0].legend()
 save_figure(fig, "fig04_dreambooth_initial_steps")
 
 # %% [markdown]
 # ## The last step, per style and regime (over seeds)
-# `share_below_plain`: the share of seeds whose last weight difference is below the plain run's
-# of the same seed at the same step. `heldout_loss`: noise-prediction loss of the final model on
-# the style's held-out concepts (one fixed noise draw).
+# `*_better_share`: the share of seeds where the regime beats the plain run of the same seed.
+# `heldout_loss`: noise-prediction loss of the model on the style's held-out concepts.
 
 # %%
-comparison
+final_distance = compare_final(steps, ("weight_difference", "loss"), by=("dataset", "regime"))
+evaluations = result.evaluations[result.evaluations["regime"].isin(regimes)]
+final_heldout = compare_final(evaluations, ("heldout_loss",), by=("dataset", "regime"))
+final_distance.merge(final_heldout, on=["dataset", "regime", "seeds", "step"])
 
 # %% [markdown]
-# ## How often Algorithm 1 reselected, and whether Proposition 2 held when it was checked
+# ## How often Algorithm 1 checked Proposition 2, how often it held, and the time it took
 
 # %%
-checks = frame[(frame["regime"] == "bat") & frame["condition"].notna()]
-selection = (checks.groupby("style")
-             .agg(checks=("condition", "size"), condition_held=("condition", "sum"),
-                  reselections=("reselected", "sum"))
-             .reset_index())
-selection
+selection = selection_summary(steps)
+seconds = seconds_summary(steps)
+selection, seconds
 
 # %%
 write_json(paths.metrics("fig04_dreambooth_initial_steps"), {
-    "weight_difference": json.loads(summary.to_json(orient="records")),
+    "weight_difference": json.loads(distance.to_json(orient="records")),
     "training_loss": json.loads(losses.to_json(orient="records")),
-    "final": json.loads(comparison.to_json(orient="records")),
+    "final": json.loads(final_distance.merge(final_heldout, on=["dataset", "regime", "seeds", "step"])
+                        .to_json(orient="records")),
     "selection": json.loads(selection.to_json(orient="records")),
-    "seconds": json.loads(frame.groupby("regime")[["seconds", "selection_seconds"]].sum()
-                          .to_json(orient="index")),
+    "seconds": json.loads(seconds.to_json(orient="records")),
 })

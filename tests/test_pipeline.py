@@ -77,3 +77,26 @@ def test_figures_and_metrics_are_versioned_in_git():
                     assert options.get("cache") is False, path
             else:
                 assert not out.startswith(("figures/", "metrics/")), out
+
+
+def test_notebook_stages_depend_on_the_grids_they_read():
+    """A notebook parameter that names a grid of bat.grid makes runs/<grid> a dep of its stage."""
+    from bat.config import read_yaml
+
+    params = read_yaml(PROJECT / "params.yaml")
+    grids = {name for track in params["grids"].values() for name in track}
+    for stem in NOTEBOOKS:
+        values = []
+        for value in params[stem].values():
+            values.extend(value if isinstance(value, list) else [value])
+        read = {f"runs/{value}" for value in values if isinstance(value, str) and value in grids}
+        missing = read - dep_paths(STAGES[stem])
+        assert not missing, f"dvc.yaml stage {stem} lacks deps {sorted(missing)}"
+
+
+def test_each_grid_is_a_stage_writing_its_runs_folder():
+    for track in ("image", "text"):
+        stage = STAGES[f"grid_{track}"]
+        assert stage["foreach"] == f"${{grids.{track}}}"
+        assert stage["do"]["cmd"] == "python -m bat.grid ${key}"
+        assert stage["do"]["outs"] == ["runs/${key}"]

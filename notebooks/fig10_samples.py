@@ -1,0 +1,98 @@
+# %% [markdown]
+# # Fig. 10: DreamBooth samples in the middle of training, plain vs BAT
+#
+# Paper Fig. 10 (App. D.6): outputs gathered in the middle of DreamBooth training, of a regular
+# (plain) run and of a BAT run, to show BAT's faster convergence; the same models for every class,
+# each image an output of its model with a different random seed.
+#
+# Here the runs are the `grid_image@dreambooth` stage (`bat.grid`), shared with Fig. 1, 3, 4 and 9.
+# Shown is the evaluation step closest to half of the grid's `steps`: for every style, first the
+# backbone's samples (step 0, seed 0), then for every seed the plain and the BAT run of that seed,
+# one row each. The columns are the first held-out concepts of the style, titled with their
+# captions, in the order the evaluation prompted them. The grid keeps no copy of the real renders
+# the scores compare against, so compare the rows with each other and with the style's images in
+# `data_overview`. The cosine and CLIP scores of the runs shown close the notebook.
+
+# %% tags=["parameters"]
+grid = "dreambooth"
+regimes = ["plain", "bat"]
+prompts_shown = 6
+
+# %%
+import json
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from bat import paths
+from bat.grid_results import read_grid
+from bat.io import write_json
+from bat.plotting import save_figure, show_images
+
+result = read_grid(paths.ROOT / "runs" / grid)
+config = result.info["config"]
+datasets = list(config["datasets"])
+seeds = list(config["seeds"])
+adapter = config["adapters"][0]
+gamma = config["gammas"][0]
+batch_size = config["batch_sizes"][0]
+evaluated = np.array(sorted(step for step in result.evaluations["step"].unique() if step != 0))
+middle = int(evaluated[np.argmin(np.abs(evaluated - config["steps"] / 2))])
+print(f"samples at step {middle} of {config['steps']} ({adapter}, γ = {gamma}, batch size {batch_size})")
+
+# %% [markdown]
+# ## Samples at the middle evaluation step
+# One block of rows per style: the real renders of the concepts (what the scores compare with), the
+# backbone (step 0, seed 0), then plain and BAT for every seed.
+
+# %%
+rows_per_dataset = 2 + len(seeds) * len(regimes)
+columns = min(prompts_shown, min(len(result.info["captions"][dataset]) for dataset in datasets))
+fig, axes = plt.subplots(len(datasets) * rows_per_dataset, columns,
+                         figsize=(1.3 * columns + 1.2, 1.35 * len(datasets) * rows_per_dataset),
+                         squeeze=False)
+for block, dataset in enumerate(datasets):
+    captions = result.info["captions"][dataset][:columns]
+    first = block * rows_per_dataset
+    show_images(axes[first], result.references(dataset)[:columns], captions)
+    axes[first, 0].text(-0.08, 0.5, f"{dataset}\nreal renders", transform=axes[first, 0].transAxes,
+                        ha="right", va="center", fontsize=7)
+    shown = [("backbone, seed " + str(seeds[0]), seeds[0], regimes[0], 0)]
+    for seed in seeds:
+        for regime in regimes:
+            shown.append((f"{regime}, seed {seed}", seed, regime, middle))
+    for offset, (label, seed, regime, step) in enumerate(shown):
+        row = first + 1 + offset
+        images = result.samples(dataset, adapter, seed, None if regime == "plain" else gamma, batch_size,
+                                regime, step)[:columns]
+        show_images(axes[row], images)
+        axes[row, 0].text(-0.08, 0.5, f"{dataset}\n{label}\nstep {step}", transform=axes[row, 0].transAxes,
+                          ha="right", va="center", fontsize=7)
+save_figure(fig, "fig10_samples")
+
+# %% [markdown]
+# ## The scores of the runs shown
+# Per style, seed and regime at the step shown (and the backbone at step 0): `cosine`, the image
+# features' cosine between each sample and the real render of the same concept (↑), and
+# `clip_cosine`, the CLIP caption–sample cosine (↑), over all of the evaluation's held-out
+# concepts, not only the columns shown (`bat.image_evaluation`).
+
+# %%
+evaluations = result.evaluations
+shown_runs = evaluations["regime"].isin(regimes) & (
+    (evaluations["step"] == middle)
+    | ((evaluations["step"] == 0) & (evaluations["seed"] == seeds[0]) & (evaluations["regime"] == regimes[0])))
+scores = (evaluations[shown_runs][["dataset", "seed", "regime", "step", "cosine", "clip_cosine"]]
+          .sort_values(["dataset", "step", "seed", "regime"]).reset_index(drop=True))
+scores
+
+# %%
+write_json(paths.metrics("fig10_samples"), {
+    "step": middle,
+    "steps": int(config["steps"]),
+    "seeds": seeds,
+    "regimes": list(regimes),
+    "prompts_shown": int(columns),
+    "captions": {dataset: result.info["captions"][dataset][:columns] for dataset in datasets},
+    "scores": json.loads(scores.to_json(orient="records")),
+})

@@ -1,0 +1,116 @@
+# %% [markdown]
+# # Tab. 1: benchmarks of adapters with and without BAT
+#
+# Paper Sec. 5.2.1, Tab. 1: DreamBooth and LoCon, each with and without BAT, scored on
+# personalization metrics (image-feature cosine ↑, centroid distance ↓, CLIP score ↑, Vendi
+# score ↓), and LoRA and DoRA on a language model, each with and without BAT, scored on eight
+# multiple-choice benchmarks (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC-c, ARC-e, OBQA).
+#
+# Here the image rows come from the `grid_image@dreambooth` and `grid_image@locon` stages and the
+# text rows from `grid_text@lora_dora` (`bat.grid`), on the tiny models; every score is the mean ±
+# sd over seeds of the final model. The eight text sets are built analogues of the paper's
+# benchmarks (`bat.text_data`: definition_check ~ BoolQ, hypernym_choice ~ PIQA, synonym_choice ~
+# SIQA, wiki_next_sentence ~ HellaSwag, example_cloze ~ WinoGrande, definition_hard ~ ARC-c,
+# definition_easy ~ ARC-e, wiki_field ~ OBQA), scored like lm-evaluation-harness (`acc`,
+# `acc_norm`). Beside the paper's rows: the backbone before training (step 0), the held-out loss
+# as the task metric, and in the DreamBooth grid the baselines `random` (random examples of all of
+# D^B) and `random_matched` (random examples of BAT's pool, as many as BAT took).
+
+# %% tags=["parameters"]
+image_grids = ["dreambooth", "locon"]
+text_grid = "lora_dora"
+image_scores = ["cosine", "centroid_distance", "clip_cosine", "vendi"]
+
+# %%
+import json
+
+import pandas as pd
+
+from bat import paths
+from bat.grid_results import compare_final, matching, mean_sd_table, read_grid
+from bat.io import write_json
+from bat.plotting import save_figure, table_figure
+
+image_columns = ["heldout_loss", *image_scores]
+image_parts = []
+for grid in image_grids:
+    evaluations = read_grid(paths.ROOT / "runs" / grid).evaluations
+    backbone = compare_final(matching(evaluations, step=0, regime="plain").assign(regime="backbone"),
+                             tuple(image_columns), reference="backbone", by=("adapter", "regime"))
+    trained = compare_final(evaluations, tuple(image_columns), by=("adapter", "regime"))
+    image_parts.append(pd.concat([backbone, matching(trained, regime="plain"),
+                                  trained[trained["regime"] != "plain"]], ignore_index=True)
+                       .assign(grid=grid))
+image_comparison = pd.concat(image_parts, ignore_index=True)
+
+text = read_grid(paths.ROOT / "runs" / text_grid)
+text_sets = [column for column in text.evaluations.columns
+             if column.startswith("acc:") and column != "acc:mean"]
+text_columns = ["heldout_loss", *text_sets, "acc:mean", "acc_norm:mean"]
+text_backbone = compare_final(matching(text.evaluations, step=0, regime="plain").assign(regime="backbone"),
+                              tuple(text_columns), reference="backbone", by=("adapter", "regime"))
+text_trained = compare_final(text.evaluations, tuple(text_columns), by=("adapter", "regime"))
+text_parts = []
+for adapter in text.info["config"]["adapters"]:
+    trained = matching(text_trained, adapter=adapter)
+    text_parts += [matching(text_backbone, adapter=adapter), matching(trained, regime="plain"),
+                   trained[trained["regime"] != "plain"]]
+text_comparison = pd.concat(text_parts, ignore_index=True).assign(grid=text_grid)
+text_seeds = len(text.info["config"]["seeds"])
+
+# %% [markdown]
+# ## Image adapters: personalization scores of the final model (mean ± sd over seeds)
+# Arrows as in the paper: `cosine` and `clip_cosine` higher is better, `centroid_distance`,
+# `vendi` and `heldout_loss` (noise-prediction loss on the style's held-out concepts) lower is
+# better. `backbone`: the model before training, scored the same way.
+
+# %%
+image_table = mean_sd_table(image_comparison, tuple(image_columns),
+                            keys=("grid", "adapter", "regime", "seeds"))
+image_table
+
+# %% [markdown]
+# ## Text adapters: multiple-choice accuracy of the final model (mean ± sd over seeds)
+# One column per adapter and regime, one row per score: `acc:<set>` for the eight sets, their mean
+# `acc:mean` and the length-normalised `acc_norm:mean` (higher is better), and `heldout_loss`, the
+# language-model loss on the task's test split (lower is better).
+
+# %%
+text_table = mean_sd_table(text_comparison, tuple(text_columns), keys=("adapter", "regime"))
+text_display = (text_table.assign(method=text_table["adapter"] + ": " + text_table["regime"])
+                .set_index("method")[text_columns].T.rename_axis("score").reset_index())
+text_display
+
+# %% [markdown]
+# ## Both parts as one figure
+# Top: the image adapters (rows: grid, adapter, regime). Bottom: the text adapters (columns:
+# adapter and regime).
+
+# %%
+frames = [(image_table, "image adapters: personalization scores of the final model, mean ± sd over seeds"),
+          (text_display, f"text adapters ({text_grid}, seeds: {text_seeds}): "
+                         "multiple-choice accuracy of the final model, mean ± sd over seeds")]
+fig = table_figure(frames, width=12)
+save_figure(fig, "tab01_benchmarks")
+
+# %% [markdown]
+# ## How often each regime beats plain, per score
+# The share of seeds where the regime's final model scores better than the plain run of the same
+# seed (by the arrows above); one row per trained regime other than plain.
+
+# %%
+image_shares = image_comparison.loc[~image_comparison["regime"].isin(["plain", "backbone"]),
+                                    ["grid", "adapter", "regime", "seeds",
+                                     *[f"{score}_better_share" for score in image_columns]]]
+text_shares = text_comparison.loc[~text_comparison["regime"].isin(["plain", "backbone"]),
+                                  ["grid", "adapter", "regime", "seeds",
+                                   *[f"{score}_better_share" for score in text_columns]]]
+image_shares, text_shares
+
+# %%
+write_json(paths.metrics("tab01_benchmarks"), {
+    "image": json.loads(image_comparison.to_json(orient="records")),
+    "text": json.loads(text_comparison.to_json(orient="records")),
+    "image_table": json.loads(image_table.to_json(orient="records")),
+    "text_table": json.loads(text_table.to_json(orient="records")),
+})
