@@ -10,7 +10,7 @@ size and regime; its folder ``runs/<name>`` holds plain tables (:mod:`bat.grid_r
     examples so far, wall seconds of the step and of its selection, and Algorithm 1's checks;
 ``evaluations.csv``
     one row per run and evaluated step (0 = the backbone): the held-out loss (noise prediction on
-    the style's held-out concepts, or the LM loss on the task's test split), the personalization
+    all of the style's held-out concepts, or the LM loss on the task's test split), the personalization
     scores of :mod:`bat.image_evaluation` (image) and, on final models, lm-eval ``acc`` /
     ``acc_norm`` on the eight multiple-choice sets (text, ``benchmark_items`` > 0);
 ``samples.npz``
@@ -83,7 +83,7 @@ class GridConfig:
     pool_size: int  # candidates offered to Algorithm 1, a fixed random pool per seed
     score_every: int  # Algorithm 1 checks Proposition 2 every this many steps
     damping: float  # of the damped Fisher (Woodbury solver)
-    eval_size: int  # held-out concepts (image) or test items (text) per evaluation
+    eval_size: int  # held-out concepts sampled (image; the loss uses all) or test items (text)
     sample_steps: int  # image: denoising steps of each evaluation sample
     guidance_scale: float  # image: classifier-free guidance of the samples
     benchmark_items: int  # text: items per multiple-choice set scored on final models; 0: none
@@ -217,11 +217,11 @@ class ImageSetting:
 
         train_set = load_image_set(paths.PREPARED / "images" / f"{name}_train.npz")
         heldout = load_image_set(paths.PREPARED / "images" / f"{name}_heldout.npz")
-        heldout = heldout.spread(self.config.eval_size)
-        prompts = style_prompts(heldout.captions)
+        sampled = heldout.spread(self.config.eval_size)  # sampling is the dear part: a subset
+        prompts = style_prompts(sampled.captions)
         return {"adaptation": self._encode(train_set, style_prompts(train_set.captions)),
-                "heldout": self._encode(heldout, prompts), "prompts": prompts,
-                "captions": list(heldout.captions), "references": heldout.images}
+                "heldout": self._encode(heldout, style_prompts(heldout.captions)),
+                "prompts": prompts, "captions": list(sampled.captions), "references": sampled.images}
 
     def evaluate(self, model, data: dict, seed: int, with_benchmarks: bool) -> tuple[dict, np.ndarray]:
         from bat.image_backbone import with_unet
