@@ -408,21 +408,20 @@ class GridRunner:
 
     def train_evaluated(self, run_key: dict, run: dict, backbone, train_config,
                         evaluation_steps: list[int], scratch: Path, **kwargs) -> list[dict]:
-        """Train to each evaluation step in turn (train() resumes its run folder bit-exactly)."""
+        """Train one run, evaluating the model at each of ``evaluation_steps``."""
         from bat.train import train
 
-        counts = kwargs.pop("backbone_counts", None)
-        run_dir = Path(tempfile.mkdtemp(dir=scratch))
-        for end in evaluation_steps:
-            step_config = replace(train_config, steps=end, checkpoint_every=end)
+        def evaluate(step: int, model) -> None:
+            if step in evaluation_steps:
+                row, samples = self.setting.evaluate(model, run["data"], run_key["seed"],
+                                                     with_benchmarks=step == evaluation_steps[-1])
+                self.add_evaluation(run_key, step, row, samples)
+
+        with tempfile.TemporaryDirectory(dir=scratch) as run_dir:  # full state: ~80 MB for DreamBooth
             result = train(copy.deepcopy(self.setting.start_model), run["adapter_config"],
-                           self.setting.task, run["data"]["adaptation"], backbone, step_config,
-                           run_dir, oracle=run["oracle"],
-                           backbone_counts=None if counts is None else counts[:end],
-                           progress=self.progress, **kwargs)
-            row, samples = self.setting.evaluate(result.model, run["data"], run_key["seed"],
-                                                 with_benchmarks=end == evaluation_steps[-1])
-            self.add_evaluation(run_key, end, row, samples)
+                           self.setting.task, run["data"]["adaptation"], backbone,
+                           replace(train_config, checkpoint_every=train_config.steps), run_dir,
+                           oracle=run["oracle"], progress=self.progress, on_step=evaluate, **kwargs)
         return result.log
 
     def add_steps(self, run_key: dict, log: list[dict], start_difference: float,

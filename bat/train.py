@@ -29,7 +29,7 @@ import dataclasses
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,7 +189,8 @@ def select_backbone(selector, model: nn.Module, task, adaptation: Batch, backbon
 def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
           backbone: Batch | None, config: TrainConfig, run_dir: str | os.PathLike, *,
           selector: Selector | None = None, oracle: torch.Tensor | None = None,
-          backbone_counts: Sequence[int] | None = None, progress: bool = True) -> TrainResult:
+          backbone_counts: Sequence[int] | None = None, progress: bool = True,
+          on_step: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
     """Train ``adapter`` on ``model`` in ``config.regime``, checkpointing into ``run_dir``.
 
     ``adaptation`` (D^A) and ``backbone`` (D^B) hold stored examples, first dimension the example
@@ -202,6 +203,9 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
     ``n_adaptation`` and ``n_backbone`` (examples trained on so far), ``realised_ratio`` (n/k so
     far), ``weight_difference`` (‖θ − θ*‖ every ``log_every`` steps when ``oracle`` is given, else
     None), ``seconds`` (the step without selection) and ``selection_seconds``.
+
+    ``on_step(step, model)``, if given, is called after every step (1-based, after any checkpoint),
+    e.g. to evaluate the model mid-training; it must leave the model's weights alone.
     """
     gamma = None if config.regime == "plain" else config.gamma
     mixer = Mixer(count_examples("adaptation", adaptation), config.batch_size, gamma,
@@ -292,6 +296,8 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
                 "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,
                 "log": log})
             last_checkpoint = done
+        if on_step is not None:
+            on_step(done, model)
     bar.close()
     return TrainResult(model, log)
 

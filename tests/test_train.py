@@ -229,3 +229,22 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     assert load_state(tmp_path) == {"step": 1}
     assert (tmp_path / "adapter" / "weights").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "state.pt"]
+
+
+def test_on_step_sees_every_step_and_changes_nothing(tmp_path):
+    s = setting("lora")
+    seen = []
+
+    def evaluate(step, model):  # evaluating, as bat.grid does, must not move the run
+        seen.append(step)
+        model.eval()
+        with torch.no_grad():
+            s["task"].batch_losses(model, s["task"].prepare(s["adaptation"], torch.Generator()))
+
+    watched = train(s["build"](), AdapterConfig("lora"), s["task"], s["adaptation"], s["backbone"],
+                    config("lora", regime="random"), tmp_path / "watched", progress=False,
+                    on_step=evaluate)
+    plain = run("lora", "random", tmp_path / "plain")
+    assert seen == [1, 2, 3]
+    assert [row["loss"] for row in watched.log] == [row["loss"] for row in plain.log]
+    assert torch.equal(flat_adapter_vector(watched.model), flat_adapter_vector(plain.model))
