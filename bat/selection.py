@@ -135,10 +135,12 @@ class Prop2Selector:
         if len(record) > 1:
             record["seconds"] = time.perf_counter() - start
             self.records.append(record)
-        return list(self.selected_ids)
+        # Kept in benefit order: a step that needs fewer (per_batch mixing alternates counts
+        # such as 10 and 11) takes the best of the kept ones instead of rescoring.
+        return list(self.selected_ids[:count])
 
     def _stale_reason(self, context: SelectionContext, count: int) -> str | None:
-        if len(self.selected_ids) != count:
+        if len(self.selected_ids) < count:
             return "initial" if not self.selected_ids else "count_changed"
         offered = set(context.candidate_ids)
         if any(i not in offered for i in self.selected_ids):

@@ -91,6 +91,19 @@ def test_algorithm_1_schedule_keeps_selection_and_records_json(tmp_path):
     assert io.read_json(tmp_path / "records.json")[0]["selected_ids"] == first
 
 
+def test_fewer_needed_takes_the_best_kept_more_needed_reselects():
+    context, theta_a = problem()
+    config = SelectionConfig(score_adaptation_every=100, score_bat_every=100, gamma=0.01)
+    selector = Prop2Selector(config, target=theta_a)
+    first = selector.select(context, 4)
+    context.step = 1
+    assert selector.select(context, 3) == first[:3]  # the best three, not a new scoring
+    assert len(selector.records) == 1
+    context.step = 2
+    assert len(selector.select(context, 5)) == 5
+    assert [r["reason"] for r in selector.records] == ["initial", "count_changed"]
+
+
 def test_failed_condition_triggers_reselection():
     context, theta_a = problem(n_good=0)
     # At the least-squares fit of D^A, Σ_{D^A} ∇ℓ = 0, so Score_A = 0 < γ·Score_bat.
