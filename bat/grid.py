@@ -61,6 +61,9 @@ ADAPTERS = {"image": ("dreambooth", "locon", "loha", "lokr"), "text": ("lora", "
 TEXT_MAX_LENGTH = 64  # as the text backbone's fine-tune and the oracles (bat.oracle)
 HELDOUT_NOISE_SEED = 0  # one fixed noise / timestep draw for every held-out noise loss
 TEXT_EVAL_BATCH = 8  # LM logits of 8 × 64 tokens × 49k vocabulary: ~100 MB
+# Per-sample gradients are taken this many examples at a time: all at once, DoRA's per-sample
+# weight norms over the whole LM took more than 20 GB.
+PER_SAMPLE_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -383,7 +386,8 @@ class GridRunner:
                 selection = SelectionConfig(mode="oracle", curvature="fisher", solver="woodbury",
                                             damping=config.damping,
                                             score_adaptation_every=config.score_every,
-                                            score_bat_every=config.score_every, seed=run["seed"])
+                                            score_bat_every=config.score_every,
+                                            chunk_size=PER_SAMPLE_CHUNK, seed=run["seed"])
                 kwargs["selector"] = Prop2Selector(selection, target=run["oracle"])
                 train_config = replace(base, regime="bat")
             elif regime == "random":
