@@ -146,10 +146,15 @@ def seconds_summary(steps: pd.DataFrame) -> pd.DataFrame:
 
 
 def mean_sd_table(comparison: pd.DataFrame, scores: tuple[str, ...], keys: tuple[str, ...],
-                  digits: int = 3) -> pd.DataFrame:
-    """``<score>_mean`` / ``<score>_sd`` columns of :func:`compare_final` as "mean ± sd" text."""
+                  digits: int = 4) -> pd.DataFrame:
+    """``<score>_mean`` / ``<score>_sd`` columns of :func:`compare_final` as "mean ± sd" text,
+    to ``digits`` significant digits (scores range from ~0.1 to ~10⁴)."""
     table = comparison[list(keys)].copy()
     for score in scores:
-        table[score] = [f"{mean:.{digits}f} ± {sd:.{digits}f}" for mean, sd in
-                        zip(comparison[f"{score}_mean"], comparison[f"{score}_sd"])]
+        cells = []
+        for mean, sd in zip(comparison[f"{score}_mean"], comparison[f"{score}_sd"]):
+            decimals = (digits - 1 if not np.isfinite(mean) or mean == 0
+                        else max(0, digits - 1 - int(np.floor(np.log10(abs(mean))))))
+            cells.append(f"{mean:.{decimals}f} ± {sd:.{decimals}f}")  # sd to the mean's precision
+        table[score] = cells
     return table

@@ -92,7 +92,8 @@ text_display
 # %%
 frames = [(image_table, "image adapters: personalization scores of the final model, mean ± sd over seeds"),
           (text_display, f"text adapters ({text_grid}, seeds: {text_seeds}): "
-                         "multiple-choice accuracy of the final model, mean ± sd over seeds")]
+                         f"{'multiple-choice accuracy and ' if text_sets else ''}test loss "
+                         "of the final model, mean ± sd over seeds")]
 fig = table_figure(frames, width=12)
 save_figure(fig, "tab01_benchmarks")
 

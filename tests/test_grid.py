@@ -136,3 +136,12 @@ def test_a_grid_is_deterministic(smoke_grids, smoke_root, smoke_params, tmp_path
     columns = ["dataset", "seed", "regime", "step", "loss", "weight_difference", "n_backbone"]
     pd.testing.assert_frame_equal(again.steps[columns], first.steps[columns])
     pd.testing.assert_frame_equal(again.evaluations, first.evaluations)
+
+
+def test_mean_sd_table_keeps_the_means_precision():
+    from bat.grid_results import mean_sd_table
+
+    comparison = pd.DataFrame({"regime": ["plain", "bat"], "score_mean": [7379.2, 0.22131],
+                               "score_sd": [834.1, 0.0013]})
+    table = mean_sd_table(comparison, ("score",), ("regime",))
+    assert table["score"].tolist() == ["7379 ± 834", "0.2213 ± 0.0013"]
