@@ -25,7 +25,7 @@ caption_dropout = 0.1
 seed = 0
 torch_dtype = "float32"
 device = "cpu"
-eval_prompts = 64
+eval_prompts = 32
 sample_steps = 25
 guidance_scale = 7.5
 

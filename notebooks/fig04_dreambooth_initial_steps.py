@@ -15,7 +15,7 @@
 
 # %% tags=["parameters"]
 grid = "dreambooth"
-regimes = ["plain", "bat", "random_matched"]
+regimes = ["plain", "bat", "random_matched", "compute_matched"]
 
 # %%
 import json
