@@ -117,7 +117,9 @@ def compare_final(evaluations: pd.DataFrame, scores: tuple[str, ...], reference:
 
 def _better_share(last: pd.DataFrame, group: pd.DataFrame, score: str, reference: str,
                   by: tuple[str, ...]) -> float | None:
-    keys = [k for k in by if k != "regime"] + ["seed"]
+    # Pair each run with the reference run of the same dataset, adapter, seed and batch size,
+    # whatever ``by`` groups over (γ is left out: plain runs have none).
+    keys = [k for k in ("dataset", "adapter", "seed", "batch_size") if k in last]
     baseline = last[last["regime"] == reference][[*keys, score]]
     paired = group.merge(baseline, on=keys, suffixes=("", "_reference"))
     if paired.empty:

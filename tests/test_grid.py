@@ -149,3 +149,15 @@ def test_mean_sd_table_keeps_the_means_precision():
                                "score_sd": [834.1, 0.0013]})
     table = mean_sd_table(comparison, ("score",), ("regime",))
     assert table["score"].tolist() == ["7379 ± 834", "0.2213 ± 0.0013"]
+
+
+def test_better_share_pairs_runs_of_the_same_dataset_and_seed():
+    rows = []
+    for dataset, offset in (("noto", 0.0), ("emojione", 10.0)):
+        for seed in (0, 1):
+            rows.append({"dataset": dataset, "adapter": "dreambooth", "seed": seed, "batch_size": 4,
+                         "gamma": None, "regime": "plain", "step": 8, "cosine": offset + 0.5})
+            rows.append({"dataset": dataset, "adapter": "dreambooth", "seed": seed, "batch_size": 4,
+                         "gamma": 0.5, "regime": "bat", "step": 8, "cosine": offset + 0.6})
+    final = compare_final(pd.DataFrame(rows), ("cosine",), by=("adapter", "regime")).set_index("regime")
+    assert final.loc["bat", "cosine_better_share"] == 1.0  # pooled over styles, paired within them
