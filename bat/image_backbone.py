@@ -298,12 +298,12 @@ def load_image_backbone(path_or_id: str | Path, torch_dtype: str = "float32", de
     return pipe
 
 
-@torch.no_grad()
 def with_unet(pipe, unet):
     """A pipeline sharing every component of ``pipe`` but its UNet (e.g. one with an adapter)."""
     return type(pipe)(**{**pipe.components, "unet": unet})
 
 
+@torch.no_grad()
 def generate(pipe, prompts: list[str], seed: int, steps: int = 25, guidance_scale: float = 3.0,
              batch_size: int = 64) -> np.ndarray:
     """uint8 images, one per prompt; prompt i always uses the generator seeded ``seed + i``."""
