@@ -47,18 +47,18 @@ import torch
 from bat import paths, validate
 from bat.config import build, read_yaml, run_cli, section
 from bat.errors import ConfigError
-from bat.grid_results import RUN_KEYS
+from bat.grid_results import RUN_KEYS, sample_key
 from bat.image_data import STYLES, ImageSet, load_image_set
 from bat.io import atomic_directory, read_jsonl, write_json
 from bat.mixing import derived_seed
+from bat.oracle import IMAGE_KINDS, TEXT_KINDS, TEXT_MAX_LENGTH
 from bat.text_data import ADAPTATION_TASKS
 
 TRACKS = ("image", "text")
 GRID_REGIMES = ("plain", "bat", "random", "random_matched", "compute_matched")
 MATCHED = ("random_matched", "compute_matched")
 POOLS = ("backbone", "out_of_backbone")
-ADAPTERS = {"image": ("dreambooth", "locon", "loha", "lokr"), "text": ("lora", "dora")}
-TEXT_MAX_LENGTH = 64  # as the text backbone's fine-tune and the oracles (bat.oracle)
+ADAPTERS = {"image": IMAGE_KINDS, "text": TEXT_KINDS}
 HELDOUT_NOISE_SEED = 0  # one fixed noise / timestep draw for every held-out noise loss
 TEXT_EVAL_BATCH = 8  # LM logits of 8 × 64 tokens × 49k vocabulary: ~100 MB
 # Per-sample gradients are taken this many examples at a time: all at once, DoRA's per-sample
@@ -330,6 +330,10 @@ class GridRunner:
         from bat.train import seed_everything
 
         config = self.config
+        # The pool depends on the seed only: drawn and encoded once, shared by every dataset.
+        self.pools = {str(seed): backbone_pool(config.pool_size, self.setting.pool_size(), seed)
+                      for seed in config.seeds}
+        pools = {seed: self.setting.pool(self.pools[str(seed)]) for seed in config.seeds}
         for dataset in config.datasets:
             data = self.setting.dataset(dataset)
             if "captions" in data:
@@ -338,9 +342,6 @@ class GridRunner:
             for adapter_kind in config.adapters:
                 adapter, oracle = AdapterConfig(adapter_kind), self.oracle(dataset, adapter_kind)
                 for seed in config.seeds:
-                    pool_ids = backbone_pool(config.pool_size, self.setting.pool_size(), seed)
-                    self.pools[str(seed)] = pool_ids
-                    pool = self.setting.pool(pool_ids)
                     seed_everything(seed)  # as train() does before attaching: θ at step 0
                     start = float(torch.linalg.vector_norm(flat_adapter_vector(
                         attach_adapter(copy.deepcopy(self.setting.start_model), adapter)) - oracle))
@@ -348,7 +349,7 @@ class GridRunner:
                     for batch_size in config.batch_sizes:
                         run = {"dataset": dataset, "adapter": adapter_kind, "seed": seed,
                                "batch_size": batch_size, "adapter_config": adapter,
-                               "data": data, "pool": pool, "oracle": oracle,
+                               "data": data, "pool": pools[seed], "oracle": oracle,
                                "start_difference": start, "baseline": baseline}
                         # plain ignores γ: one run per batch size, γ left empty in the tables
                         if "plain" in config.regimes:
@@ -445,11 +446,6 @@ class GridRunner:
         self.evaluation_rows.append({**run_key, "step": step, **row})
         if samples is not None:
             self.samples[sample_key(run_key, step)] = samples
-
-
-def sample_key(run_key: dict, step: int) -> str:
-    """The ``samples.npz`` entry of one run's evaluation at ``step``."""
-    return "/".join(str(run_key[name]) for name in RUN_KEYS) + f"/{step}"
 
 
 def run_grid(config: GridConfig, out_folder: str | Path, models_folder: str | Path | None = None,

@@ -31,8 +31,8 @@ class GridResult:
 
     def samples(self, dataset, adapter, seed, gamma, batch_size, regime, step) -> np.ndarray:
         """The images one evaluation scored, uint8 ``[prompts, H, W, 3]`` (``gamma=None``: plain)."""
-        key = "/".join(str(value) for value in (dataset, adapter, seed, gamma, batch_size, regime, step))
-        return self._sample_array(key)
+        run_key = dict(zip(RUN_KEYS, (dataset, adapter, seed, gamma, batch_size, regime)))
+        return self._sample_array(sample_key(run_key, step))
 
     def references(self, dataset) -> np.ndarray:
         """The real renders of the held-out concepts that the samples of ``dataset`` were scored against."""
@@ -43,6 +43,16 @@ class GridResult:
             if key not in archive:
                 raise KeyError(f"{self.folder.name} has no samples {key!r}")
             return archive[key]
+
+
+def sample_key(run_key: dict, step: int) -> str:
+    """The ``samples.npz`` entry of one run's evaluation at ``step``."""
+    return "/".join(str(run_key[name]) for name in RUN_KEYS) + f"/{step}"
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """``frame`` as JSON-ready rows (NaN becomes null), for the notebooks' metrics files."""
+    return json.loads(frame.to_json(orient="records"))
 
 
 def read_grid(folder: str | Path) -> GridResult:
