@@ -19,12 +19,11 @@ regimes = ["bat", "random", "random_matched"]
 scores = ["cosine", "centroid_distance", "clip_cosine", "vendi"]
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 
 from bat import paths
-from bat.grid_results import HIGHER_IS_BETTER, band_summary, compare_final, mean_sd_table, read_grid
+from bat.grid_results import (HIGHER_IS_BETTER, band_summary, compare_final, mean_sd_table,
+                              read_grid, records)
 from bat.io import write_json
 from bat.plotting import plot_bands, save_figure
 
@@ -67,6 +66,6 @@ mean_sd_table(final, tuple(scores), ("dataset", "regime", "seeds", "step"))
 
 # %%
 write_json(paths.metrics("fig01_metrics_vs_random"), {
-    "bands": {score: json.loads(bands[score].to_json(orient="records")) for score in scores},
-    "final": json.loads(final.to_json(orient="records")),
+    "bands": {score: records(bands[score]) for score in scores},
+    "final": records(final),
 })

@@ -17,13 +17,11 @@ grid = "dreambooth"
 regimes = ["bat", "random", "random_matched"]
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import (band_summary, compare_final, paired_difference, read_grid,
+from bat.grid_results import (band_summary, compare_final, paired_difference, read_grid, records,
                               selection_summary)
 from bat.io import write_json
 from bat.plotting import plot_bands, save_figure
@@ -77,8 +75,8 @@ selection
 
 # %%
 write_json(paths.metrics("fig03_weight_difference_vs_random"), {
-    "weight_difference": json.loads(distance.to_json(orient="records")),
-    "minus_random": json.loads(gaps.to_json(orient="records")),
-    "final": json.loads(final.to_json(orient="records")),
-    "selection": json.loads(selection.to_json(orient="records")),
+    "weight_difference": records(distance),
+    "minus_random": records(gaps),
+    "final": records(final),
+    "selection": records(selection),
 })

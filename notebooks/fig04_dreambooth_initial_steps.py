@@ -18,13 +18,11 @@ grid = "dreambooth"
 regimes = ["plain", "bat", "random_matched", "compute_matched"]
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 
 from bat import paths
-from bat.grid_results import (band_summary, compare_final, paired_difference, read_grid,
-                              selection_summary, seconds_summary)
+from bat.grid_results import (band_summary, compare_final, paired_difference, read_grid, records,
+                              seconds_summary, selection_summary)
 from bat.io import write_json
 from bat.plotting import plot_bands, save_figure
 
@@ -69,7 +67,8 @@ save_figure(fig, "fig04_dreambooth_initial_steps")
 final_distance = compare_final(steps, ("weight_difference", "loss"), by=("dataset", "regime"))
 evaluations = result.evaluations[result.evaluations["regime"].isin(regimes)]
 final_heldout = compare_final(evaluations, ("heldout_loss",), by=("dataset", "regime"))
-final_distance.merge(final_heldout, on=["dataset", "regime", "seeds", "step"])
+final = final_distance.merge(final_heldout, on=["dataset", "regime", "seeds", "step"])
+final
 
 # %% [markdown]
 # ## How often Algorithm 1 checked Proposition 2, how often it held, and the time it took
@@ -81,10 +80,9 @@ selection, seconds
 
 # %%
 write_json(paths.metrics("fig04_dreambooth_initial_steps"), {
-    "weight_difference": json.loads(distance.to_json(orient="records")),
-    "training_loss": json.loads(losses.to_json(orient="records")),
-    "final": json.loads(final_distance.merge(final_heldout, on=["dataset", "regime", "seeds", "step"])
-                        .to_json(orient="records")),
-    "selection": json.loads(selection.to_json(orient="records")),
-    "seconds": json.loads(seconds.to_json(orient="records")),
+    "weight_difference": records(distance),
+    "training_loss": records(losses),
+    "final": records(final),
+    "selection": records(selection),
+    "seconds": records(seconds),
 })

@@ -17,13 +17,12 @@ image_grid = "locon"
 text_grid = "lora_dora"
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import band_summary, compare_final, matching, paired_difference, read_grid
+from bat.grid_results import (band_summary, compare_final, matching, paired_difference, read_grid,
+                              records)
 from bat.io import write_json
 from bat.plotting import plot_bands, save_figure
 
@@ -85,7 +84,7 @@ final
 
 # %%
 write_json(paths.metrics("fig05_other_adapters"), {
-    "weight_difference": json.loads(distance.to_json(orient="records")),
-    "bat_minus_plain": json.loads(gap.to_json(orient="records")),
-    "final": json.loads(final.to_json(orient="records")),
+    "weight_difference": records(distance),
+    "bat_minus_plain": records(gap),
+    "final": records(final),
 })

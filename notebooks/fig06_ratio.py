@@ -15,13 +15,12 @@
 grid = "ratio"
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import band_summary, compare_final, matching, paired_difference, read_grid
+from bat.grid_results import (band_summary, compare_final, matching, paired_difference, read_grid,
+                              records)
 from bat.io import write_json
 from bat.plotting import REGIME_COLORS, plot_bands, save_figure
 
@@ -104,8 +103,8 @@ gaps
 
 # %%
 write_json(paths.metrics("fig06_ratio"), {
-    "weight_difference_bat": json.loads(bat_distance.to_json(orient="records")),
-    "weight_difference_plain": json.loads(plain_distance.to_json(orient="records")),
-    "final": json.loads(final.to_json(orient="records")),
-    "final_bat_minus_plain": json.loads(gaps.to_json(orient="records")),
+    "weight_difference_bat": records(bat_distance),
+    "weight_difference_plain": records(plain_distance),
+    "final": records(final),
+    "final_bat_minus_plain": records(gaps),
 })

@@ -15,12 +15,10 @@
 grid = "overfitting"
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 
 from bat import paths
-from bat.grid_results import band_summary, matching, read_grid
+from bat.grid_results import band_summary, matching, read_grid, records
 from bat.io import write_json
 from bat.plotting import plot_bands, save_figure
 
@@ -76,6 +74,6 @@ overfitting
 
 # %%
 write_json(paths.metrics("fig07_overfitting"), {
-    **{score: json.loads(curve.to_json(orient="records")) for score, curve in curves.items()},
-    "overfitting": json.loads(overfitting.to_json(orient="records")),
+    **{score: records(curve) for score, curve in curves.items()},
+    "overfitting": records(overfitting),
 })

@@ -15,13 +15,12 @@
 grid = "batch_size"
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import band_summary, compare_final, final_rows, matching, paired_difference, read_grid
+from bat.grid_results import (band_summary, compare_final, final_rows, matching, paired_difference,
+                              read_grid, records)
 from bat.io import write_json
 from bat.plotting import save_figure
 
@@ -95,7 +94,7 @@ final
 
 # %%
 write_json(paths.metrics("fig08_batch_size"), {
-    "weight_difference": json.loads(distance.to_json(orient="records")),
-    "final_bat_minus_plain": json.loads(gaps.to_json(orient="records")),
-    "final": json.loads(final.to_json(orient="records")),
+    "weight_difference": records(distance),
+    "final_bat_minus_plain": records(gaps),
+    "final": records(final),
 })

@@ -20,13 +20,11 @@ image_adapter = "dreambooth"
 text_adapter = "lora"
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import final_rows, paired_difference, read_grid
+from bat.grid_results import final_rows, paired_difference, read_grid, records
 from bat.io import write_json
 from bat.plotting import save_figure
 
@@ -89,6 +87,6 @@ final
 
 # %%
 write_json(paths.metrics("fig09_seeds"), {
-    "differences": {track: json.loads(differences[track].to_json(orient="records")) for track in tracks},
-    "final": json.loads(final.to_json(orient="records")),
+    "differences": {track: records(differences[track]) for track in tracks},
+    "final": records(final),
 })

@@ -19,13 +19,11 @@ regimes = ["plain", "bat"]
 prompts_shown = 6
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 import numpy as np
 
 from bat import paths
-from bat.grid_results import read_grid
+from bat.grid_results import read_grid, records
 from bat.io import write_json
 from bat.plotting import save_figure, show_images
 
@@ -94,5 +92,5 @@ write_json(paths.metrics("fig10_samples"), {
     "regimes": list(regimes),
     "prompts_shown": int(columns),
     "captions": {dataset: result.info["captions"][dataset][:columns] for dataset in datasets},
-    "scores": json.loads(scores.to_json(orient="records")),
+    "scores": records(scores),
 })

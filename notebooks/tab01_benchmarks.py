@@ -22,12 +22,10 @@ text_grid = "lora_dora"
 image_scores = ["cosine", "centroid_distance", "clip_cosine", "vendi"]
 
 # %%
-import json
-
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import compare_final, matching, mean_sd_table, read_grid
+from bat.grid_results import compare_final, matching, mean_sd_table, read_grid, records
 from bat.io import write_json
 from bat.plotting import save_figure, table_figure
 
@@ -113,8 +111,8 @@ image_shares, text_shares
 
 # %%
 write_json(paths.metrics("tab01_benchmarks"), {
-    "image": json.loads(image_comparison.to_json(orient="records")),
-    "text": json.loads(text_comparison.to_json(orient="records")),
-    "image_table": json.loads(image_table.to_json(orient="records")),
-    "text_table": json.loads(text_table.to_json(orient="records")),
+    "image": records(image_comparison),
+    "text": records(text_comparison),
+    "image_table": records(image_table),
+    "text_table": records(text_table),
 })

@@ -18,12 +18,10 @@ reference_grid = "dreambooth"
 scores = ["cosine", "centroid_distance", "clip_cosine", "vendi"]
 
 # %%
-import json
-
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import compare_final, matching, mean_sd_table, read_grid
+from bat.grid_results import compare_final, matching, mean_sd_table, read_grid, records
 from bat.io import write_json
 from bat.plotting import save_figure, table_figure
 
@@ -66,6 +64,6 @@ shares
 
 # %%
 write_json(paths.metrics("tab02_out_of_backbone"), {
-    "final": json.loads(comparison.to_json(orient="records")),
-    "table": json.loads(table.to_json(orient="records")),
+    "final": records(comparison),
+    "table": records(table),
 })
