@@ -36,13 +36,13 @@ env: $(VENV)/.installed
 # After the fetch, cache the tree in DVC; if its hash moved, the fetch was not reproducible:
 # say so and undo.
 data: env
-	$(PY) -m bat.fetch
+	$(PY) -m bat.stages.fetch
 	$(VENV)/bin/dvc commit --force --quiet data.dvc
 	@git diff --quiet data.dvc || { git checkout data.dvc; \
-	  echo "error: data/raw differs from data.dvc; run python -m bat.fetch --force" >&2; exit 1; }
+	  echo "error: data/raw differs from data.dvc; run python -m bat.stages.fetch --force" >&2; exit 1; }
 
 repro: data
-	$(PY) -m bat.profile use $(PROFILE)
+	$(PY) -m bat.stages.profile use $(PROFILE)
 	$(VENV)/bin/dvc repro
 
 test: data

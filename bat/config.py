@@ -63,7 +63,7 @@ def profile_params(name: str, params_path: Path | None = None) -> dict:
     base = read_yaml(params_path or paths.PARAMS)
     if base.get("profile", "tiny") != "tiny":
         raise ConfigError(f"params.yaml holds profile {base.get('profile')!r}; "
-                          "run `python -m bat.profile use tiny` first")
+                          "run `python -m bat.stages.profile use tiny` first")
     if check_profile(name) == "tiny":
         return base
     overrides = read_yaml(paths.PROFILES / f"{name}.yaml")

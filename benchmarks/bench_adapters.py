@@ -4,7 +4,7 @@
 
 Trains every adapter kind on small backbones (a UNet with (32, 64) channels on 16×16 latents; a
 2-layer LLaMA of width 128 on 64-token sequences) for a few steps in each regime, through
-``bat.train.train``. ``bat`` uses a trivial selector (the first candidates), so its numbers are
+``bat.core.train.train``. ``bat`` uses a trivial selector (the first candidates), so its numbers are
 the loop's own overhead of selection, not the cost of Proposition-2 scoring. Each measurement runs
 in its own process, so peak memory (Linux ``VmHWM`` minus the resident size before training)
 belongs to that run alone. Times are the mean per step after a warm-up, selection included.
@@ -45,9 +45,10 @@ def measure(kind: str, regime: str, steps: int, batch_size: int) -> dict:
     """One training run in this process; returns its mean step seconds and peak extra memory."""
     import torch
 
-    from bat.adapters import AdapterConfig
-    from bat.tasks import CausalLMTask, DiffusionTask
-    from bat.train import TrainConfig, train
+    from bat.core.adapters import AdapterConfig
+    from bat.image.task import DiffusionTask
+    from bat.text.task import CausalLMTask
+    from bat.core.train import TrainConfig, train
     from tests.tiny_models import diffusion_examples, text_examples, tiny_llama, tiny_scheduler
     from tests.tiny_models import tiny_unet
 

@@ -28,9 +28,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import jupytext  # noqa: E402
 import torch  # noqa: E402
 
-from bat import io, paths  # noqa: E402
-from bat.notebook import parameter_defaults  # noqa: E402
-from bat.text_backbone import (TextBackboneConfig, fine_tune, initial_backbone, load_backbone,  # noqa: E402
+from bat import io, paths# noqa: E402
+from bat.stages.notebook import parameter_defaults  # noqa: E402
+from bat.text.backbone import (TextBackboneConfig, fine_tune, initial_backbone, load_backbone,  # noqa: E402
                                load_eval_sets, save_backbone, score_eval_sets)
 
 BUDGET_SECONDS = 600

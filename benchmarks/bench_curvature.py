@@ -20,12 +20,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from bat import io
-from bat.curvature import (FisherOperator, curvature_operators, per_sample_grads,
+from bat.core.curvature import (FisherOperator, curvature_operators, per_sample_grads,
                            per_sample_grads_loop)
-from bat.protocols import SelectionContext, concat_batches, take_examples
-from bat.tasks import CausalLMTask
-from bat.selection import FirstSelector, Prop2Selector, SelectionConfig
-from bat.solvers import SolveOptions, solve
+from bat.core.protocols import SelectionContext, concat_batches, take_examples
+from bat.text.task import CausalLMTask
+from bat.core.selection import FirstSelector, Prop2Selector, SelectionConfig
+from bat.core.solvers import SolveOptions, solve
 
 
 class NoiseTask:
@@ -127,7 +127,7 @@ def bench_selection_overhead(steps, every, repeats):
         return time.perf_counter() - start, selector
 
     def prop2(model):
-        from bat.curvature import flat_parameters
+        from bat.core.curvature import flat_parameters
         config = SelectionConfig(score_adaptation_every=every, score_bat_every=every)
         return Prop2Selector(config, target=flat_parameters(model) * 0.9)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bat import paths
 from bat.io import read_json, write_json
-from bat.notebook import execute, stage_parameters
+from bat.stages.notebook import execute, stage_parameters
 
 BUDGET_SECONDS = {"backbone_image": 600, "backbone_text": 600}
 

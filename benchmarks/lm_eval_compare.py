@@ -1,11 +1,11 @@
-"""Does bat.multiple_choice give the log-likelihood acc that lm-evaluation-harness gives?
+"""Does bat.text.benchmarks give the log-likelihood acc that lm-evaluation-harness gives?
 
     python benchmarks/lm_eval/make_tiny_model.py /tmp/tiny-llama
     python benchmarks/lm_eval_compare.py --model /tmp/tiny-llama \\
         --items benchmarks/lm_eval/items.jsonl --out /tmp/lm_eval_compare.json
 
 Scores one saved Hugging Face causal LM on one item file twice: with
-:func:`bat.multiple_choice.score_loglikelihood`, and with lm-eval's ``hf`` model on a task whose
+:func:`bat.text.benchmarks.score_loglikelihood`, and with lm-eval's ``hf`` model on a task whose
 YAML reads the same file through ``dataset_path: json``. Writes both accuracies, the largest
 per-choice log-likelihood difference and per-item disagreements to ``--out``; exits 1 if the
 predictions differ. Needs ``pip install lm-eval`` (tested with 0.4.13); the test suite does not.
@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bat import io
-from bat.multiple_choice import load_items, predict, score_loglikelihood
+from bat.text.benchmarks import load_items, predict, score_loglikelihood
 
 TASK = "bat_items"
 

@@ -35,10 +35,10 @@ import pandas as pd
 
 from bat import paths
 from bat.config import from_namespace
-from bat.image_backbone import ImageBackboneConfig, build_or_load, prompt_fidelity
-from bat.image_data import load_image_set
+from bat.image.backbone import ImageBackboneConfig, build_or_load, prompt_fidelity
+from bat.image.data import load_image_set
 from bat.io import write_json
-from bat.plotting import save_figure, show_images
+from bat.analysis.plotting import save_figure, show_images
 
 config = from_namespace(ImageBackboneConfig, globals(), "backbone_image")
 backbone = load_image_set(paths.PREPARED / "images" / "backbone.npz")

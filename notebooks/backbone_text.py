@@ -10,7 +10,7 @@
 #
 # The fine-tune trains a LoRA on every linear layer and merges it into the weights (a full
 # fine-tune of 135M weights does not fit the CPU budget); `lora_rank = 0` would train every weight.
-# The eight multiple-choice sets (held out from D^B, `bat/text_data.py`) are scored before and
+# The eight multiple-choice sets (held out from D^B, `bat/text/data.py`) are scored before and
 # after, with lm-evaluation-harness's `acc` and `acc_norm`, on their first `eval_set_size` items.
 # The smoke profile runs the same code on a minuscule LLaMA built from a config; the paper profile
 # loads its model by hub id.
@@ -46,8 +46,8 @@ import pandas as pd
 
 from bat import paths
 from bat.io import read_jsonl, write_json
-from bat.plotting import save_figure
-from bat.text_backbone import (TextBackboneConfig, compare_scores, fine_tune, initial_backbone,
+from bat.analysis.plotting import save_figure
+from bat.text.backbone import (TextBackboneConfig, compare_scores, fine_tune, initial_backbone,
                                load_backbone, load_eval_sets, loss_summary, save_backbone,
                                score_eval_sets)
 

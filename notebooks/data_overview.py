@@ -17,9 +17,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.image_data import load_image_set
+from bat.image.data import load_image_set
 from bat.io import read_json, read_jsonl, write_json
-from bat.plotting import save_figure, show_images
+from bat.analysis.plotting import save_figure, show_images
 
 image_dir = paths.PREPARED / "images"
 text_dir = paths.PREPARED / "text"

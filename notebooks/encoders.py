@@ -39,11 +39,11 @@ import pandas as pd
 
 from bat import paths
 from bat.config import from_namespace
-from bat.encoders import EncoderConfig, build_or_load, retrieval_report
-from bat.image_data import load_image_set
-from bat.image_metrics import cosine_matrix
+from bat.image.encoders import EncoderConfig, build_or_load, retrieval_report
+from bat.image.data import load_image_set
+from bat.image.metrics import cosine_matrix
 from bat.io import write_json
-from bat.plotting import save_figure, show_images
+from bat.analysis.plotting import save_figure, show_images
 
 config = from_namespace(EncoderConfig, globals(), "encoders")
 image_dir = paths.PREPARED / "images"

@@ -5,11 +5,11 @@
 # DreamBooth adaptation, for BAT and for random augmented training (random examples of D^B mixed
 # in at the same ratio γ); in the paper all metrics favour BAT.
 #
-# Here the runs are the `grid_image@dreambooth` stage (`bat.grid`), shared with Fig. 3, 4, 9 and
+# Here the runs are the `grid_image@dreambooth` stage (`bat.stages.grid`), shared with Fig. 3, 4, 9 and
 # 10: every style of the grid, every seed, evaluated every `evaluate_every` steps and once on the
 # backbone before training (step 0). Beside the paper's two curves: `random_matched`, random
 # backbone samples from the pool BAT was offered, as many at every step as the BAT run took. The
-# scores are those of `bat.image_evaluation` on the style's held-out concepts; an arrow in the
+# scores are those of `bat.image.evaluation` on the style's held-out concepts; an arrow in the
 # axis label says which direction is better (the paper's Tab. 1 arrows). Every curve is the mean
 # over seeds, with the min–max band over seeds; the paper's trend lines are not fitted.
 
@@ -22,10 +22,10 @@ scores = ["cosine", "centroid_distance", "clip_cosine", "vendi"]
 import matplotlib.pyplot as plt
 
 from bat import paths
-from bat.grid_results import (HIGHER_IS_BETTER, band_summary, compare_final, mean_sd_table,
+from bat.analysis.runs import (HIGHER_IS_BETTER, band_summary, compare_final, mean_sd_table,
                               read_grid, records)
 from bat.io import write_json
-from bat.plotting import plot_bands, save_figure
+from bat.analysis.plotting import plot_bands, save_figure
 
 result = read_grid(paths.ROOT / "runs" / grid)
 evaluations = result.evaluations[result.evaluations["regime"].isin(regimes)]

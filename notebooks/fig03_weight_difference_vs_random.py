@@ -6,7 +6,7 @@
 # sets; in the paper, when BAT meets the condition of Proposition 2, its weight difference stays
 # below that of random augmented training throughout.
 #
-# Here the runs are the `grid_image@dreambooth` stage (`bat.grid`), shared with Fig. 1, 4, 9 and
+# Here the runs are the `grid_image@dreambooth` stage (`bat.stages.grid`), shared with Fig. 1, 4, 9 and
 # 10, over all of their `steps`; θ^{A*} is the `oracle_image@<style>_dreambooth` stage (see Fig. 4).
 # Beside the paper's two curves: `random_matched`, random backbone samples from the pool BAT was
 # offered, as many at every step as the BAT run took. Every curve is the mean over seeds, with the
@@ -21,10 +21,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import (band_summary, compare_final, paired_difference, read_grid, records,
+from bat.analysis.runs import (band_summary, compare_final, paired_difference, read_grid, records,
                               selection_summary)
 from bat.io import write_json
-from bat.plotting import plot_bands, save_figure
+from bat.analysis.plotting import plot_bands, save_figure
 
 result = read_grid(paths.ROOT / "runs" / grid)
 steps = result.steps[result.steps["regime"].isin(regimes)]

@@ -7,7 +7,7 @@
 # stage: a long plain run on the larger split of the style, disjoint from the few-shot D^A
 # (as in Sec. 5.1.1), so neither run is guaranteed to converge to it.
 #
-# The runs are the `grid_image@dreambooth` stage (`bat.grid`), shared with Fig. 1, 3, 9 and 10.
+# The runs are the `grid_image@dreambooth` stage (`bat.stages.grid`), shared with Fig. 1, 3, 9 and 10.
 # Beside the paper's two curves: `random_matched`, random backbone samples from the pool BAT was
 # offered, as many at every step as the BAT run took. Every curve is the mean over seeds, with the
 # min–max band over seeds. Task metrics lead in Fig. 1 and Tab. 1; this figure is the paper's
@@ -21,10 +21,10 @@ regimes = ["plain", "bat", "random_matched", "compute_matched"]
 import matplotlib.pyplot as plt
 
 from bat import paths
-from bat.grid_results import (band_summary, compare_final, paired_difference, read_grid, records,
+from bat.analysis.runs import (band_summary, compare_final, paired_difference, read_grid, records,
                               seconds_summary, selection_summary)
 from bat.io import write_json
-from bat.plotting import plot_bands, save_figure
+from bat.analysis.plotting import plot_bands, save_figure
 
 result = read_grid(paths.ROOT / "runs" / grid)
 steps = result.steps[result.steps["regime"].isin(regimes)]

@@ -8,7 +8,7 @@
 # Fig. 4.
 #
 # Here the LoCon runs are the `grid_image@locon` stage and the LoRA / DoRA runs the
-# `grid_text@lora_dora` stage (`bat.grid`), on the tiny models. One column per adapter (and
+# `grid_text@lora_dora` stage (`bat.stages.grid`), on the tiny models. One column per adapter (and
 # dataset); every curve is the mean over seeds with the min–max band over seeds. The table at the
 # end leads with the task metric (held-out loss) and follows with the weight distance.
 
@@ -21,10 +21,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import (band_summary, compare_final, matching, paired_difference, read_grid,
+from bat.analysis.runs import (band_summary, compare_final, matching, paired_difference, read_grid,
                               records)
 from bat.io import write_json
-from bat.plotting import plot_bands, save_figure
+from bat.analysis.plotting import plot_bands, save_figure
 
 regimes = ["plain", "bat"]
 results = {grid: read_grid(paths.ROOT / "runs" / grid) for grid in (image_grid, text_grid)}

@@ -6,7 +6,7 @@
 # the largest value of the grid; the paper reads from its curves that increasing γ reduces the
 # convergence rate of backbone augmented training, as Proposition 2 suggests.
 #
-# Here the runs are the `grid_image@ratio` stage (`bat.grid`) on the tiny diffusion model: one BAT
+# Here the runs are the `grid_image@ratio` stage (`bat.stages.grid`) on the tiny diffusion model: one BAT
 # run per γ and the plain DreamBooth run of the same seed (plain does not depend on γ). Left: the
 # weight difference ‖θ − θ^{A*}‖ to the oracle over the steps. Middle and right: the value at the
 # last step against γ, for the weight distance and for the task metric (held-out loss).
@@ -19,10 +19,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import (band_summary, compare_final, matching, paired_difference, read_grid,
+from bat.analysis.runs import (band_summary, compare_final, matching, paired_difference, read_grid,
                               records)
 from bat.io import write_json
-from bat.plotting import REGIME_COLORS, plot_bands, save_figure
+from bat.analysis.plotting import REGIME_COLORS, plot_bands, save_figure
 
 result = read_grid(paths.ROOT / "runs" / grid)
 steps = result.steps[result.steps["regime"].isin(["plain", "bat"])]

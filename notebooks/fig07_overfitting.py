@@ -5,7 +5,7 @@
 # once plainly and once with BAT; the paper reads from its curves that BAT regulates overfitting
 # better than plain DreamBooth across datasets.
 #
-# Here the runs are the `grid_image@overfitting` stage (`bat.grid`): the tiny diffusion model,
+# Here the runs are the `grid_image@overfitting` stage (`bat.stages.grid`): the tiny diffusion model,
 # trained longer and at a higher learning rate than the other grids, one seed per style. One
 # column per style. Overfitting shows as a held-out loss that falls and then rises again while
 # the training loss keeps falling; the rows below follow the same runs in weight distance to the
@@ -18,9 +18,9 @@ grid = "overfitting"
 import matplotlib.pyplot as plt
 
 from bat import paths
-from bat.grid_results import band_summary, matching, read_grid, records
+from bat.analysis.runs import band_summary, matching, read_grid, records
 from bat.io import write_json
-from bat.plotting import plot_bands, save_figure
+from bat.analysis.plotting import plot_bands, save_figure
 
 result = read_grid(paths.ROOT / "runs" / grid)
 steps = result.steps[result.steps["regime"].isin(["plain", "bat"])]

@@ -5,7 +5,7 @@
 # the convergence rate grows with the batch size and conjectures that a larger batch carries more
 # variety, the augmented backbone data included.
 #
-# Here the runs are the `grid_image@batch_size` stage (`bat.grid`) on the tiny diffusion model: for
+# Here the runs are the `grid_image@batch_size` stage (`bat.stages.grid`) on the tiny diffusion model: for
 # each batch size (D^A examples per step) a plain run and a BAT run of the same seed. Left: the
 # weight difference ‖θ − θ^{A*}‖ to the oracle over the steps, one colour per batch size. Middle
 # and right: at the last step, BAT minus plain (paired by seed) in weight distance and in the task
@@ -19,10 +19,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import (band_summary, compare_final, final_rows, matching, paired_difference,
+from bat.analysis.runs import (band_summary, compare_final, final_rows, matching, paired_difference,
                               read_grid, records)
 from bat.io import write_json
-from bat.plotting import save_figure
+from bat.analysis.plotting import save_figure
 
 result = read_grid(paths.ROOT / "runs" / grid)
 steps = result.steps[result.steps["regime"].isin(["plain", "bat"])]

@@ -24,9 +24,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import final_rows, paired_difference, read_grid, records
+from bat.analysis.runs import final_rows, paired_difference, read_grid, records
 from bat.io import write_json
-from bat.plotting import save_figure
+from bat.analysis.plotting import save_figure
 
 tracks = {"image": (image_grid, image_adapter), "text": (text_grid, text_adapter)}
 run_keys = ["dataset", "adapter", "seed", "batch_size"]

@@ -5,7 +5,7 @@
 # (plain) run and of a BAT run, to show BAT's faster convergence; the same models for every class,
 # each image an output of its model with a different random seed.
 #
-# Here the runs are the `grid_image@dreambooth` stage (`bat.grid`), shared with Fig. 1, 3, 4 and 9.
+# Here the runs are the `grid_image@dreambooth` stage (`bat.stages.grid`), shared with Fig. 1, 3, 4 and 9.
 # Shown is the evaluation step closest to half of the grid's `steps`: for every style, first the
 # backbone's samples (step 0, seed 0), then for every seed the plain and the BAT run of that seed,
 # one row each. The columns are the first held-out concepts of the style, titled with their
@@ -23,9 +23,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bat import paths
-from bat.grid_results import read_grid, records
+from bat.analysis.runs import read_grid, records
 from bat.io import write_json
-from bat.plotting import save_figure, show_images
+from bat.analysis.plotting import save_figure, show_images
 
 result = read_grid(paths.ROOT / "runs" / grid)
 config = result.info["config"]
@@ -73,7 +73,7 @@ save_figure(fig, "fig10_samples")
 # Per style, seed and regime at the step shown (and the backbone at step 0): `cosine`, the image
 # features' cosine between each sample and the real render of the same concept (↑), and
 # `clip_cosine`, the CLIP caption–sample cosine (↑), over all of the evaluation's held-out
-# concepts, not only the columns shown (`bat.image_evaluation`).
+# concepts, not only the columns shown (`bat.image.evaluation`).
 
 # %%
 evaluations = result.evaluations

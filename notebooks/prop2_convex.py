@@ -8,7 +8,7 @@
 #
 # - **plain**: fit on n samples of A;
 # - **random**: add m = n(1−γ)/γ backbone samples drawn at random (n/k = γ);
-# - **bat**: add m backbone samples chosen by `bat.selection.Prop2Selector` with the oracle θ\*;
+# - **bat**: add m backbone samples chosen by `bat.core.selection.Prop2Selector` with the oracle θ\*;
 # - **bat_oracle_free**: the same, with a held-out quarter of D^A in place of θ\*.
 #
 # What to look for: whether the measured n·‖θ̂ − θ\*‖²_S follows its prediction (flat at ρ_A
@@ -39,8 +39,8 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FormatStrFormatter
 
 from bat import io, paths
-from bat.convex import ConvexConfig, run_convex, summarise, summary_records
-from bat.plotting import REGIME_COLORS, save_figure
+from bat.convex.check import ConvexConfig, run_convex, summarise, summary_records
+from bat.analysis.plotting import REGIME_COLORS, save_figure
 
 config = ConvexConfig(models=tuple(models), sample_sizes=tuple(sample_sizes),
                       seeds=tuple(range(num_seeds)), dim=dim, gamma=gamma,

@@ -7,9 +7,9 @@
 # multiple-choice benchmarks (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC-c, ARC-e, OBQA).
 #
 # Here the image rows come from the `grid_image@dreambooth` and `grid_image@locon` stages and the
-# text rows from `grid_text@lora_dora` (`bat.grid`), on the tiny models; every score is the mean ±
+# text rows from `grid_text@lora_dora` (`bat.stages.grid`), on the tiny models; every score is the mean ±
 # sd over seeds of the final model. The eight text sets are built analogues of the paper's
-# benchmarks (`bat.text_data`: definition_check ~ BoolQ, hypernym_choice ~ PIQA, synonym_choice ~
+# benchmarks (`bat.text.data`: definition_check ~ BoolQ, hypernym_choice ~ PIQA, synonym_choice ~
 # SIQA, wiki_next_sentence ~ HellaSwag, example_cloze ~ WinoGrande, definition_hard ~ ARC-c,
 # definition_easy ~ ARC-e, wiki_field ~ OBQA), scored like lm-evaluation-harness (`acc`,
 # `acc_norm`). Beside the paper's rows: the backbone before training (step 0), the held-out loss
@@ -25,9 +25,9 @@ image_scores = ["cosine", "centroid_distance", "clip_cosine", "vendi"]
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import compare_final, matching, mean_sd_table, read_grid, records
+from bat.analysis.runs import compare_final, matching, mean_sd_table, read_grid, records
 from bat.io import write_json
-from bat.plotting import save_figure, table_figure
+from bat.analysis.plotting import save_figure, table_figure
 
 image_columns = ["heldout_loss", *image_scores]
 image_parts = []

@@ -6,7 +6,7 @@
 # such a BAT against plain DreamBooth and finds it better in most scores, but less consistently
 # than BAT on D^B.
 #
-# Here the out-of-backbone runs are the `grid_image@out_of_backbone` stage (`bat.grid`): DreamBooth
+# Here the out-of-backbone runs are the `grid_image@out_of_backbone` stage (`bat.stages.grid`): DreamBooth
 # with BAT whose pool is emoji rendered in a font the tiny backbone was not trained on. They are set
 # beside the plain and BAT runs of the `grid_image@dreambooth` stage (same styles, seeds and
 # settings, pool from D^B), on the seeds and styles both grids hold. Every score is the mean ± sd
@@ -21,9 +21,9 @@ scores = ["cosine", "centroid_distance", "clip_cosine", "vendi"]
 import pandas as pd
 
 from bat import paths
-from bat.grid_results import compare_final, matching, mean_sd_table, read_grid, records
+from bat.analysis.runs import compare_final, matching, mean_sd_table, read_grid, records
 from bat.io import write_json
-from bat.plotting import save_figure, table_figure
+from bat.analysis.plotting import save_figure, table_figure
 
 columns = ["heldout_loss", *scores]
 label = "bat (out of D^B)"

@@ -16,9 +16,9 @@ import torch
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # `import tests.tiny_models` from any working directory
 
-from bat import paths  # noqa: E402
+from bat import paths# noqa: E402
 from bat.config import build, profile_params  # noqa: E402
-from bat.fetch import require_raw  # noqa: E402
+from bat.stages.fetch import require_raw  # noqa: E402
 
 # One thread: tests stay fast and deterministic on a 2-core machine that runs other work.
 torch.set_num_threads(1)
@@ -39,7 +39,7 @@ def raw() -> Path:
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory, raw, smoke_params) -> Path:
     """A project root whose ``data/prepared`` holds the smoke profile's datasets."""
-    from bat.prepare import PrepareConfig, prepare
+    from bat.stages.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("smoke_root")
     (root / "data").mkdir()
@@ -52,8 +52,8 @@ def smoke_root(tmp_path_factory, raw, smoke_params) -> Path:
 def smoke_image_backbone(smoke_root, smoke_params) -> Path:
     """The smoke profile's image backbone, pre-trained and saved under ``smoke_root/models``."""
     from bat.config import from_namespace
-    from bat.image_backbone import ImageBackboneConfig, pretrain, save_image_backbone
-    from bat.image_data import load_image_set
+    from bat.image.backbone import ImageBackboneConfig, pretrain, save_image_backbone
+    from bat.image.data import load_image_set
 
     config = from_namespace(ImageBackboneConfig, smoke_params["backbone_image"], "backbone_image")
     backbone = load_image_set(smoke_root / "data" / "prepared" / "images" / "backbone.npz")
@@ -65,7 +65,7 @@ def smoke_image_backbone(smoke_root, smoke_params) -> Path:
 def smoke_text_backbone(smoke_root, smoke_params, raw) -> Path:
     """The smoke profile's LM backbone (a from-config LLaMA, real tokenizer), saved under models."""
     from bat.config import from_namespace
-    from bat.text_backbone import TextBackboneConfig, initial_backbone, save_backbone
+    from bat.text.backbone import TextBackboneConfig, initial_backbone, save_backbone
 
     config = from_namespace(TextBackboneConfig, smoke_params["backbone_text"], "backbone_text")
     model, tokenizer = initial_backbone(config)
@@ -76,8 +76,8 @@ def smoke_text_backbone(smoke_root, smoke_params, raw) -> Path:
 def smoke_encoders(smoke_root, smoke_params) -> Path:
     """The smoke profile's metric encoders, trained and saved under ``smoke_root/models``."""
     from bat.config import from_namespace
-    from bat.encoders import EncoderConfig, build_or_load
-    from bat.image_data import load_image_set
+    from bat.image.encoders import EncoderConfig, build_or_load
+    from bat.image.data import load_image_set
 
     config = from_namespace(EncoderConfig, smoke_params["encoders"], "encoders")
     backbone = load_image_set(smoke_root / "data" / "prepared" / "images" / "backbone.npz")
@@ -86,13 +86,13 @@ def smoke_encoders(smoke_root, smoke_params) -> Path:
 
 
 def _train_oracles(track: str, backbone: Path, smoke_root: Path, smoke_params: dict) -> Path:
-    from bat.oracle import load_run, train_oracle
+    from bat.stages.oracle import load_run, track_options, train_oracle
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
         for name in smoke_params["oracles"][track]:
-            train_oracle(name, load_run(name, smoke_params), backbone,
-                         smoke_root / "models" / "oracles" / name)
+            train_oracle(name, load_run(name, smoke_params), backbone.parent,
+                         smoke_root / "models" / "oracles" / name, **track_options(track, smoke_params))
     return smoke_root / "models" / "oracles"
 
 
@@ -111,12 +111,13 @@ def smoke_text_oracles(smoke_root, smoke_text_backbone, smoke_params) -> Path:
 @pytest.fixture(scope="session")
 def smoke_grids(smoke_root, smoke_encoders, smoke_oracles, smoke_text_oracles, smoke_params) -> Path:
     """Every grid of the smoke profile, run into ``smoke_root/runs/<name>`` as its stage would."""
-    from bat.grid import load_grid, run_grid
+    from bat.stages.grid import load_grid, run_grid
+    from bat.stages.oracle import track_options
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
         for track in ("image", "text"):
             for name in smoke_params["grids"][track]:
                 run_grid(load_grid(name, smoke_params), smoke_root / "runs" / name,
-                         smoke_root / "models")
+                         smoke_root / "models", **track_options(track, smoke_params))
     return smoke_root / "runs"

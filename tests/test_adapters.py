@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from bat.adapters import (ADAPTERS, AdapterConfig, attach_adapter, flat_adapter_vector,
+from bat.core.adapters import (ADAPTERS, AdapterConfig, attach_adapter, flat_adapter_vector,
                           load_adapter, save_adapter, trainable_parameters)
 from bat.errors import ConfigError
 from tests.tiny_models import (CROSS_DIM, LATENT_CHANNELS, LATENT_SIZE, TEXT_LENGTH, tiny_llama,

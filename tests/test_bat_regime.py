@@ -1,14 +1,15 @@
-"""The bat regime end to end: Proposition-2 selectors, oracle and oracle-free, inside bat.train."""
+"""The bat regime end to end: Proposition-2 selectors, oracle and oracle-free, inside bat.core.train."""
 
 import pytest
 import torch
 
-from bat.adapters import AdapterConfig
-from bat.checkpoint import trained_vector
-from bat.curvature import flat_parameters
-from bat.selection import Prop2Selector, SelectionConfig
-from bat.tasks import CausalLMTask, DiffusionTask
-from bat.train import TrainConfig, train
+from bat.core.adapters import AdapterConfig
+from bat.core.checkpoint import trained_vector
+from bat.core.curvature import flat_parameters
+from bat.core.selection import Prop2Selector, SelectionConfig
+from bat.image.task import DiffusionTask
+from bat.text.task import CausalLMTask
+from bat.core.train import TrainConfig, train
 from tests.tiny_models import diffusion_examples, text_examples, tiny_llama, tiny_scheduler, tiny_unet
 
 SETTINGS = {
@@ -46,9 +47,9 @@ def test_bat_regime_trains_with_proposition_2_selection(kind, mode, tmp_path):
 
 @pytest.mark.parametrize("kind", ["lora", "locon"])
 def test_library_tasks_give_gauss_newton_curvature(kind):
-    """bat.tasks expose their outputs, so Gauss-Newton products (PSD, unlike the Hessian) work."""
-    from bat.adapters import attach_adapter
-    from bat.curvature import OutputTask, curvature_operators
+    """The tracks' tasks expose their outputs, so Gauss-Newton products (PSD, unlike the Hessian) work."""
+    from bat.core.adapters import attach_adapter
+    from bat.core.curvature import OutputTask, curvature_operators
 
     setting = SETTINGS[kind]
     task = setting["task"]()

@@ -6,9 +6,10 @@ import sys
 import pytest
 import yaml
 
-from bat import config, paths, profile
+from bat import config, paths
+from bat.stages import profile
 from bat.errors import ConfigError
-from bat.prepare import PrepareConfig
+from bat.stages.prepare import PrepareConfig
 from tests.conftest import PROJECT
 
 
@@ -81,22 +82,22 @@ def run_module(module: str, root, *args):
 
 def test_cli_missing_raw_data_is_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
-    result = run_module("bat.prepare", tmp_path)
+    result = run_module("bat.stages.prepare", tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: raw data missing at {tmp_path / 'data' / 'raw'}; run `make data` (python -m bat.fetch) first"]
+        f"error: raw data missing at {tmp_path / 'data' / 'raw'}; run `make data` (python -m bat.stages.fetch) first"]
     assert not (tmp_path / "data" / "prepared").exists()
 
 
 def test_cli_broken_params_is_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("prepare: [\n")
-    result = run_module("bat.prepare", tmp_path)
+    result = run_module("bat.stages.prepare", tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "params.yaml is not valid YAML" in result.stderr
 
 
 def test_cli_wrong_profile_is_one_line(tmp_path):
-    result = run_module("bat.profile", tmp_path, "use", "huge")
+    result = run_module("bat.stages.profile", tmp_path, "use", "huge")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: unknown profile 'huge'; allowed profiles: ['tiny', 'smoke', 'paper']"

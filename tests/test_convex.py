@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from bat import glm
-from bat.convex import (METHODS, ConvexConfig, backbone_count, laws, run_convex, summarise,
+from bat.convex import glm
+from bat.convex.check import (METHODS, ConvexConfig, backbone_count, laws, run_convex, summarise,
                         summary_records)
 from bat.errors import ConfigError
-from bat.prop2 import Prop2Problem
-from bat.solvers import SolveOptions
+from bat.core.prop2 import Prop2Problem
+from bat.core.solvers import SolveOptions
 
 SMOKE = ConvexConfig(sample_sizes=(16, 32), seeds=(0, 1), population_samples=20_000)
 

@@ -8,11 +8,11 @@ from torch import nn
 from torch.func import functional_call, hessian, jacrev
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bat.curvature import (FisherOperator, MatrixOperator, OutputTask, adapter_parameters,
+from bat.core.curvature import (FisherOperator, MatrixOperator, OutputTask, adapter_parameters,
                            curvature_operators, flat_parameters, per_sample_grads,
                            per_sample_grads_loop, unflatten)
 from bat.errors import ConfigError
-from bat.solvers import IndefiniteCurvatureError, SolveOptions, solve
+from bat.core.solvers import IndefiniteCurvatureError, SolveOptions, solve
 
 
 class LMTask:

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from bat.config import build
-from bat.encoders import (CONFIG_FILE, WEIGHTS_FILE, EncoderConfig, PretrainedEncoders, SentenceEncoder,
+from bat.image.encoders import (CONFIG_FILE, WEIGHTS_FILE, EncoderConfig, PretrainedEncoders, SentenceEncoder,
                           TrainedEncoders, build_or_load, load_encoders, match_concepts, random_affine,
                           retrieval_report, save_encoders, train_encoders)
 from bat.errors import ConfigError
-from bat.image_data import load_image_set
+from bat.image.data import load_image_set
 
 SMOKE = dict(source="train", image_model_id="facebook/dinov2-base",
              clip_model_id="openai/clip-vit-base-patch32", text_encoder="data/raw/minilm",

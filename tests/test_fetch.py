@@ -7,10 +7,10 @@ import zipfile
 import pytest
 import yaml
 
-from bat import fetch
+from bat.stages import fetch
 from bat.errors import ConfigError
 from bat.io import read_json
-from bat.sources import SOURCES, Source
+from bat.stages.sources import SOURCES, Source
 from tests.conftest import PROJECT
 
 

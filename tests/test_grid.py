@@ -1,4 +1,4 @@
-"""Grids of runs (bat.grid, bat.grid_results): config checks and every smoke-sized grid."""
+"""Grids of runs (bat.stages.grid, bat.analysis.runs): config checks and every smoke-sized grid."""
 
 import numpy as np
 import pandas as pd
@@ -7,14 +7,15 @@ import pytest
 from bat import paths
 from bat.config import build
 from bat.errors import ConfigError
-from bat.grid import GridConfig, load_grid, run_grid
-from bat.grid_results import (band_summary, compare_final, final_rows, paired_difference,
+from bat.stages.grid import GridConfig, load_grid, run_grid
+from bat.analysis.runs import (band_summary, compare_final, final_rows, paired_difference,
                               read_grid, selection_summary)
 
 VALID = {"name": "test", "track": "image", "datasets": ["noto"], "adapters": ["dreambooth"],
          "seeds": [0, 1], "regimes": ["plain", "bat", "random_matched"], "gammas": [0.5],
          "batch_sizes": [4], "steps": 2, "learning_rate": 0.0001, "log_every": 1,
-         "evaluate_every": 1, "pool": "backbone", "pool_size": 4, "score_every": 1, "damping": 0.001,
+         "evaluate_every": 1, "pool": "backbone", "pool_size": 4,
+         "selection": {"score_adaptation_every": 1, "score_bat_every": 1, "damping": 0.001},
          "eval_size": 2, "sample_steps": 2, "guidance_scale": 7.5, "benchmark_items": 0}
 
 
@@ -39,6 +40,9 @@ def test_every_grid_of_each_profile_is_valid(smoke_params):
     ("pool", "laion", r"pool: 'laion' is not allowed; choose one of \['backbone', 'out_of_backbone'\]"),
     ("pool_size", 3, r"pool_size: 3 is fewer than the 4 backbone examples"),
     ("benchmark_items", 4, r"benchmark_items: the multiple-choice sets score LMs"),
+    ("selection", {"solver": "qr"}, r"solver: 'qr' is not allowed"),
+    ("selection", {"seed": 3}, r"grids.image.test.selection.seed is set per run"),
+    ("selection", {"bogus": 1}, r"unknown parameter grids.image.test.selection.bogus"),
 ])
 def test_bad_values_are_refused(field, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -143,7 +147,7 @@ def test_a_grid_is_deterministic(smoke_grids, smoke_root, smoke_params, tmp_path
 
 
 def test_mean_sd_table_keeps_the_means_precision():
-    from bat.grid_results import mean_sd_table
+    from bat.analysis.runs import mean_sd_table
 
     comparison = pd.DataFrame({"regime": ["plain", "bat"], "score_mean": [7379.2, 0.22131],
                                "score_sd": [834.1, 0.0013]})

@@ -9,9 +9,9 @@ import torch
 
 from bat.config import build
 from bat.errors import ConfigError
-from bat.image_backbone import (ImageBackboneConfig, generate, load_image_backbone, pretrain,
+from bat.image.backbone import (ImageBackboneConfig, generate, load_image_backbone, pretrain,
                                 save_image_backbone)
-from bat.image_data import load_image_set
+from bat.image.data import load_image_set
 
 SMOKE = dict(source="train", model_id="unused", text_encoder="data/raw/minilm", resolution=16,
              vae_channels=[8, 16], unet_channels=[16, 32], max_caption_tokens=8, vae_steps=2,
@@ -91,7 +91,7 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
 
 def test_pretrained_source_is_loaded_and_saved_where_later_stages_read(trained, tmp_path, backbone_set):
     """The paper profile loads a pipeline by id (here: a local folder) and writes it to models/."""
-    from bat.image_backbone import build_or_load
+    from bat.image.backbone import build_or_load
 
     _, _, folder = trained
     config = build(ImageBackboneConfig, {**SMOKE, "source": "pretrained", "model_id": str(folder)},

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from bat.config import build
-from bat.encoders import EncoderConfig, train_encoders
+from bat.image.encoders import EncoderConfig, train_encoders
 from bat.errors import ConfigError
-from bat.image_backbone import ImageBackboneConfig, build_pipeline
-from bat.image_data import load_image_set
-from bat.adaptation_data import style_prompts
-from bat.image_evaluation import SCORES, evaluate_personalization, first_generator, score_images
+from bat.image.backbone import ImageBackboneConfig, build_pipeline
+from bat.image.data import load_image_set
+from bat.image.track import style_prompts
+from bat.image.evaluation import SCORES, evaluate_personalization, first_generator, score_images
 from tests.test_encoders import SMOKE as ENCODERS_SMOKE
 from tests.test_image_backbone import SMOKE as BACKBONE_SMOKE
 

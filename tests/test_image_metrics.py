@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from bat import image_metrics as im
+from bat.image import metrics as im
 from bat.errors import ConfigError
 
 
@@ -124,7 +124,7 @@ def test_bad_shapes_and_values_raise(call):
 
 
 def test_pairwise_preference_is_one_for_perfect_and_half_for_unrelated_samples():
-    from bat.image_metrics import pairwise_preference
+    from bat.image.metrics import pairwise_preference
 
     rng = np.random.default_rng(0)
     keys = rng.normal(size=(40, 16))
@@ -133,7 +133,7 @@ def test_pairwise_preference_is_one_for_perfect_and_half_for_unrelated_samples()
     assert abs(pairwise_preference(rng.normal(size=(400, 16)), rng.normal(size=(400, 16))) - 0.5) < 0.02
     # The AUC by brute force on a small case.
     query, key = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
-    from bat.image_metrics import cosine_matrix
+    from bat.image.metrics import cosine_matrix
     sim = cosine_matrix(query, key)
     brute = np.mean([np.mean([sim[i, j] < sim[i, i] for j in range(5) if j != i]) for i in range(5)])
     assert pairwise_preference(query, key) == pytest.approx(brute)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bat.errors import ConfigError
-from bat.mixing import Mixer, RandomSelector, realised_ratio
-from bat.protocols import SelectionContext
+from bat.core.mixing import Mixer, RandomSelector, realised_ratio
+from bat.core.protocols import SelectionContext
 
 GAMMAS = (0.16, 0.3, 0.5, 0.75, 0.862)  # the paper's Fig. 6 range and points between
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bat import multiple_choice as mc
+from bat.text import benchmarks as mc
 from bat.errors import ConfigError
 from benchmarks.lm_eval.make_tiny_model import build_tokenizer
 

@@ -6,13 +6,13 @@ import re
 import jupytext
 import pytest
 
-from bat import notebook as runner
+from bat.stages import notebook as runner
 from bat.config import read_yaml
 from tests.conftest import PROJECT
 
 NOTEBOOKS = sorted(path.stem for path in (PROJECT / "notebooks").glob("*.py"))
 # What a notebook's smoke run reads besides smoke_root's prepared data: the fixtures that make it.
-# Every figure and table notebook reads the grids of bat.grid.
+# Every figure and table notebook reads the grids of bat.stages.grid.
 UPSTREAM = {stem: ["smoke_grids"] for stem in NOTEBOOKS if stem.startswith(("fig", "tab"))}
 
 

@@ -10,7 +10,7 @@ from tests.conftest import PROJECT
 STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
 NOTEBOOKS = sorted(path.stem for path in (PROJECT / "notebooks").glob("*.py"))
 # The runner and the provenance cell shape the report, not the numbers: they are not deps.
-RUNNER = {"bat/notebook.py", "bat/provenance.py", "bat/__init__.py"}
+RUNNER = {"bat/stages/notebook.py", "bat/analysis/provenance.py", "bat/__init__.py"}
 
 
 def bat_imports(path) -> set[str]:
@@ -34,7 +34,10 @@ def bat_imports(path) -> set[str]:
 
 
 def dep_paths(stage) -> set[str]:
-    return {dep if isinstance(dep, str) else next(iter(dep)) for dep in stage["deps"]}
+    """The stage's deps, and every file inside a folder dep (``bat/core`` covers its modules)."""
+    deps = {dep if isinstance(dep, str) else next(iter(dep)) for dep in stage["deps"]}
+    return deps | {path.relative_to(PROJECT).as_posix() for dep in deps if (PROJECT / dep).is_dir()
+                   for path in (PROJECT / dep).rglob("*.py")}
 
 
 def out_paths(stage, key="outs") -> set[str]:
@@ -44,7 +47,7 @@ def out_paths(stage, key="outs") -> set[str]:
 @pytest.mark.parametrize("stem", NOTEBOOKS)
 def test_each_notebook_is_a_stage(stem):
     stage = STAGES[stem]
-    assert stage["cmd"] == f"python -m bat.notebook {stem}"
+    assert stage["cmd"] == f"python -m bat.stages.notebook {stem}"
     assert f"notebooks/{stem}.py" in dep_paths(stage)
     assert stage["params"] == [stem]
     assert {f"reports/{stem}.ipynb", f"figures/{stem}.png", f"figures/{stem}.pdf"} <= out_paths(stage)
@@ -60,11 +63,21 @@ def test_module_stages_depend_on_the_library_they_use():
     for name, stage in STAGES.items():
         stage = stage.get("do", stage)  # a foreach stage: its template
         command = stage["cmd"].split()
-        if command[:2] == ["python", "-m"] and command[2] != "bat.notebook":
+        if command[:2] == ["python", "-m"] and command[2] != "bat.stages.notebook":
             module = PROJECT / (command[2].replace(".", "/") + ".py")
             used = bat_imports(module) | {module.relative_to(PROJECT).as_posix()}
             missing = used - dep_paths(stage)
             assert not missing, f"dvc.yaml stage {name} lacks deps {sorted(missing)}"
+
+
+@pytest.mark.parametrize("track, other", [("image", "text"), ("text", "image")])
+def test_track_stages_depend_on_their_own_track_only(track, other):
+    """An oracle or grid stage loads its track by name: it depends on that track's package, and
+    editing the other track's code re-runs none of its stages."""
+    for kind in ("oracle", "grid"):
+        deps = dep_paths(STAGES[f"{kind}_{track}"]["do"])
+        assert f"bat/{track}/track.py" in deps
+        assert not {dep for dep in deps if dep.startswith(f"bat/{other}/")}, f"{kind}_{track}"
 
 
 def test_figures_and_metrics_are_versioned_in_git():
@@ -80,7 +93,7 @@ def test_figures_and_metrics_are_versioned_in_git():
 
 
 def test_notebook_stages_depend_on_the_grids_they_read():
-    """A notebook parameter that names a grid of bat.grid makes runs/<grid> a dep of its stage."""
+    """A notebook parameter that names a grid of bat.stages.grid makes runs/<grid> a dep of its stage."""
     from bat.config import read_yaml
 
     params = read_yaml(PROJECT / "params.yaml")
@@ -98,5 +111,5 @@ def test_each_grid_is_a_stage_writing_its_runs_folder():
     for track in ("image", "text"):
         stage = STAGES[f"grid_{track}"]
         assert stage["foreach"] == f"${{grids.{track}}}"
-        assert stage["do"]["cmd"] == "python -m bat.grid ${key}"
+        assert stage["do"]["cmd"] == "python -m bat.stages.grid ${key}"
         assert stage["do"]["outs"] == ["runs/${key}"]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from bat.config import build
-from bat.image_data import load_image_set
+from bat.image.data import load_image_set
 from bat.io import read_jsonl
-from bat.prepare import PrepareConfig, prepare
-from bat.text_data import EVAL_SETS
+from bat.stages.prepare import PrepareConfig, prepare
+from bat.text.data import EVAL_SETS
 
 
 def text_sets(prepared):

@@ -5,14 +5,14 @@ import torch
 from torch import nn
 
 from bat import io
-from bat.curvature import curvature_operators, flat_parameters, set_flat_parameters
+from bat.core.curvature import curvature_operators, flat_parameters, set_flat_parameters
 from bat.errors import ConfigError
-from bat.protocols import take_examples
-from bat.prop2 import (Prop2Problem, parameter_distance, weight_difference,
+from bat.core.protocols import take_examples
+from bat.core.prop2 import (Prop2Problem, parameter_distance, weight_difference,
                        weighted_squared_distance)
-from bat.protocols import SelectionContext, Selector
-from bat.selection import FirstSelector, Prop2Selector, SelectionConfig
-from bat.solvers import SolveOptions, solve
+from bat.core.protocols import SelectionContext, Selector
+from bat.core.selection import FirstSelector, Prop2Selector, SelectionConfig
+from bat.core.solvers import SolveOptions, solve
 
 DIM = 4
 

@@ -8,7 +8,8 @@ from peft import LoraConfig, get_peft_model
 from torch.func import functional_call, vmap
 
 from bat.errors import ConfigError
-from bat.tasks import CausalLMTask, DiffusionTask, make_diffusion_batch
+from bat.image.task import DiffusionTask, make_diffusion_batch
+from bat.text.task import CausalLMTask
 from tests.tiny_models import diffusion_examples, text_examples, tiny_llama, tiny_scheduler, tiny_unet
 
 ATOL = 1e-5

@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from bat import text_backbone as tb
+from bat.text import backbone as tb
 from bat.errors import ConfigError
-from bat.multiple_choice import MultipleChoiceItem
-from bat.tasks import IGNORE_INDEX
+from bat.text.benchmarks import MultipleChoiceItem
+from bat.text.task import IGNORE_INDEX
 
 GGUF = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 RECORDS = [

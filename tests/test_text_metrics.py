@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from bat import text_metrics as tm
+from bat.text import metrics as tm
 from bat.errors import ConfigError
 
 PAIRS = [

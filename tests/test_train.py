@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bat.adapters import AdapterConfig, attach_adapter, flat_adapter_vector, trainable_parameters
+from bat.core.adapters import AdapterConfig, attach_adapter, flat_adapter_vector, trainable_parameters
 from bat.io import atomic_directory
-from bat.checkpoint import adapter_dir, load_state, log_path, save_state
-from bat.checkpoint import trained_vector
+from bat.core.checkpoint import adapter_dir, load_state, log_path, save_state
+from bat.core.checkpoint import trained_vector
 from bat.errors import ConfigError
 from bat.io import read_json
-from bat.tasks import CausalLMTask, DiffusionTask
-from bat.train import (REGIMES, TrainConfig, TrainingDiverged, backbone_schedule,
+from bat.image.task import DiffusionTask
+from bat.text.task import CausalLMTask
+from bat.core.train import (REGIMES, TrainConfig, TrainingDiverged, backbone_schedule,
                        compute_matched_steps, seed_everything, train)
 from tests.tiny_models import diffusion_examples, text_examples, tiny_llama, tiny_scheduler, tiny_unet
 
@@ -235,7 +236,7 @@ def test_on_step_sees_every_step_and_changes_nothing(tmp_path):
     s = setting("lora")
     seen = []
 
-    def evaluate(step, model):  # evaluating, as bat.grid does, must not move the run
+    def evaluate(step, model):  # evaluating, as bat.stages.grid does, must not move the run
         seen.append(step)
         model.eval()
         with torch.no_grad():

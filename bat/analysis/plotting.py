@@ -1,0 +1,93 @@
+"""One figure style, and the only function that writes figures.
+
+PNG and PDF are written with fixed metadata (no creation date, no software version) so that a
+re-run with the same numbers gives the same bytes and DVC sees nothing to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bat import io, paths# noqa: E402
+
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.frameon": False,
+    "svg.hashsalt": "bat",
+}
+plt.rcParams.update(STYLE)
+
+# One colour per training regime, the same in every figure.
+REGIME_COLORS = {"plain": "tab:red", "random": "tab:gray", "random_matched": "tab:olive",
+                 "bat": "tab:blue", "bat_oracle_free": "tab:cyan", "compute_matched": "tab:orange"}
+
+_PNG_METADATA = {"Software": None}
+_PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}
+
+
+def save_figure(fig: matplotlib.figure.Figure, stem: str, figures_dir: Path | None = None) -> Path:
+    """Write ``figures/<stem>.png`` and ``.pdf`` atomically and close the figure."""
+    figures_dir = Path(figures_dir) if figures_dir is not None else paths.FIGURES
+    png = figures_dir / f"{stem}.png"
+    io.write_with(png, lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_METADATA,
+                                               bbox_inches="tight"))
+    io.write_with(figures_dir / f"{stem}.pdf",
+                  lambda tmp: fig.savefig(tmp, format="pdf", metadata=_PDF_METADATA,
+                                          bbox_inches="tight"))
+    plt.close(fig)
+    return png
+
+
+def show_images(axes, images, captions=None, caption_chars: int = 18) -> None:
+    """Draw one image per axis, without ticks, with its caption cut to ``caption_chars``."""
+    for index, axis in enumerate(axes):
+        axis.axis("off")
+        if index < len(images):
+            axis.imshow(images[index], interpolation="nearest")
+            if captions is not None:
+                axis.set_title(str(captions[index])[:caption_chars], fontsize=6)
+
+
+def plot_bands(axis, summary, hue: str = "regime", colors: dict | None = None,
+               label: str = "{}") -> None:
+    """One line per value of ``hue``: the mean over seeds, shaded from min to max.
+
+    ``summary`` has the columns of :func:`bat.analysis.runs.band_summary` (``step``, ``mean``,
+    ``min``, ``max``); ``colors`` maps hue values to colours (default: :data:`REGIME_COLORS`).
+    """
+    colors = REGIME_COLORS if colors is None else colors
+    for value, curve in summary.groupby(hue, sort=False, dropna=False):
+        color = colors.get(value)
+        axis.plot(curve["step"], curve["mean"], color=color, label=label.format(value))
+        axis.fill_between(curve["step"], curve["min"], curve["max"], color=color, alpha=0.2,
+                          linewidth=0)
+
+
+def table_figure(tables, width: float = 9.0):
+    """DataFrames drawn as one figure (the paper's tables): ``tables`` is ``[(frame, title), ...]``,
+    stacked top to bottom, or a single ``(frame, title)``."""
+    if isinstance(tables, tuple):
+        tables = [tables]
+    heights = [len(frame) + 2 for frame, _ in tables]
+    fig, axes = plt.subplots(len(tables), 1, figsize=(width, 0.3 + 0.28 * sum(heights)),
+                             height_ratios=heights, squeeze=False)
+    for axis, (frame, title) in zip(axes[:, 0], tables):
+        axis.axis("off")
+        table = axis.table(cellText=frame.values, colLabels=list(frame.columns), loc="center",
+                           cellLoc="center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(7)
+        table.scale(1.0, 1.25)
+        axis.set_title(title, fontsize=9)
+    return fig

@@ -1,0 +1,84 @@
+"""What a training run leaves on disk, written so that a kill never leaves half a file.
+
+A run folder holds::
+
+    state.pt                 latest resumable state: step, trainable tensors, optimizer, RNG, log
+    log.json                 one row per step so far (see ``bat.core.train``)
+    adapters/step-000050/    the adapter at each checkpoint, in its ecosystem's format
+
+``state.pt`` is replaced in one ``os.replace``; an adapter folder is written beside its final
+name and renamed into place. Only the latest state is kept (for full fine-tuning it is as large
+as the model and its optimizer), while every adapter export is kept for per-step evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bat.io import atomic_directory, atomic_path
+
+STATE_FILE = "state.pt"
+LOG_FILE = "log.json"
+
+
+def state_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / STATE_FILE
+
+
+def log_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / LOG_FILE
+
+
+def adapter_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / "adapters" / f"step-{step:06d}"
+
+
+def capture_rng(generators: dict[str, torch.Generator]) -> dict:
+    """Every random state a step can consume: global torch (dropout), Python, NumPy, ``generators``.
+
+    NumPy's key array becomes a list so the file loads with ``torch.load(weights_only=True)``.
+    """
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), position, has_gauss, cached],
+        "generators": {key: generator.get_state() for key, generator in generators.items()},
+    }
+
+
+def restore_rng(state: dict, generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    for key, generator in generators.items():
+        generator.set_state(state["generators"][key])
+
+
+def save_state(run_dir: str | os.PathLike, state: dict) -> None:
+    with atomic_path(state_path(run_dir)) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(run_dir: str | os.PathLike) -> dict | None:
+    """The saved training state of ``run_dir``, or ``None`` when the run has not checkpointed."""
+    path = state_path(run_dir)
+    return torch.load(path, weights_only=True) if path.exists() else None
+
+
+def trained_vector(run_dir: str | os.PathLike) -> torch.Tensor:
+    """The run's latest trainable parameters as one vector, ordered as ``flat_adapter_vector``.
+
+    This is how an oracle run (θ^{A*}, paper Sec. 4.3) is handed to later runs' ``oracle=``.
+    """
+    state = load_state(run_dir)
+    if state is None:
+        raise FileNotFoundError(f"{state_path(run_dir)} not found; train the oracle run first")
+    return torch.cat([tensor.reshape(-1) for tensor in state["trainable"].values()])

@@ -1,0 +1,311 @@
+"""Per-sample gradients and curvature products over the adapter's parameters θ_A.
+
+Everything here sees only the parameters that require grad (the adapter), flattened in
+``named_parameters`` order into one vector of length d. The frozen backbone enters only through
+the forward pass, so a LoRA on a 135M-parameter LM gives d ≈ 5·10^5, not 10^8.
+
+A curvature operator is a symmetric d×d matrix M = Σ_i w_i C_i over the examples of a batch,
+seen through products M v, where C_i is example i's
+
+- ``hessian``:       ∇²ℓ_i (exact; may be indefinite for a non-convex model),
+- ``gauss_newton``:  J_iᵀ (∂²ℓ_i/∂f²) J_i with J_i = ∂f_i/∂θ_A (PSD whenever ℓ is convex in the
+                     outputs f; needs a task that exposes its outputs, see :class:`OutputTask`),
+- ``fisher``:        g_i g_iᵀ with g_i = ∇ℓ_i (empirical Fisher, PSD, rank ≤ batch size).
+
+Weights w_i = 1/|batch| give the mean curvature; a signed weight vector gives a difference of two
+curvatures over the same examples (Proposition 2's H^{bat|A} − H^{bat}) with one set of products.
+
+Scores are computed in eval mode: dropout would make a score a random variable (two calls at the
+same θ would disagree) and, under ``vmap``, random ops need ``randomness="different"`` while a
+per-example loop draws different masks anyway, so the two could never be compared.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from bat.errors import ConfigError
+from bat.core.protocols import Batch, Task
+
+CURVATURES = ("hessian", "gauss_newton", "fisher")
+
+
+# --- the adapter's parameters as one vector -------------------------------------------------
+
+def adapter_parameters(model: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
+    """Names and tensors of θ_A: the parameters that require grad, in ``named_parameters`` order."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ConfigError("model: no parameter requires grad; attach an adapter (or unfreeze "
+                          "the parameters to score) before computing curvature")
+    return [name for name, _ in named], [p for _, p in named]
+
+
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    """θ_A as a detached vector of length d."""
+    return torch.cat([p.detach().reshape(-1) for p in adapter_parameters(model)[1]])
+
+
+def set_flat_parameters(model: nn.Module, theta: torch.Tensor) -> None:
+    """Write a vector of length d back into θ_A."""
+    params = adapter_parameters(model)[1]
+    with torch.no_grad():
+        for p, value in zip(params, unflatten(theta, params)):
+            p.copy_(value)
+
+
+def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Split a length-d vector into tensors shaped like ``like``."""
+    sizes = [t.numel() for t in like]
+    if vector.numel() != sum(sizes):
+        raise ValueError(f"vector has {vector.numel()} entries, the parameters {sum(sizes)}")
+    return [v.view_as(t).to(t.dtype) for v, t in zip(torch.split(vector, sizes), like)]
+
+
+def _flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+@contextmanager
+def scoring_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the duration of a score; restores every module's flag after."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+@contextmanager
+def math_attention() -> Iterator[None]:
+    """Route ``scaled_dot_product_attention`` to its math kernel, which has a double backward.
+
+    The fused CPU kernel has neither double backward nor forward AD, so Hessian and
+    Gauss-Newton products through a diffusers UNet fail without this. A transformers LM is
+    better loaded with ``attn_implementation="eager"``. Per-sample gradients do not use it:
+    under ``vmap`` the fused kernel falls back to a per-example loop for attention alone, and
+    that measured faster than the batched math kernel (benchmarks/bench_curvature.py).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+# --- per-sample gradients -------------------------------------------------------------------
+
+class _TaskLoss(nn.Module):
+    """``task.batch_losses(model, ·)`` as a forward, so that ``functional_call`` can swap θ_A."""
+
+    def __init__(self, model: nn.Module, task: Task):
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.task.batch_losses(self.model, batch)
+
+
+def batch_size(batch: Batch) -> int:
+    return len(next(iter(batch.values())))
+
+
+def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
+                     chunk_size: int | None = None) -> torch.Tensor:
+    """G with rows g_i = ∇_{θ_A} ℓ_i, shape [batch, d], by ``vmap(grad)`` over the examples.
+
+    ``chunk_size`` examples are vectorised at a time, which bounds the memory of the batched
+    activations (None: the whole batch at once).
+    """
+    names, params = adapter_parameters(model)
+    wrapper = _TaskLoss(model, task)
+    keys = [f"model.{name}" for name in names]
+
+    def loss_of_one(theta: tuple[torch.Tensor, ...], example: Batch) -> torch.Tensor:
+        single = {key: value.unsqueeze(0) for key, value in example.items()}
+        return functional_call(wrapper, dict(zip(keys, theta)), (single,))[0]
+
+    theta = tuple(p.detach() for p in params)
+    with scoring_mode(model), warnings.catch_warnings():
+        # The attention fallback described in math_attention() warns on every call.
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have "
+                                "not yet implemented the batching rule")
+        grads = vmap(grad(loss_of_one), in_dims=(None, 0), chunk_size=chunk_size)(theta, batch)
+    return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+
+
+def per_sample_grads_loop(model: nn.Module, task: Task, batch: Batch) -> torch.Tensor:
+    """The same rows as :func:`per_sample_grads`, one backward pass per example (reference)."""
+    params = adapter_parameters(model)[1]
+    rows = []
+    with scoring_mode(model):
+        for i in range(batch_size(batch)):
+            example = {key: value[i:i + 1] for key, value in batch.items()}
+            loss = task.batch_losses(model, example)[0]
+            rows.append(_flatten(torch.autograd.grad(loss, params, materialize_grads=True)))
+    return torch.stack(rows)
+
+
+def loss_gradient(model: nn.Module, task: Task, batch: Batch) -> torch.Tensor:
+    """∇_{θ_A} of the mean loss over ``batch``, as a vector (eval mode, like every score)."""
+    params = adapter_parameters(model)[1]
+    with scoring_mode(model):
+        loss = task.batch_losses(model, batch).mean()
+        return _flatten(torch.autograd.grad(loss, params, materialize_grads=True))
+
+
+# --- curvature operators --------------------------------------------------------------------
+
+@runtime_checkable
+class OutputTask(Task, Protocol):
+    """A task that also exposes its network outputs, which Gauss-Newton products need.
+
+    ``output_losses(batch_outputs(model, batch), batch)`` must equal ``batch_losses(model, batch)``.
+    """
+
+    def batch_outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Network outputs f(x_i; θ), leading dimension the example (logits, predicted noise)."""
+        ...
+
+    def output_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """ℓ_i as a function of the outputs alone, shape [batch_size]."""
+        ...
+
+
+class CurvatureOperator:
+    """A symmetric d×d matrix M, available through products M v."""
+
+    kind: str
+    dim: int
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dense(self) -> torch.Tensor:
+        """M built column by column from d products (for small d only), symmetrised."""
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        columns = [self.matvec(e).to(torch.float64) for e in eye]
+        matrix = torch.stack(columns, dim=1)
+        return (matrix + matrix.T) / 2
+
+
+class MatrixOperator(CurvatureOperator):
+    """An explicit matrix (tests, benchmarks, closed-form convex models)."""
+
+    def __init__(self, matrix: torch.Tensor, kind: str = "matrix"):
+        self.matrix, self.kind, self.dim = matrix, kind, matrix.shape[0]
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ v.to(self.matrix.dtype)
+
+    def dense(self) -> torch.Tensor:
+        return self.matrix.to(torch.float64)
+
+
+class FisherOperator(CurvatureOperator):
+    """M = Gᵀ diag(w) G = Σ_i w_i g_i g_iᵀ, from per-sample gradient rows G [n, d]."""
+
+    kind = "fisher"
+
+    def __init__(self, grads: torch.Tensor, weights: torch.Tensor):
+        keep = weights != 0  # rows with zero weight add nothing; dropping them keeps n small
+        self.grads, self.weights = grads[keep], weights[keep].to(grads.dtype)
+        self.dim = grads.shape[1]
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.grads.T @ (self.weights * (self.grads @ v.to(self.grads.dtype)))
+
+    def dense(self) -> torch.Tensor:
+        g = self.grads.to(torch.float64)
+        return g.T @ (self.weights.to(torch.float64)[:, None] * g)
+
+
+class HessianOperator(CurvatureOperator):
+    """M v = ∇(∇(Σ_i w_i ℓ_i) · v): double backward through a first-order graph kept alive."""
+
+    kind = "hessian"
+
+    def __init__(self, params: list[nn.Parameter], first_order: Sequence[torch.Tensor]):
+        self.params, self.first_order = params, list(first_order)
+        self.dim = sum(p.numel() for p in params)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        products = torch.autograd.grad(self.first_order, self.params,
+                                       grad_outputs=unflatten(v, self.params),
+                                       retain_graph=True, materialize_grads=True)
+        return _flatten(products)
+
+
+class GaussNewtonOperator(CurvatureOperator):
+    """M v = Jᵀ (Σ_i w_i ∂²ℓ_i/∂f²) J v with three products through graphs kept alive.
+
+    J v is taken as the derivative of the linear map u ↦ Jᵀu (a vector-Jacobian product built
+    with ``create_graph``), so only reverse mode is needed, as for the Hessian.
+    """
+
+    kind = "gauss_newton"
+
+    def __init__(self, params: list[nn.Parameter], outputs: torch.Tensor, dummy: torch.Tensor,
+                 jacobian_t_dummy: Sequence[torch.Tensor], output_leaf: torch.Tensor,
+                 output_grad: torch.Tensor):
+        self.params, self.outputs, self.dummy = params, outputs, dummy
+        self.jacobian_t_dummy, self.output_leaf, self.output_grad = (
+            list(jacobian_t_dummy), output_leaf, output_grad)
+        self.dim = sum(p.numel() for p in params)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        jv = torch.autograd.grad(self.jacobian_t_dummy, self.dummy,
+                                 grad_outputs=unflatten(v, self.params), retain_graph=True)[0]
+        hjv = torch.autograd.grad(self.output_grad, self.output_leaf, grad_outputs=jv,
+                                  retain_graph=True)[0]
+        products = torch.autograd.grad(self.outputs, self.params, grad_outputs=hjv,
+                                       retain_graph=True, materialize_grads=True)
+        return _flatten(products)
+
+
+def curvature_operators(kind: str, model: nn.Module, task: Task, batch: Batch,
+                        weight_sets: Sequence[torch.Tensor], *, grads: torch.Tensor | None = None,
+                        chunk_size: int | None = None) -> list[CurvatureOperator]:
+    """One operator Σ_i w_i C_i per weight vector in ``weight_sets``, sharing one forward pass.
+
+    ``grads`` (per-sample gradients of ``batch``) are reused for ``fisher`` when given.
+    """
+    if kind not in CURVATURES:
+        raise ConfigError(f"curvature: {kind!r} is not allowed; choose one of {list(CURVATURES)}")
+    if kind == "fisher":
+        if grads is None:
+            grads = per_sample_grads(model, task, batch, chunk_size=chunk_size)
+        return [FisherOperator(grads, w) for w in weight_sets]
+    params = adapter_parameters(model)[1]
+    with scoring_mode(model), math_attention():
+        if kind == "hessian":
+            losses = task.batch_losses(model, batch)
+            return [HessianOperator(params, torch.autograd.grad(
+                (w.to(losses) * losses).sum(), params, create_graph=True, retain_graph=True,
+                materialize_grads=True)) for w in weight_sets]
+        if not isinstance(task, OutputTask):
+            raise ConfigError("curvature: 'gauss_newton' needs a task with batch_outputs() and "
+                              "output_losses() (bat.core.curvature.OutputTask); use 'fisher' or "
+                              "'hessian' for this task")
+        outputs = task.batch_outputs(model, batch)
+        dummy = torch.zeros_like(outputs, requires_grad=True)
+        jacobian_t_dummy = torch.autograd.grad(outputs, params, grad_outputs=dummy,
+                                               create_graph=True, materialize_grads=True)
+        leaf = outputs.detach().requires_grad_(True)
+        losses = task.output_losses(leaf, batch)
+        operators = []
+        for w in weight_sets:
+            output_grad = torch.autograd.grad((w.to(losses) * losses).sum(), leaf,
+                                              create_graph=True, retain_graph=True)[0]
+            operators.append(GaussNewtonOperator(params, outputs, dummy, jacobian_t_dummy,
+                                                 leaf, output_grad))
+        return operators

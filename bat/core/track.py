@@ -1,0 +1,75 @@
+"""A track: one model family (image or text) behind one small protocol the stages share.
+
+The oracle and grid stages are written once against :class:`Track`; each track package
+(:mod:`bat.image.track`, :mod:`bat.text.track`) implements it, and :func:`track_module` imports
+only the track asked for, so an image stage never loads (or depends on) the text track's code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from bat import validate
+from bat.core.protocols import Batch, Task
+
+TRACKS = ("image", "text")
+HELDOUT_NOISE_SEED = 0  # one fixed noise / timestep draw for every held-out loss
+
+
+@runtime_checkable
+class Track(Protocol):
+    """A backbone, its task, its D^B pool and its adaptation datasets, loaded from ``models/``.
+
+    A track module also defines ``DATASETS`` (names of the D^A datasets), ``ADAPTERS`` (adapter
+    kinds it trains), ``MIXING`` (how D^B joins a batch, :mod:`bat.core.mixing`) and
+    ``SEEDED_EVALUATION`` (whether an evaluation draws with the run's seed).
+    """
+
+    start_model: nn.Module  # the backbone network adapters attach to (UNet or LM)
+    task: Task
+
+    def examples(self, split: str) -> Batch:
+        """The examples of a prepared split of D^A (e.g. ``"noto_train"``, ``"word_definition_oracle"``)."""
+        ...
+
+    def backbone_size(self) -> int:
+        """How many examples the backbone pool (D^B, or the out-of-backbone set) holds."""
+        ...
+
+    def backbone_examples(self, indices: list[int] | None = None) -> Batch:
+        """Examples ``indices`` of the backbone pool (all of it when None)."""
+        ...
+
+    def evaluation_data(self, dataset: str, eval_size: int) -> dict:
+        """What :meth:`evaluate` needs for ``dataset``: its training and held-out examples."""
+        ...
+
+    def evaluate(self, model: nn.Module, data: dict, seed: int,
+                 with_benchmarks: bool) -> tuple[dict, np.ndarray | None]:
+        """One evaluation row (``heldout_loss`` first) and the samples it scored, if any."""
+        ...
+
+
+def track_module(name: str) -> ModuleType:
+    """``bat.<name>.track``, imported on demand; ``ConfigError`` names the tracks otherwise."""
+    validate.choice("track", name, TRACKS)
+    return importlib.import_module(f"bat.{name}.track")
+
+
+@torch.no_grad()
+def heldout_loss(model: nn.Module, task: Task, examples: Batch, batch_size: int = 64) -> float:
+    """Mean task loss on ``examples``, with one fixed noise and timestep draw for diffusion."""
+    model.eval()
+    count = len(next(iter(examples.values())))
+    total = 0.0
+    for start in range(0, count, batch_size):
+        chunk = {name: values[start:start + batch_size] for name, values in examples.items()}
+        batch = task.prepare(chunk, torch.Generator().manual_seed(HELDOUT_NOISE_SEED + start))
+        total += float(task.batch_losses(model, batch).sum())
+    return total / count

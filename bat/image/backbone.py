@@ -1,0 +1,317 @@
+"""The text-to-image backbone: a real ``StableDiffusionPipeline``, pre-trained here on D^B.
+
+Tiny profile (``source: train``): a small ``AutoencoderKL`` (32×32 RGB ↔ 16×16×4 latents) and a
+small ``UNet2DConditionModel`` are built from configs; the text encoder is the real, frozen
+all-MiniLM-L6-v2 (a BERT, 384-d token states as cross-attention context). The VAE is trained on
+the OpenMoji images first, then the UNet with the standard epsilon-prediction loss on the frozen
+VAE's latents, with 10 % empty captions so that classifier-free guidance works when sampling.
+Training in latent space at 16×16 is what fits the 10-minute CPU budget: self-attention over
+32×32 pixels costs several times more per step (DESIGN.md §5).
+
+Paper profile (``source: pretrained``): the same loader opens ``CompVis/stable-diffusion-v1-4``
+(or any local folder in that format) and no training happens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bat import paths, validate
+from bat.errors import ConfigError
+from bat.io import atomic_directory
+from bat.image.task import DiffusionTask, make_diffusion_batch
+
+SOURCES = ("train", "pretrained")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class ImageBackboneConfig:
+    source: str  # "train": build and pre-train on D^B; "pretrained": load model_id
+    model_id: str  # hub id or folder, read when source == "pretrained"
+    text_encoder: str  # folder of the frozen text encoder (BERT or CLIP text model + tokenizer)
+    resolution: int  # pixels
+    vae_channels: tuple[int, ...]  # one entry per VAE level; latents are resolution / 2**(levels-1)
+    unet_channels: tuple[int, ...]
+    max_caption_tokens: int  # captions are short CLDR names; 77 (CLIP's) would waste attention
+    vae_steps: int
+    vae_learning_rate: float
+    unet_steps: int
+    unet_learning_rate: float
+    batch_size: int
+    caption_dropout: float  # share of empty captions, for classifier-free guidance
+    seed: int
+    torch_dtype: str
+    device: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "vae_channels", tuple(self.vae_channels))
+        object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
+        validate.choice("backbone_image.source", self.source, SOURCES)
+        validate.choice("backbone_image.torch_dtype", self.torch_dtype, DTYPES)
+        validate.choice("backbone_image.device", self.device, DEVICES)
+        for name in ("resolution", "max_caption_tokens", "vae_steps", "unet_steps", "batch_size"):
+            validate.positive(f"backbone_image.{name}", getattr(self, name), integer=True)
+        validate.non_negative("backbone_image.seed", self.seed, integer=True)
+        validate.positive("backbone_image.vae_learning_rate", self.vae_learning_rate)
+        validate.positive("backbone_image.unet_learning_rate", self.unet_learning_rate)
+        validate.closed_interval("backbone_image.caption_dropout", self.caption_dropout, 0, 1)
+        if not self.vae_channels or not self.unet_channels:
+            raise ConfigError("backbone_image.vae_channels and unet_channels need at least one level")
+        if self.source == "train":
+            check_resolution(self.resolution, self.vae_channels, self.unet_channels)
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // 2 ** (len(self.vae_channels) - 1)
+
+
+def check_resolution(resolution: int, vae_channels, unet_channels) -> None:
+    """The VAE halves the image per extra level and the UNet halves the latent per extra level."""
+    factor = 2 ** (len(vae_channels) - 1) * 2 ** (len(unet_channels) - 1)
+    if resolution % factor:
+        allowed = [factor * k for k in range(1, 5)]
+        raise ConfigError(f"backbone_image.resolution: {resolution} is not a multiple of {factor}, which "
+                          f"the VAE and UNet levels need; e.g. {allowed}")
+
+
+def _groups(channels) -> int:
+    return min(32, *channels) if min(channels) % 8 else min(32, min(channels) // 2)
+
+
+def build_pipeline(config: ImageBackboneConfig):
+    """An untrained tiny pipeline around the real frozen text encoder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = paths.ROOT / config.text_encoder  # relative paths are the project's
+    if not (folder / "config.json").exists():
+        raise ConfigError(f"backbone_image.text_encoder: {folder} holds no model (config.json missing); "
+                          "run `make data` to fetch all-MiniLM-L6-v2")
+    tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=config.max_caption_tokens)
+    text_encoder = AutoModel.from_pretrained(folder).eval().requires_grad_(False)
+    torch.manual_seed(config.seed)
+    levels = len(config.vae_channels)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels,
+                        block_out_channels=config.vae_channels, norm_num_groups=_groups(config.vae_channels),
+                        sample_size=config.resolution, mid_block_add_attention=False)
+    unet_levels = len(config.unet_channels)
+    # Cross-attention on every level, and the pooled caption added to the time embedding
+    # (addition_embed_type="text"): with a few hundred CPU steps, a UNet with cross-attention on
+    # the coarse level alone learnt to ignore its prompt (samples identical across prompts).
+    down = ("CrossAttnDownBlock2D",) * unet_levels
+    up = ("CrossAttnUpBlock2D",) * unet_levels
+    unet = UNet2DConditionModel(sample_size=config.latent_size, in_channels=4, out_channels=4,
+                                layers_per_block=1, block_out_channels=config.unet_channels,
+                                down_block_types=down, up_block_types=up,
+                                cross_attention_dim=text_encoder.config.hidden_size, attention_head_dim=8,
+                                addition_embed_type="text", addition_embed_type_num_heads=8,
+                                norm_num_groups=_groups(config.unet_channels))
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` → float ``[N, 3, H, W]`` in [-1, 1], the VAE's range."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def tensor_to_images(tensor: torch.Tensor) -> np.ndarray:
+    return ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def encode_captions(pipe, captions: list[str]) -> torch.Tensor:
+    """Caption embeddings exactly as the pipeline computes them when it generates."""
+    return pipe.encode_prompt(captions, "cpu", 1, False)[0]
+
+
+def _batches(count: int, batch_size: int, steps: int, generator: torch.Generator):
+    """Indices of ``steps`` batches, reshuffled every epoch."""
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(count, generator=generator)])
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def noise_task(pipe) -> DiffusionTask:
+    """The epsilon-prediction task on ``pipe``'s UNet, with the DDPM view of its noise schedule."""
+    from diffusers import DDPMScheduler
+
+    return DiffusionTask(DDPMScheduler.from_config(pipe.scheduler.config))
+
+
+def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig) -> tuple[list[dict], torch.Tensor]:
+    """Reconstruction + a small KL term, then set ``scaling_factor`` so latents have unit variance.
+
+    Returns the log and the scaled latents of ``pixels``, encoded once for the UNet's training.
+    """
+    vae = pipe.vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate)
+    generator = torch.Generator().manual_seed(config.seed)
+    log = []
+    progress = tqdm(_batches(len(pixels), config.batch_size, config.vae_steps, generator),
+                    total=config.vae_steps, desc="vae")
+    for step, index in enumerate(progress, start=1):
+        posterior = vae.encode(pixels[index]).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        reconstruction = torch.nn.functional.mse_loss(vae.decode(latents).sample, pixels[index])
+        # A weak KL keeps latents near N(0, 1) without blurring 32-pixel images.
+        loss = reconstruction + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+        log.append({"step": step, "loss": loss.item(), "reconstruction": reconstruction.item()})
+    vae.eval().requires_grad_(False)
+    means = encode_images(pipe, pixels, scaled=False)
+    vae.register_to_config(scaling_factor=float(1 / means.std()))
+    return log, means * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def encode_images(pipe, pixels: torch.Tensor, scaled: bool = True, batch_size: int = 256) -> torch.Tensor:
+    """Posterior means (deterministic), times the VAE's scaling factor unless ``scaled`` is False."""
+    means = torch.cat([pipe.vae.encode(pixels[i:i + batch_size]).latent_dist.mean
+                       for i in range(0, len(pixels), batch_size)])
+    return means * pipe.vae.config.scaling_factor if scaled else means
+
+
+def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
+               config: ImageBackboneConfig) -> list[dict]:
+    unet = pipe.unet.train().requires_grad_(True)
+    task = noise_task(pipe)
+    empty = encode_captions(pipe, [""])
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    log = []
+    progress = tqdm(_batches(len(latents), config.batch_size, config.unet_steps, generator),
+                    total=config.unet_steps, desc="unet")
+    for step, index in enumerate(progress, start=1):
+        context = caption_embeddings[index].clone()
+        dropped = torch.rand(len(index), generator=generator) < config.caption_dropout
+        context[dropped] = empty
+        batch = make_diffusion_batch(latents[index], context, generator, task.noise_scheduler.config.num_train_timesteps)
+        loss = task.batch_losses(unet, batch).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+        log.append({"step": step, "loss": loss.item()})
+    unet.eval().requires_grad_(False)
+    return log
+
+
+def pretrain(config: ImageBackboneConfig, images: np.ndarray, captions: list[str]):
+    """Build and pre-train the tiny pipeline on D^B; return it with both loss logs and timings."""
+    if config.source != "train":
+        raise ConfigError("backbone_image.source is 'pretrained': load it with load_image_backbone")
+    started = time.perf_counter()
+    pipe = build_pipeline(config)
+    pixels = images_to_tensor(images)
+    if pixels.shape[-1] != config.resolution:
+        raise ConfigError(f"backbone_image.resolution: {config.resolution} but the prepared images are "
+                          f"{pixels.shape[-1]} pixels; set prepare.image_size to the same value")
+    vae_log, latents = train_vae(pipe, pixels, config)
+    vae_seconds = time.perf_counter() - started
+    unet_log = train_unet(pipe, latents, encode_captions(pipe, captions), config)
+    timings = {"vae_seconds": vae_seconds, "total_seconds": time.perf_counter() - started}
+    return pipe, {"vae": vae_log, "unet": unet_log, "timings": timings}
+
+
+def build_or_load(config: ImageBackboneConfig, backbone, folder: Path):
+    """Tiny profile: pre-train on D^B; paper profile: load ``model_id``. Either way save to ``folder``.
+
+    Later stages read the backbone from ``folder`` only, whichever profile made it, and the
+    pipeline returned is the one loaded back from there, so what is evaluated is what they read.
+    The log is ``None`` when nothing was trained.
+    """
+    if config.source == "pretrained":
+        pipe, log = load_image_backbone(config.model_id, config.torch_dtype, config.device), None
+    else:
+        pipe, log = pretrain(config, backbone.images, backbone.captions)
+    save_image_backbone(pipe, folder)
+    return load_image_backbone(folder, config.torch_dtype, config.device), log
+
+
+def prompt_fidelity(pipe, image_set, seed: int, steps: int, guidance_scale: float) -> dict:
+    """Sample every caption of ``image_set``: do the samples look like their own prompt's reference?
+
+    ``preference``: how often a sample is nearer its own reference than another caption's (chance
+    0.5); ``accuracy``: how often its own reference is the nearest of all (chance 1/N). Nearness is
+    cosine similarity of :func:`bat.image.features.pixel_features`.
+    """
+    from bat.image.features import pixel_features
+    from bat.image.metrics import pairwise_preference, retrieval_accuracy
+
+    samples = generate(pipe, list(image_set.captions), seed, steps, guidance_scale)
+    sample_features, reference_features = pixel_features(samples), pixel_features(image_set.images)
+    return {"samples": samples, "count": len(image_set),
+            "preference": pairwise_preference(sample_features, reference_features), "preference_chance": 0.5,
+            "accuracy": retrieval_accuracy(sample_features, reference_features), "accuracy_chance": 1 / len(image_set)}
+
+
+def save_image_backbone(pipe, folder: Path) -> Path:
+    """``save_pretrained`` into a temporary folder beside ``folder``, then swap it in."""
+    with atomic_directory(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return folder
+
+
+def load_image_backbone(path_or_id: str | Path, torch_dtype: str = "float32", device: str = "cpu"):
+    """One loader for the local tiny backbone and the paper's hub model alike."""
+    from diffusers import StableDiffusionPipeline
+
+    validate.choice("backbone_image.torch_dtype", torch_dtype, DTYPES)
+    validate.choice("backbone_image.device", device, DEVICES)
+    local = Path(path_or_id)
+    if local.exists() and not (local / "model_index.json").exists():
+        raise ConfigError(f"{local} holds no diffusers pipeline (model_index.json missing); "
+                          "run `dvc repro backbone_image` or give a hub id")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            path_or_id, dtype=DTYPES[torch_dtype], safety_checker=None, requires_safety_checker=False,
+            device_map="balanced" if device == "auto" else None)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"could not load a StableDiffusionPipeline from {path_or_id!r}: "
+                          f"{str(error).splitlines()[0]}") from None
+    if device != "auto":
+        pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def with_unet(pipe, unet):
+    """A pipeline sharing every component of ``pipe`` but its UNet (e.g. one with an adapter)."""
+    return type(pipe)(**{**pipe.components, "unet": unet})
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seed: int, steps: int = 25, guidance_scale: float = 3.0,
+             batch_size: int = 64) -> np.ndarray:
+    """uint8 images, one per prompt; prompt i always uses the generator seeded ``seed + i``."""
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
+        output = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale,
+                      generator=generators, output_type="np").images
+        images.append((np.asarray(output) * 255).round().astype(np.uint8))
+    return np.concatenate(images)

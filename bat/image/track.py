@@ -1,0 +1,127 @@
+"""The image track: the text-to-image backbone's UNet, its D^B, the styles of D^A, and evaluation.
+
+Implements :class:`bat.core.track.Track` for the oracle and grid stages. Image examples are the frozen VAE's latents and the frozen text encoder's caption states, computed
+once (the backbone is frozen for every adapter but DreamBooth, whose UNet alone trains), so an
+adaptation step costs only the UNet. Prompts put the rare identifier before the style, as
+DreamBooth does for subjects: ``"grinning face in sks style"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bat import paths, validate
+from bat.core.adapters import DREAMBOOTH_IDENTIFIER
+from bat.core.protocols import Batch
+from bat.core.track import heldout_loss
+from bat.errors import ConfigError
+from bat.image.backbone import (encode_captions, encode_images, images_to_tensor, load_image_backbone,
+                                noise_task, with_unet)
+from bat.image.data import STYLES, ImageSet, load_image_set
+from bat.image.encoders import load_encoders
+from bat.image.evaluation import evaluate_personalization
+
+DATASETS = STYLES
+ADAPTERS = ("dreambooth", "locon", "loha", "lokr")
+MIXING = "per_batch"  # App. B: backbone images join each batch at ratio γ
+SEEDED_EVALUATION = True  # a run's samples are drawn with its seed
+POOLS = {"backbone": "backbone.npz", "out_of_backbone": "out_of_backbone.npz"}
+STYLE_TEMPLATE = "{caption} in {identifier} style"
+
+
+def style_prompts(captions: list[str], identifier: str = DREAMBOOTH_IDENTIFIER,
+                  template: str = STYLE_TEMPLATE) -> list[str]:
+    """``"<caption> in <identifier> style"`` for each caption: prompts for a personalized style."""
+    if not isinstance(identifier, str) or not identifier.strip():
+        raise ConfigError(f"identifier: {identifier!r} must be a non-empty word, e.g. 'sks'")
+    return [template.format(caption=caption, identifier=identifier) for caption in captions]
+
+
+@torch.no_grad()
+def image_examples(pipe, image_set: ImageSet, prompts: list[str] | None = None) -> Batch:
+    """``{"latents", "encoder_hidden_states"}`` of ``image_set``; captions as prompts by default."""
+    prompts = list(image_set.captions) if prompts is None else prompts
+    if len(prompts) != len(image_set):
+        raise ValueError(f"{len(prompts)} prompts for {len(image_set)} images")
+    return {"latents": encode_images(pipe, images_to_tensor(image_set.images)),
+            "encoder_hidden_states": encode_captions(pipe, prompts)}
+
+
+class ImageTrack:
+    """The UNet of the image backbone, its D^B (or the out-of-backbone pool), the styles of D^A
+    and the personalization scores (:mod:`bat.image.evaluation`).
+
+    ``pool`` picks the backbone pool: ``"backbone"`` (OpenMoji, D^B) or ``"out_of_backbone"``
+    (Symbola renders, Tab. 2). ``sample_steps`` and ``guidance_scale`` set the evaluation samples.
+    The encoders are loaded on the first evaluation; the pool on first use.
+    """
+
+    def __init__(self, models: str | Path, pool: str = "backbone", sample_steps: int = 6,
+                 guidance_scale: float = 7.5, prepared: str | Path | None = None):
+        validate.choice("pool", pool, tuple(POOLS))
+        self.models = Path(models)
+        self.prepared = Path(prepared) if prepared is not None else paths.PREPARED / "images"
+        self.pool_file = POOLS[pool]
+        self.sample_steps, self.guidance_scale = sample_steps, guidance_scale
+        self.pipe = load_image_backbone(self.models / "backbone_image")
+        self.task = noise_task(self.pipe)
+        self.start_model = self.pipe.unet
+        self._pool_set, self._encoders = None, None
+
+    def _set(self, name: str) -> ImageSet:
+        return load_image_set(self.prepared / f"{name}.npz")
+
+    def _encode(self, image_set: ImageSet, prompts=None) -> Batch:
+        return image_examples(self.pipe, image_set, prompts)
+
+    def examples(self, split: str) -> Batch:
+        """A style split with DreamBooth prompts (``"<caption> in sks style"``)."""
+        image_set = self._set(split)
+        return self._encode(image_set, style_prompts(image_set.captions))
+
+    @property
+    def pool_set(self) -> ImageSet:
+        if self._pool_set is None:
+            self._pool_set = self._set(self.pool_file.removesuffix(".npz"))
+        return self._pool_set
+
+    def backbone_size(self) -> int:
+        return len(self.pool_set)
+
+    def backbone_examples(self, indices: list[int] | None = None) -> Batch:
+        """The pool's examples with their own captions (D^B is trained on its captions)."""
+        pool = self.pool_set
+        if indices is None:
+            return self._encode(pool)
+        chosen = ImageSet(pool.images[indices], [pool.emoji[i] for i in indices],
+                          [pool.captions[i] for i in indices], pool.source)
+        return self._encode(chosen)
+
+    def evaluation_data(self, dataset: str, eval_size: int) -> dict:
+        validate.choice("dataset", dataset, DATASETS)
+        train_set, heldout = self._set(f"{dataset}_train"), self._set(f"{dataset}_heldout")
+        sampled = heldout.spread(eval_size)  # sampling is the dear part: a subset
+        return {"adaptation": self._encode(train_set, style_prompts(train_set.captions)),
+                "heldout": self._encode(heldout, style_prompts(heldout.captions)),
+                "prompts": style_prompts(sampled.captions), "captions": list(sampled.captions),
+                "references": sampled.images}
+
+    def evaluate(self, model, data: dict, seed: int, with_benchmarks: bool) -> tuple[dict, np.ndarray]:
+        """Held-out noise loss on every held-out concept, personalization scores on the sampled ones."""
+        if self._encoders is None:
+            self._encoders = load_encoders(self.models / "encoders")
+        unet = model.get_base_model() if hasattr(model, "get_base_model") else model
+        unet.eval()
+        scores = evaluate_personalization(
+            with_unet(self.pipe, unet), self._encoders, data["prompts"], data["references"], [seed],
+            self.sample_steps, self.guidance_scale, data["captions"])
+        row = {"heldout_loss": heldout_loss(model, self.task, data["heldout"]),
+               **scores.per_seed.loc[seed].to_dict()}
+        return row, scores.samples[seed]
+
+
+def load(models: str | Path, **options) -> ImageTrack:
+    return ImageTrack(models, **options)

@@ -1,0 +1,403 @@
+"""Grids of adaptation runs, trained once and read by several figure notebooks.
+
+Usage: ``python -m bat.stages.grid <name>``; the grids are the entries of ``grids.image`` and
+``grids.text`` in params.yaml (one DVC stage each, ``grid_image@<name>`` / ``grid_text@<name>``).
+A grid is every combination of dataset (a style of D^A, or a text task), adapter, seed, γ, batch
+size and regime; its folder ``runs/<name>`` holds plain tables (:mod:`bat.analysis.runs` reads them):
+
+``steps.csv``
+    one row per run and step: training loss, ‖θ − θ^{A*}‖ (every ``log_every`` steps), backbone
+    examples so far, wall seconds of the step and of its selection, and Algorithm 1's checks;
+``evaluations.csv``
+    one row per run and evaluated step (0 = the backbone): the held-out loss (noise prediction on
+    all of the style's held-out concepts, or the LM loss on the task's test split), the personalization
+    scores of :mod:`bat.image.evaluation` (image) and, on final models, lm-eval ``acc`` /
+    ``acc_norm`` on the eight multiple-choice sets (text, ``benchmark_items`` > 0);
+``samples.npz``
+    the images each image evaluation scored (for Fig. 10) and, as ``<dataset>/reference``, the real
+    renders they were scored against; ``grid.json``: settings, pools, captions, time.
+
+Regimes: ``plain``; ``bat`` (Proposition-2 selection against the oracle θ^{A*}, Algorithm 1); the
+paper's ``random`` augmented training (random examples of all of D^B at ratio γ); and the matched
+baselines, computed from the ``bat`` run of the same seed, γ and batch size: ``random_matched``
+(random examples of the same pool BAT was offered, as many at each step as BAT took) and
+``compute_matched`` (``plain`` with the extra steps that selection's wall time would have paid for).
+
+Cost: DreamBooth trains every UNet weight and Proposition 2 takes per-sample gradients of all of
+them, so BAT is offered a fixed random pool of ``pool_size`` examples per seed (``candidates = 0``:
+the stateful selector keeps its choice between checks) and checks every ``score_every`` steps.
+Run folders (full optimizer state) live in a temporary folder and are deleted: the tables are the
+result, and a seed re-creates any run exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import tempfile
+import time
+from dataclasses import MISSING, asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bat import paths, validate
+from bat.analysis.runs import RUN_KEYS, sample_key
+from bat.config import build, read_yaml, run_cli, section
+from bat.core.mixing import derived_seed
+from bat.core.selection import SelectionConfig
+from bat.core.track import TRACKS, track_module
+from bat.errors import ConfigError
+from bat.io import atomic_directory, write_json
+from bat.stages.oracle import track_options
+
+GRID_REGIMES = ("plain", "bat", "random", "random_matched", "compute_matched")
+MATCHED = ("random_matched", "compute_matched")
+POOLS = ("backbone", "out_of_backbone")
+# Set per run, not per grid: the run's seed draws the oracle-free held-out split, and γ in eq. 12
+# is the run's configured γ (Def. 2), not a measured share of the batch.
+RUN_SELECTION_KEYS = ("seed", "gamma")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """One entry of ``grids.<track>`` in params.yaml over ``grids.defaults``; ``name`` and
+    ``track`` come from its place. ``selection`` holds Algorithm 1's settings
+    (:class:`bat.core.selection.SelectionConfig`: mode, curvature, solver, damping, n and k...)."""
+
+    name: str
+    track: str  # image: adapters on the UNet, datasets are styles; text: on the LM, tasks
+    datasets: tuple[str, ...]
+    adapters: tuple[str, ...]
+    seeds: tuple[int, ...]
+    regimes: tuple[str, ...]
+    gammas: tuple[float, ...]  # n/k, the share of D^A in D^bat (Def. 2)
+    batch_sizes: tuple[int, ...]  # image: D^A examples per step; text: all examples per step
+    steps: int
+    learning_rate: float
+    log_every: int  # steps between weight-difference measurements
+    evaluate_every: int  # steps between evaluations; 0: the last step only
+    pool: str  # where BAT's candidates come from: D^B, or images that were never in it
+    pool_size: int  # candidates offered to Algorithm 1, a fixed random pool per seed
+    selection: dict  # Algorithm 1's settings, less the per-run RUN_SELECTION_KEYS
+    eval_size: int  # held-out concepts sampled (image; the loss uses all) or test items (text)
+    sample_steps: int  # image: denoising steps of each evaluation sample
+    guidance_scale: float  # image: classifier-free guidance of the samples
+    benchmark_items: int  # text: items per multiple-choice set scored on final models; 0: none
+
+    def __post_init__(self):
+        where = f"grids.{self.track}.{self.name}"
+        validate.choice(f"{where} (track)", self.track, TRACKS)
+        track = track_module(self.track)
+        for name in ("datasets", "adapters", "seeds", "regimes", "gammas", "batch_sizes"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+                raise ConfigError(f"{where}.{name}: {value!r} must be a non-empty list")
+            if len(set(value)) != len(value):
+                raise ConfigError(f"{where}.{name}: {list(value)} lists an entry twice")
+            object.__setattr__(self, name, tuple(value))
+        for dataset in self.datasets:
+            validate.choice(f"{where}.datasets", dataset, track.DATASETS)
+        for adapter in self.adapters:
+            validate.choice(f"{where}.adapters", adapter, track.ADAPTERS)
+        for seed in self.seeds:
+            validate.non_negative(f"{where}.seeds", seed, integer=True)
+        for regime in self.regimes:
+            validate.choice(f"{where}.regimes", regime, GRID_REGIMES)
+        matched = [regime for regime in self.regimes if regime in MATCHED]
+        if matched and "bat" not in self.regimes:
+            raise ConfigError(f"{where}.regimes: {matched[0]!r} is matched to a 'bat' run; "
+                              "add 'bat' to the regimes")
+        for gamma in self.gammas:
+            validate.open_interval(f"{where}.gammas", gamma, 0.0, 1.0)
+        for batch_size in self.batch_sizes:
+            validate.positive(f"{where}.batch_sizes", batch_size, integer=True)
+        for name in ("steps", "log_every", "pool_size", "eval_size", "sample_steps"):
+            validate.positive(f"{where}.{name}", getattr(self, name), integer=True)
+        for name in ("evaluate_every", "benchmark_items"):
+            validate.non_negative(f"{where}.{name}", getattr(self, name), integer=True)
+        for name in ("learning_rate", "guidance_scale"):
+            validate.positive(f"{where}.{name}", getattr(self, name))
+        validate.choice(f"{where}.pool", self.pool, POOLS)
+        if self.track == "text" and self.pool != "backbone":
+            raise ConfigError(f"{where}.pool: {self.pool!r} exists for images only; use 'backbone'")
+        if self.track == "image" and self.benchmark_items:
+            raise ConfigError(f"{where}.benchmark_items: the multiple-choice sets score LMs; "
+                              "set it to 0 for an image grid")
+        if not isinstance(self.selection, dict):
+            raise ConfigError(f"{where}.selection must be a mapping of Algorithm 1's settings")
+        fixed = sorted(set(self.selection) & set(RUN_SELECTION_KEYS))
+        if fixed:
+            raise ConfigError(f"{where}.selection.{fixed[0]} is set per run (the run's seed and γ); "
+                              "remove it")
+        self.selection_config(self.seeds[0], self.gammas[0])  # validates every selection key
+        most = max(self.backbone_per_step(g, b) for g in self.gammas for b in self.batch_sizes)
+        if self.pool_size < most:
+            raise ConfigError(f"{where}.pool_size: {self.pool_size} is fewer than the {most} "
+                              "backbone examples a step may take at these gammas and batch_sizes")
+
+    @property
+    def mixing(self) -> str:
+        return track_module(self.track).MIXING  # App. B
+
+    def backbone_per_step(self, gamma: float, batch_size: int) -> int:
+        """The most backbone examples one step adds (bat.core.mixing)."""
+        if self.mixing == "regular_interval":
+            return batch_size
+        return math.ceil(batch_size * (1 - gamma) / gamma)
+
+    def selection_config(self, seed: int, gamma: float) -> SelectionConfig:
+        """Algorithm 1's settings for the run of ``seed`` at ``gamma``."""
+        return build(SelectionConfig, {**dataclass_defaults(SelectionConfig), **self.selection,
+                                       "seed": seed, "gamma": gamma},
+                     f"grids.{self.track}.{self.name}.selection")
+
+    @property
+    def evaluation_steps(self) -> list[int]:
+        every = self.evaluate_every or self.steps
+        return sorted({*range(every, self.steps + 1, every), self.steps})
+
+    def track_options(self) -> dict:
+        """What this grid's settings ask of the track when it is loaded."""
+        if self.track == "image":
+            return {"pool": self.pool, "sample_steps": self.sample_steps,
+                    "guidance_scale": self.guidance_scale}
+        return {"benchmark_items": self.benchmark_items}
+
+
+def dataclass_defaults(cls) -> dict:
+    return {field.name: field.default for field in fields(cls) if field.default is not MISSING}
+
+
+def grid_values(grids: dict, track: str, name: str) -> dict:
+    """The effective settings of grid ``name``: ``grids.defaults`` updated by the grid's own keys
+    (``selection`` key by key); a grid key that no default has is left for :func:`build` to name."""
+    defaults = grids.get("defaults") or {}
+    values = {**defaults, **grids[track][name]}
+    values["selection"] = {**(defaults.get("selection") or {}),
+                           **(grids[track][name].get("selection") or {})}
+    return values
+
+
+def load_grid(name: str, params: dict) -> GridConfig:
+    grids = section(params, "grids")
+    tracks = [track for track in TRACKS if name in (grids.get(track) or {})]
+    if not tracks:
+        known = sorted(n for track in TRACKS for n in (grids.get(track) or {}))
+        raise ConfigError(f"grids has no grid {name!r}; grids: {known}")
+    track = tracks[0]
+    return build(GridConfig, {"name": name, "track": track, **grid_values(grids, track, name)},
+                 f"grids.{track}.{name}")
+
+
+def backbone_pool(size: int, n_backbone: int, seed: int) -> list[int]:
+    """``size`` distinct indices of D^B, fixed by ``seed`` (sorted)."""
+    rng = np.random.default_rng(derived_seed(seed, 4))
+    return sorted(int(i) for i in rng.choice(n_backbone, size=min(size, n_backbone), replace=False))
+
+
+def oracle_name(dataset: str, adapter: str) -> str:
+    """The ``oracles`` entry whose θ^{A*} the runs of (dataset, adapter) are measured against."""
+    return f"{dataset}_{adapter}"
+
+
+def _selection_rows(records: list[dict]) -> dict[int, dict]:
+    """Per step (1-based) that Algorithm 1 scored: whether it reselected, whether Prop. 2 held."""
+    return {record["step"] + 1: {"reselected": bool(record.get("reselected", False)),
+                                 "condition": record.get("condition")} for record in records}
+
+
+class GridRunner:
+    """Trains the runs of one grid and collects their rows (see :func:`run_grid`)."""
+
+    def __init__(self, config: GridConfig, track, oracles_folder: Path, progress: bool):
+        self.config, self.track, self.progress = config, track, progress
+        self.oracles_folder = oracles_folder
+        self.step_rows, self.evaluation_rows, self.samples, self.pools = [], [], {}, {}
+        self.captions = {}  # per image dataset: the held-out concepts its samples show
+        self._baselines = {}
+
+    def oracle(self, dataset: str, adapter: str) -> torch.Tensor:
+        from bat.core.checkpoint import trained_vector
+
+        folder = self.oracles_folder / oracle_name(dataset, adapter)
+        try:
+            return trained_vector(folder)
+        except FileNotFoundError:
+            raise ConfigError(f"no oracle θ^A* in {folder}; add {oracle_name(dataset, adapter)!r} "
+                              f"to oracles.{self.config.track} and run its stage") from None
+
+    def run(self, scratch: Path) -> None:
+        from bat.core.adapters import AdapterConfig, attach_adapter, flat_adapter_vector
+        from bat.core.train import seed_everything
+
+        config = self.config
+        # The pool depends on the seed only: drawn and encoded once, shared by every dataset.
+        self.pools = {str(seed): backbone_pool(config.pool_size, self.track.backbone_size(), seed)
+                      for seed in config.seeds}
+        pools = {seed: self.track.backbone_examples(self.pools[str(seed)]) for seed in config.seeds}
+        # The paper's random augmentation draws from all of D^B: encoded once, if a regime needs it.
+        self.full_backbone = (self.track.backbone_examples() if "random" in config.regimes else None)
+        for dataset in config.datasets:
+            data = self.track.evaluation_data(dataset, config.eval_size)
+            if "captions" in data:
+                self.captions[dataset] = data["captions"]
+                self.samples[f"{dataset}/reference"] = data["references"]  # the real renders
+            for adapter_kind in config.adapters:
+                adapter, oracle = AdapterConfig(adapter_kind), self.oracle(dataset, adapter_kind)
+                for seed in config.seeds:
+                    seed_everything(seed)  # as train() does before attaching: θ at step 0
+                    start = float(torch.linalg.vector_norm(flat_adapter_vector(
+                        attach_adapter(copy.deepcopy(self.track.start_model), adapter)) - oracle))
+                    baseline = self.baseline(dataset, data, seed)
+                    for batch_size in config.batch_sizes:
+                        run = {"dataset": dataset, "adapter": adapter_kind, "seed": seed,
+                               "batch_size": batch_size, "adapter_config": adapter,
+                               "data": data, "pool": pools[seed], "oracle": oracle,
+                               "start_difference": start, "baseline": baseline}
+                        # plain ignores γ: one run per batch size, γ left empty in the tables
+                        if "plain" in config.regimes:
+                            self.run_regimes(run, None, ["plain"], scratch)
+                        for gamma in config.gammas:
+                            others = [r for r in config.regimes if r != "plain"]
+                            if others:
+                                self.run_regimes(run, gamma, others, scratch)
+
+    def baseline(self, dataset: str, data: dict, seed: int):
+        """The backbone's evaluation at step 0, shared by every run of (dataset, seed)
+        (of every seed, when evaluating draws no noise)."""
+        key = (dataset, seed if track_module(self.config.track).SEEDED_EVALUATION else None)
+        if key not in self._baselines:
+            self._baselines[key] = self.track.evaluate(self.track.start_model, data, seed,
+                                                         with_benchmarks=True)
+        return self._baselines[key]
+
+    def run_regimes(self, run: dict, gamma: float | None, regimes: list[str], scratch: Path) -> None:
+        """The runs of ``regimes`` at one γ; matched baselines follow the ``bat`` run before them."""
+        from bat.core.selection import Prop2Selector
+        from bat.core.train import TrainConfig, backbone_schedule, compute_matched_steps
+
+        config = self.config
+        base = TrainConfig(steps=config.steps, batch_size=run["batch_size"],
+                           learning_rate=config.learning_rate, gamma=gamma or 0.5,
+                           mixing=config.mixing, candidates=0, log_every=config.log_every,
+                           seed=run["seed"])
+        bat_log, records = None, []
+        for regime in regimes:
+            kwargs, backbone, steps = {}, run["pool"], config.steps
+            if regime == "plain":
+                train_config, backbone = replace(base, regime="plain"), None
+            elif regime == "bat":
+                selection = config.selection_config(run["seed"], gamma)
+                kwargs["selector"] = Prop2Selector(selection, target=run["oracle"])
+                train_config = replace(base, regime="bat")
+            elif regime == "random":
+                train_config, backbone = replace(base, regime="random"), self.full_backbone
+            elif regime == "random_matched":
+                kwargs["backbone_counts"] = backbone_schedule(bat_log)
+                train_config = replace(base, regime="random")
+            else:  # compute_matched
+                steps = config.steps + compute_matched_steps(bat_log)
+                train_config, backbone = replace(base, regime="plain", steps=steps), None
+            evaluation_steps = sorted({s for s in config.evaluation_steps if s <= steps} | {steps})
+            run_key = {name: run[name] for name in RUN_KEYS if name in run}
+            run_key.update(gamma=gamma, regime=regime)
+            log = self.train_evaluated(run_key, run, backbone, train_config, evaluation_steps,
+                                       scratch, **kwargs)
+            if regime == "bat":
+                bat_log, records = log, kwargs["selector"].records
+            self.add_steps(run_key, log, run["start_difference"],
+                           _selection_rows(records) if regime == "bat" else {})
+            baseline_row, baseline_samples = run["baseline"]
+            self.add_evaluation(run_key, 0, baseline_row, baseline_samples)
+
+    def train_evaluated(self, run_key: dict, run: dict, backbone, train_config,
+                        evaluation_steps: list[int], scratch: Path, **kwargs) -> list[dict]:
+        """Train one run, evaluating the model at each of ``evaluation_steps``."""
+        from bat.core.train import train
+
+        def evaluate(step: int, model) -> None:
+            if step in evaluation_steps:
+                row, samples = self.track.evaluate(model, run["data"], run_key["seed"],
+                                                     with_benchmarks=step == evaluation_steps[-1])
+                self.add_evaluation(run_key, step, row, samples)
+
+        with tempfile.TemporaryDirectory(dir=scratch) as run_dir:  # full state: ~80 MB for DreamBooth
+            result = train(copy.deepcopy(self.track.start_model), run["adapter_config"],
+                           self.track.task, run["data"]["adaptation"], backbone,
+                           replace(train_config, checkpoint_every=train_config.steps), run_dir,
+                           oracle=run["oracle"], progress=self.progress, on_step=evaluate, **kwargs)
+        return result.log
+
+    def add_steps(self, run_key: dict, log: list[dict], start_difference: float,
+                  selected: dict[int, dict]) -> None:
+        empty = {"reselected": None, "condition": None}
+        self.step_rows.append({**run_key, "step": 0, "loss": np.nan,
+                               "weight_difference": start_difference, "n_backbone": 0,
+                               "seconds": 0.0, "selection_seconds": 0.0, **empty})
+        for row in log:
+            self.step_rows.append({**run_key, "step": row["step"], "loss": row["loss"],
+                                   "weight_difference": row["weight_difference"],
+                                   "n_backbone": row["n_backbone"], "seconds": row["seconds"],
+                                   "selection_seconds": row["selection_seconds"],
+                                   **selected.get(row["step"], empty)})
+
+    def add_evaluation(self, run_key: dict, step: int, row: dict, samples) -> None:
+        self.evaluation_rows.append({**run_key, "step": step, **row})
+        if samples is not None:
+            self.samples[sample_key(run_key, step)] = samples
+
+
+def run_grid(config: GridConfig, out_folder: str | Path, models_folder: str | Path | None = None,
+             progress: bool = False, **track_options) -> Path:
+    """Train every run of ``config`` and write the tables into ``out_folder`` (all or nothing).
+
+    ``track_options``: what loading the track needs beyond the grid's settings
+    (:func:`bat.stages.oracle.track_options`: the text track's ``max_length``).
+    """
+    import pandas as pd
+
+    if not isinstance(config, GridConfig):
+        raise ConfigError(f"config: need a GridConfig, not {type(config).__name__}")
+    models = Path(models_folder) if models_folder is not None else paths.MODELS
+    started = time.perf_counter()
+    track = track_module(config.track).load(models, **config.track_options(), **track_options)
+    runner = GridRunner(config, track, models / "oracles", progress)
+    with tempfile.TemporaryDirectory(prefix=f"grid-{config.name}-") as scratch:
+        runner.run(Path(scratch))
+    with atomic_directory(out_folder) as folder:
+        pd.DataFrame(runner.step_rows).to_csv(folder / "steps.csv", index=False)
+        pd.DataFrame(runner.evaluation_rows).to_csv(folder / "evaluations.csv", index=False)
+        if runner.samples:
+            np.savez_compressed(folder / "samples.npz", **runner.samples)
+        write_json(folder / "grid.json", {
+            "config": asdict(config), "pools": runner.pools,
+            # Algorithm 1's effective settings at each γ (every key; the seed is the run's)
+            "selection": {str(gamma): {key: value for key, value in
+                                       asdict(config.selection_config(0, gamma)).items() if key != "seed"}
+                          for gamma in config.gammas},
+            "captions": runner.captions,
+            "seconds": time.perf_counter() - started})
+    return Path(out_folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    def run():
+        params = read_yaml(paths.PARAMS)
+        config = load_grid(args.grid, params)
+        return run_grid(config, paths.ROOT / "runs" / args.grid, progress=args.progress,
+                        **track_options(config.track, params))
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The text track: the LM backbone, the D^B records it was fine-tuned on, tasks and benchmarks.
+
+Implements :class:`bat.core.track.Track` for the oracle and grid stages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bat import paths, validate
+from bat.core.protocols import Batch
+from bat.core.track import heldout_loss
+from bat.errors import ConfigError
+from bat.io import read_jsonl
+from bat.text.backbone import (collate, encode_records, load_backbone, load_eval_sets, pretraining_ids,
+                               score_eval_sets)
+from bat.text.data import ADAPTATION_TASKS
+from bat.text.task import CausalLMTask
+
+DATASETS = tuple(ADAPTATION_TASKS)
+ADAPTERS = ("lora", "dora")
+MIXING = "regular_interval"  # App. B: whole backbone batches every few adaptation batches
+SEEDED_EVALUATION = False  # the LM loss and benchmark scores draw nothing
+EVAL_BATCH = 8  # LM logits of 8 × 64 tokens × 49k vocabulary: ~100 MB
+
+
+def text_examples(tokenizer, records: list[dict], max_length: int) -> Batch:
+    """Instruction records → right-padded ``{"input_ids", "attention_mask", "labels"}``.
+
+    Formatted exactly as the text backbone was fine-tuned (chat template, prompt masked);
+    records whose prompt alone fills ``max_length`` are dropped, as in that fine-tune. Every set
+    is padded to ``max_length``, so that D^A and D^B examples can share a batch (the task trims
+    the padding no example of a batch uses).
+    """
+    encoded, _ = encode_records(tokenizer, records, max_length)
+    if not encoded:
+        raise ValueError(f"no record fits in max_length={max_length} tokens")
+    return collate(encoded, tokenizer.pad_token_id, max_length)
+
+
+class TextTrack:
+    """The LM of the text backbone (eager attention: Proposition 2 takes per-sample gradients of it,
+    and transformers' SDPA mask cannot be traced by vmap), the D^B records it was fine-tuned on, the
+    adaptation tasks and, with ``benchmark_items`` > 0, the eight multiple-choice sets.
+
+    ``max_length``: tokens per example, as the backbone's fine-tune (``backbone_text.max_length``).
+    """
+
+    def __init__(self, models: str | Path, max_length: int, benchmark_items: int = 0,
+                 prepared: str | Path | None = None):
+        validate.positive("backbone_text.max_length", max_length, integer=True)
+        validate.non_negative("benchmark_items", benchmark_items, integer=True)
+        self.prepared = Path(prepared) if prepared is not None else paths.PREPARED / "text"
+        self.max_length = max_length
+        folder = Path(models) / "backbone_text"
+        self.start_model, self.tokenizer = load_backbone(folder, attn_implementation="eager")
+        self.task = CausalLMTask()
+        records = read_jsonl(self.prepared / "backbone.jsonl")
+        seen = pretraining_ids(folder)
+        if seen is not None:  # D^B is what this backbone was trained on, when that is known
+            seen = set(seen)
+            records = [record for record in records if record["id"] in seen]
+            if not records:
+                raise ConfigError(f"{folder}/bat_pretraining_ids.json names no record of "
+                                  f"{self.prepared / 'backbone.jsonl'}; re-run the backbone_text stage "
+                                  "with backbone_text.steps > 0")
+        self.records = records
+        self.eval_sets = (load_eval_sets(self.prepared / "eval", benchmark_items)
+                          if benchmark_items else None)
+
+    def _encode(self, records) -> Batch:
+        return text_examples(self.tokenizer, records, self.max_length)
+
+    def examples(self, split: str) -> Batch:
+        return self._encode(read_jsonl(self.prepared / "tasks" / f"{split}.jsonl"))
+
+    def backbone_size(self) -> int:
+        return len(self.records)
+
+    def backbone_examples(self, indices: list[int] | None = None) -> Batch:
+        records = self.records if indices is None else [self.records[i] for i in indices]
+        return self._encode(records)
+
+    def evaluation_data(self, dataset: str, eval_size: int) -> dict:
+        validate.choice("dataset", dataset, DATASETS)
+        test = read_jsonl(self.prepared / "tasks" / f"{dataset}_test.jsonl")[:eval_size]
+        return {"adaptation": self.examples(f"{dataset}_train"), "heldout": self._encode(test)}
+
+    def evaluate(self, model, data: dict, seed: int, with_benchmarks: bool) -> tuple[dict, None]:
+        """LM loss on the task's test items; on final models, acc / acc_norm of the eight sets."""
+        row = {"heldout_loss": heldout_loss(model, self.task, data["heldout"], EVAL_BATCH)}
+        if with_benchmarks and self.eval_sets is not None:
+            scores = score_eval_sets(model, self.tokenizer, self.eval_sets, progress=False)
+            for _, set_row in scores.iterrows():
+                row[f"acc:{set_row['set']}"] = set_row["acc"]
+                row[f"acc_norm:{set_row['set']}"] = set_row["acc_norm"]
+            row["acc:mean"], row["acc_norm:mean"] = scores["acc"].mean(), scores["acc_norm"].mean()
+        return row, None
+
+
+def load(models: str | Path, **options) -> TextTrack:
+    return TextTrack(models, **options)
