@@ -183,5 +183,4 @@ def verdict(comparison: PairedComparison, direction: str, paper_effect: float | 
         return Verdict("contradicted", f"the interval excludes the paper's effect {paper_effect:g}", c)
     if low > 0:
         return Verdict("held", "the interval excludes zero in the claimed direction", c)
-    return Verdict("inconclusive", f"the interval includes zero; effects below the MDE {c.mde:.3g} "
-                                   f"would go undetected with {c.seeds} seeds", c)
+    return Verdict("inconclusive", f"the interval includes zero; MDE {c.mde:.3g} with {c.seeds} seeds", c)
