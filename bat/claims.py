@@ -28,7 +28,7 @@ import pandas as pd
 from bat import paths
 from bat.errors import ConfigError
 from bat.io import read_json
-from bat.statistics import PairedComparison, Verdict, compare, summarize, verdict
+from bat.statistics import PairedComparison, Verdict, compare, paired_differences, summarize, verdict
 
 START, END = "<!-- claims:start -->", "<!-- claims:end -->"
 NOT_TESTED = "not tested"
@@ -65,7 +65,8 @@ def _select(frame: pd.DataFrame, where: dict, what: str) -> pd.DataFrame:
 @dataclass(frozen=True)
 class PerSeed:
     """Rows per run in ``metrics/<stem>.json[table]``; ``value`` of the claim's two regimes is
-    paired by ``seed`` after ``where`` selects the setting."""
+    paired by ``seed`` (:func:`bat.statistics.paired_differences`) after ``where`` selects the
+    setting; seeds run in only one regime drop out."""
 
     stem: str
     table: str
@@ -74,14 +75,7 @@ class PerSeed:
 
     def read(self, root: Path, claim: Claim) -> tuple[PairedComparison, int]:
         frame = _select(_table(root, self.stem, self.table), self.where, f"{self.stem}.{self.table}")
-        sides = []
-        for name in (claim.regime, claim.reference):
-            rows = frame[frame["regime"] == name]
-            if rows.empty or rows["seed"].duplicated().any():
-                raise ConfigError(f"regime: {name!r} needs one row per seed in {self.stem}.{self.table} "
-                                  f"where {self.where}; found {len(rows)} rows")
-            sides.append(rows.set_index("seed")[self.value].astype(float))
-        differences = (sides[0] - sides[1]).dropna()  # seeds run in only one regime drop out
+        differences = paired_differences(frame, self.value, claim.regime, claim.reference)
         return compare(differences.to_numpy()), int(frame["step"].iloc[0])
 
 
