@@ -79,6 +79,41 @@ def test_batched_loglikelihoods_match_one_pass_per_pair(model, tokenizer):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_shared_context_scoring_matches_one_pass_per_pair(model, tokenizer):
+    # Contexts of different lengths (padding inside a batch), single- and multi-token choices,
+    # an empty context (BOS as context) and a context with a trailing space.
+    items = items_for_scoring() + [
+        mc.MultipleChoiceItem("", ["backbone", "yes no"], 0, "d"),
+        mc.MultipleChoiceItem("Question: which backbone augmented training? ", ["no", "yes"], 1, "e"),
+    ]
+    pairs = [(item.context, " " + choice) for item in items for choice in item.choices]
+    expected = mc.continuation_loglikelihoods(model, tokenizer, pairs, batch_size=1, progress=False)
+    for batch_size in (1, 2, 16):
+        shared = mc.score_loglikelihood(model, tokenizer, items, batch_size=batch_size,
+                                        progress=False, shared_context=True)
+        got = [ll for prediction in shared.predictions for ll in prediction.loglikelihoods]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    plain = mc.score_loglikelihood(model, tokenizer, items, progress=False)
+    assert (shared.acc, shared.acc_norm) == (plain.acc, plain.acc_norm)
+
+
+def test_encode_groups_splits_as_encode_pair(tokenizer):
+    groups = [("Question: which backbone?\nAnswer:", [" the backbone", " no"]),
+              ("", [" backbone", "backbone"]),
+              ("Answer1: yes  ", ["no", " training"])]
+    expected = [[mc.encode_pair(tokenizer, context, c) for c in choices] for context, choices in groups]
+    assert mc.encode_groups(tokenizer, groups) == expected
+
+
+def test_shared_context_truncates_long_items_as_lm_eval_does(model, tokenizer):
+    groups = [("Question: which backbone augmented training selects data?", [" the backbone", " no"]),
+              ("adaptation", [" training"])]
+    pairs = [(context, choice) for context, choices in groups for choice in choices]
+    expected = mc.continuation_loglikelihoods(model, tokenizer, pairs, max_length=8, progress=False)
+    got = mc.shared_context_loglikelihoods(model, tokenizer, groups, max_length=8, progress=False)
+    np.testing.assert_allclose([ll for lls in got for ll in lls], expected, rtol=0, atol=1e-4)
+
+
 def test_long_sequences_keep_their_last_tokens(model, tokenizer):
     context, continuation = (
         "Question: which backbone augmented training selects data?",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch.func import functional_call, vmap
 
@@ -50,7 +51,7 @@ def check_equivalence(model, task, batch):
 
 def test_diffusion_losses_batch_equals_single_examples():
     task = DiffusionTask(tiny_scheduler())
-    batch = task.prepare(diffusion_examples(3, seed=0, loss_weight=0.5), torch.Generator().manual_seed(1))
+    batch = task.prepare(diffusion_examples(3, seed=0, prior=[False, True, True]), torch.Generator().manual_seed(1))
     check_equivalence(tiny_unet(), task, batch)
 
 
@@ -76,6 +77,35 @@ def test_loss_weight_scales_each_example():
     with torch.no_grad():
         plain, prior = task.batch_losses(unet, batch), task.batch_losses(unet, weighted)
     torch.testing.assert_close(prior, plain * torch.tensor([1.0, 0.25]))
+
+
+@pytest.mark.parametrize("prior", [[False, True, True, True], [True, False, True, False]])
+def test_prior_preservation_matches_diffusers_train_dreambooth_by_hand(prior):
+    # diffusers' examples/dreambooth/train_dreambooth.py: loss = mse(instance predictions) +
+    # prior_loss_weight * mse(class predictions), each F.mse_loss over its own examples only.
+    task, unet = DiffusionTask(tiny_scheduler(), prior_loss_weight=0.7), tiny_unet()
+    batch = task.prepare(diffusion_examples(4, seed=0, prior=prior), torch.Generator().manual_seed(0))
+    is_class = torch.tensor(prior)
+    with torch.no_grad():
+        predicted = task.batch_outputs(unet, batch)
+        ours = task.batch_losses(unet, batch).mean()  # how bat.core.train reduces a batch
+    instance = F.mse_loss(predicted[~is_class], batch["noise"][~is_class])
+    prior_loss = F.mse_loss(predicted[is_class], batch["noise"][is_class])
+    torch.testing.assert_close(ours, instance + 0.7 * prior_loss, atol=1e-6, rtol=1e-6)
+
+
+def test_batch_without_class_images_is_the_plain_mean():
+    task, unet = DiffusionTask(tiny_scheduler(), prior_loss_weight=0.7), tiny_unet()
+    examples = diffusion_examples(3, seed=0)
+    marked = task.prepare(dict(examples, prior=torch.zeros(3, dtype=torch.bool)), torch.Generator().manual_seed(2))
+    plain = task.prepare(examples, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(task.batch_losses(unet, marked), task.batch_losses(unet, plain))
+
+
+def test_prior_loss_weight_must_be_non_negative():
+    with pytest.raises(ConfigError, match="prior_loss_weight"):
+        DiffusionTask(tiny_scheduler(), prior_loss_weight=-1.0)
 
 
 def test_lm_prepare_trims_shared_padding_without_changing_losses():

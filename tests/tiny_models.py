@@ -76,15 +76,15 @@ def tiny_llama(seed: int = 0, hidden: int = 32):
         num_key_value_heads=2, vocab_size=64, max_position_embeddings=64, attn_implementation="eager"))
 
 
-def diffusion_examples(count: int, seed: int, loss_weight: float | None = None,
+def diffusion_examples(count: int, seed: int, prior: list[bool] | None = None,
                        size: int = LATENT_SIZE) -> dict:
     """``count`` random latent/text-embedding pairs, the form the diffusion data is trained in."""
     generator = torch.Generator().manual_seed(seed)
     examples = {
         "latents": torch.randn(count, LATENT_CHANNELS, size, size, generator=generator),
         "encoder_hidden_states": torch.randn(count, TEXT_LENGTH, CROSS_DIM, generator=generator)}
-    if loss_weight is not None:
-        examples["loss_weight"] = torch.full((count,), loss_weight)
+    if prior is not None:  # DreamBooth class images (prior preservation)
+        examples["prior"] = torch.tensor(prior, dtype=torch.bool)
     return examples
 
 

@@ -17,7 +17,7 @@
 LoRA-type adapters of a diffusers model always take the diffusers format, so ``lora`` with UNet
 target modules also loads with ``load_lora_weights``. Every saved folder also holds
 ``bat_adapter.json`` naming the kind, so loading a checkpoint of another kind fails clearly.
-DreamBooth's prior preservation is a data matter (class images with ``loss_weight``, see
+DreamBooth's prior preservation is a data matter (class images marked ``prior``, see
 ``bat.image.task.DiffusionTask``), as is its rare-token identifier :data:`DREAMBOOTH_IDENTIFIER`.
 """
 

@@ -34,21 +34,45 @@ def make_diffusion_batch(latents: torch.Tensor, encoder_hidden_states: torch.Ten
 class DiffusionTask:
     """Epsilon-prediction loss of a (possibly adapted) ``UNet2DConditionModel``.
 
-    Examples hold ``latents`` and ``encoder_hidden_states`` and optionally ``loss_weight``: DreamBooth's
-    prior preservation (paper eq. 27) is class images with weight λ_prior in the same batch.
+    Examples hold ``latents`` and ``encoder_hidden_states`` and optionally ``prior``, a bool
+    ``[examples]`` marking DreamBooth's class images (paper eq. 27: backbone samples of the class
+    prompt). With class images in a batch, :meth:`prepare` weights each example so that the batch
+    mean of :meth:`batch_losses` is diffusers' ``train_dreambooth.py`` loss for any mix,
+
+        mse(instance examples) + prior_loss_weight · mse(class examples),
+
+    each term a mean over its own examples (diffusers chunks the batch into these two halves).
+    ``prior_loss_weight`` is λ of eq. 27 (diffusers' default 1.0).
     """
 
-    def __init__(self, noise_scheduler):
+    def __init__(self, noise_scheduler, prior_loss_weight: float = 1.0):
         prediction = noise_scheduler.config.prediction_type
         if prediction != "epsilon":
             raise ConfigError(f"noise_scheduler.prediction_type: {prediction!r} is not supported; "
                               "DiffusionTask trains 'epsilon' prediction")
+        if not prior_loss_weight >= 0:
+            raise ConfigError(f"prior_loss_weight: {prior_loss_weight!r} is not allowed; use a number ≥ 0")
         self.noise_scheduler = noise_scheduler
+        self.prior_loss_weight = float(prior_loss_weight)
 
     def prepare(self, examples: Batch, generator: torch.Generator) -> Batch:
         return make_diffusion_batch(examples["latents"], examples["encoder_hidden_states"], generator,
                                     self.noise_scheduler.config.num_train_timesteps,
-                                    examples.get("loss_weight"))
+                                    self.prior_weights(examples["prior"]) if "prior" in examples else None)
+
+    def prior_weights(self, prior: torch.Tensor) -> torch.Tensor:
+        """Per-example loss weights ``[examples]`` for the class-image mask ``prior`` (bool).
+
+        Instance examples get ``B / n_instance``, class examples ``λ · B / n_class``, so that the
+        mean over the ``B`` examples is mse(instance) + λ · mse(class). A batch without class
+        images gets weight 1 everywhere (the plain mean).
+        """
+        prior = prior.bool()
+        size, classes = prior.numel(), int(prior.sum())
+        instances = size - classes
+        instance_weight = size / instances if instances else 0.0
+        class_weight = self.prior_loss_weight * size / classes if classes else 0.0
+        return torch.where(prior, class_weight, instance_weight).float()
 
     def batch_outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The predicted noise: the network output that Gauss-Newton products differentiate."""

@@ -359,6 +359,125 @@ def continuation_loglikelihoods(
     return loglikelihoods
 
 
+def encode_groups(
+    tokenizer: Any, groups: Sequence[tuple[str, Sequence[str]]]
+) -> list[list[tuple[list[int], list[int]]]]:
+    """:func:`encode_pair` of every ``(context, continuation)`` of ``groups``, ``[group][continuation]``,
+    with one batched tokenizer call for the contexts and one for the whole strings (a fast
+    tokenizer encodes a list in one pass; pair by pair, tokenization is a large share of scoring
+    a small model). An empty context goes through :func:`encode_pair` itself."""
+    stripped, joined = [], []
+    for context, continuations in groups:
+        n_spaces = len(context) - len(context.rstrip())
+        stripped.append(context[: len(context) - n_spaces])
+        joined.extend(context + continuation for continuation in continuations)
+    context_ids = tokenizer(stripped)["input_ids"] if stripped else []
+    whole_ids = iter(tokenizer(joined)["input_ids"] if joined else [])
+    encoded = []
+    for (context, continuations), ids in zip(groups, context_ids, strict=True):
+        wholes = [next(whole_ids) for _ in continuations]
+        if not context:
+            encoded.append([encode_pair(tokenizer, context, c) for c in continuations])
+        else:
+            encoded.append([(list(ids), list(whole[len(ids) :])) for whole in wholes])
+    return encoded
+
+
+def shared_context_loglikelihoods(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    groups: Sequence[tuple[str, Sequence[str]]],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> list[list[float]]:
+    """:func:`continuation_loglikelihoods` of each ``(context, continuations)`` group, reading the
+    context once for all its continuations: ``[group][continuation]`` summed log-probabilities.
+
+    Per batch of ``batch_size`` groups, one forward pass over the contexts (right-padded) fills a
+    KV cache; the cache is repeated once per continuation and a second pass reads every
+    continuation after its context (padding masked, positions continuing the context's own).
+    Tokens are split exactly as :func:`encode_pair` splits them, so the numbers are those of
+    :func:`continuation_loglikelihoods` up to float rounding. A group with a sequence longer than
+    ``max_length`` + 1 tokens is scored by :func:`continuation_loglikelihoods`, which truncates
+    each sequence on its own as lm-eval does. Needs a model that takes ``cache`` (a ``DynamicCache``) and
+    ``position_ids`` (transformers' decoder-only LMs). Raises :class:`ConfigError` for an empty
+    continuation or one longer than ``max_length``.
+    """
+    from transformers import DynamicCache
+
+    validate.positive("batch_size", batch_size, integer=True)
+    max_length = max_length or _max_length(model)
+    encoded, results, long_groups = [], [None] * len(groups), []
+    for index, ((context, continuations), pairs) in enumerate(
+        zip(groups, encode_groups(tokenizer, groups), strict=True)
+    ):
+        for (_, continuation_ids), continuation in zip(pairs, continuations, strict=True):
+            if not continuation_ids or len(continuation_ids) > max_length:
+                raise ConfigError(
+                    f"continuation {continuation!r} of context {context[-40:]!r}: encodes to "
+                    f"{len(continuation_ids)} tokens; need 1 to max_length={max_length}"
+                )
+        context_ids = pairs[0][0]  # encode_pair's context split depends on the context alone
+        if len(context_ids) + max(len(ids) for _, ids in pairs) > max_length + 1:
+            long_groups.append(index)
+        else:
+            encoded.append((index, context_ids, [ids for _, ids in pairs]))
+    device = _device(model)
+    encoded.sort(key=lambda entry: -len(entry[1]))  # similar context lengths share a batch
+    with _evaluating(model):
+        for start in tqdm(range(0, len(encoded), batch_size), desc="log-likelihood",
+                          disable=not progress):
+            batch = encoded[start : start + batch_size]
+            lengths = torch.tensor([len(context_ids) for _, context_ids, _ in batch])
+            width = int(lengths.max())
+            context_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (_, context_ids, _) in enumerate(batch):
+                input_ids[row, : len(context_ids)] = torch.tensor(context_ids)
+            cache = DynamicCache()
+            logits = model(input_ids=input_ids.to(device), attention_mask=context_mask.to(device),
+                           cache=cache, use_cache=True).logits
+            # The last context position predicts every continuation's first token.
+            first = torch.log_softmax(logits[torch.arange(len(batch)), lengths - 1].float(), dim=-1)
+            owners = [row for row, (_, _, choices) in enumerate(batch) for _ in choices]
+            rows = [ids for _, _, choices in batch for ids in choices]
+            cache.reorder_cache(torch.tensor(owners, device=device))
+            steps = max(len(ids) for ids in rows) - 1
+            totals = [first[owner, ids[0]].item() for owner, ids in zip(owners, rows)]
+            if steps:
+                follow = torch.zeros((len(rows), steps), dtype=torch.long)
+                follow_mask = torch.zeros((len(rows), steps), dtype=torch.long)
+                for row, ids in enumerate(rows):
+                    follow[row, : len(ids) - 1] = torch.tensor(ids[:-1])
+                    follow_mask[row, : len(ids) - 1] = 1
+                owner_index = torch.tensor(owners)
+                mask = torch.cat([context_mask[owner_index], follow_mask], dim=1)
+                positions = lengths[owner_index][:, None] + torch.arange(steps)[None, :]
+                logits = model(input_ids=follow.to(device), attention_mask=mask.to(device),
+                               position_ids=positions.to(device), cache=cache,
+                               use_cache=True).logits
+                for row, ids in enumerate(rows):
+                    if len(ids) > 1:
+                        logprobs = torch.log_softmax(logits[row, : len(ids) - 1].float(), dim=-1)
+                        targets = torch.tensor(ids[1:], device=logprobs.device)
+                        totals[row] += logprobs.gather(1, targets[:, None]).sum().item()
+            offset = 0
+            for index, _, choices in batch:
+                results[index] = totals[offset : offset + len(choices)]
+                offset += len(choices)
+    if long_groups:
+        pairs = [(groups[i][0], continuation) for i in long_groups for continuation in groups[i][1]]
+        flat = continuation_loglikelihoods(model, tokenizer, pairs, batch_size=batch_size,
+                                           max_length=max_length, progress=progress)
+        offset = 0
+        for index in long_groups:
+            results[index] = flat[offset : offset + len(groups[index][1])]
+            offset += len(groups[index][1])
+    return results
+
+
 @dataclass(frozen=True)
 class LoglikelihoodPrediction:
     id: str
@@ -425,12 +544,21 @@ def score_loglikelihood(
     batch_size: int = 8,
     max_length: int | None = None,
     progress: bool = True,
+    shared_context: bool = False,
 ) -> LoglikelihoodScores:
     """lm-eval's ``acc`` and ``acc_norm`` of ``model`` on ``items``.
 
     Choice j of an item is scored as the continuation ``target_delimiter + choices[j]`` of its
     context; " " is lm-eval's default delimiter, hence choices are stored without a leading space.
+    ``shared_context``: read each context once for all its choices
+    (:func:`shared_context_loglikelihoods`; ``batch_size`` then counts items, not pairs).
     """
+    if shared_context:
+        groups = [(item.context, [target_delimiter + c for c in item.choices]) for item in items]
+        per_item = shared_context_loglikelihoods(
+            model, tokenizer, groups, batch_size=batch_size, max_length=max_length, progress=progress
+        )
+        return grade_loglikelihoods(items, per_item)
     pairs = [(item.context, target_delimiter + choice) for item in items for choice in item.choices]
     flat = continuation_loglikelihoods(
         model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, progress=progress
