@@ -16,6 +16,7 @@ VALID = {"name": "test", "track": "image", "datasets": ["noto"], "adapters": ["d
          "batch_sizes": [4], "steps": 2, "learning_rate": 0.0001, "log_every": 1,
          "evaluate_every": 1, "pool": "backbone", "pool_size": 4,
          "selection": {"score_adaptation_every": 1, "score_bat_every": 1, "damping": 0.001},
+         "class_images": 4, "prior_loss_weight": 1.0,
          "eval_size": 2, "sample_steps": 2, "guidance_scale": 7.5, "benchmark_items": 0}
 
 
@@ -41,6 +42,8 @@ def test_every_grid_of_each_profile_is_valid(smoke_params):
     ("pool_size", 3, r"pool_size: 3 is fewer than the 4 backbone examples"),
     ("benchmark_items", 4, r"benchmark_items: the multiple-choice sets score LMs"),
     ("selection", {"solver": "qr"}, r"solver: 'qr' is not allowed"),
+    ("regimes", ["plain", "bogus"], r"regimes: 'bogus' is not allowed"),
+    ("prior_loss_weight", -1.0, r"prior_loss_weight: -1.0"),
     ("selection", {"seed": 3}, r"grids.image.test.selection.seed is set per run"),
     ("selection", {"bogus": 1}, r"unknown parameter grids.image.test.selection.bogus"),
 ])
@@ -52,6 +55,8 @@ def test_bad_values_are_refused(field, value, message):
 def test_text_grid_takes_text_tasks_and_adapters():
     values = {**VALID, "track": "text", "datasets": ["word_definition"], "adapters": ["lora"]}
     assert build(GridConfig, values, "grids.text.test").mixing == "regular_interval"
+    with pytest.raises(ConfigError, match=r"'prior_preservation' exists for image grids only"):
+        build(GridConfig, {**values, "regimes": ["plain", "prior_preservation"]}, "grids.text.test")
     with pytest.raises(ConfigError, match=r"grids.text.test.pool: 'out_of_backbone' exists for images only"):
         build(GridConfig, {**values, "pool": "out_of_backbone"}, "grids.text.test")
 

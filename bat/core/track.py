@@ -19,7 +19,7 @@ from bat import validate
 from bat.core.protocols import Batch, Task
 
 TRACKS = ("image", "text")
-HELDOUT_NOISE_SEED = 0  # one fixed noise / timestep draw for every held-out loss
+HELDOUT_NOISE_SEED = 0  # the fixed noise / timestep draws of every held-out loss
 
 
 @runtime_checkable
@@ -63,13 +63,22 @@ def track_module(name: str) -> ModuleType:
 
 
 @torch.no_grad()
-def heldout_loss(model: nn.Module, task: Task, examples: Batch, batch_size: int = 64) -> float:
-    """Mean task loss on ``examples``, with one fixed noise and timestep draw for diffusion."""
+def heldout_loss(model: nn.Module, task: Task, examples: Batch, batch_size: int = 64,
+                 draws: int = 1) -> float:
+    """Mean task loss on ``examples`` over ``draws`` fixed draws of the task's randomness.
+
+    A diffusion loss depends on the noise and timestep drawn for each example; ``draws`` fixed
+    draws per example (the same for every model scored) make the noise of this endpoint small
+    against the differences between regimes. A task that draws nothing (the LM) needs one.
+    """
+    validate.positive("draws", draws, integer=True)
     model.eval()
     count = len(next(iter(examples.values())))
     total = 0.0
-    for start in range(0, count, batch_size):
-        chunk = {name: values[start:start + batch_size] for name, values in examples.items()}
-        batch = task.prepare(chunk, torch.Generator().manual_seed(HELDOUT_NOISE_SEED + start))
-        total += float(task.batch_losses(model, batch).sum())
-    return total / count
+    for draw in range(draws):
+        for start in range(0, count, batch_size):
+            chunk = {name: values[start:start + batch_size] for name, values in examples.items()}
+            seed = HELDOUT_NOISE_SEED + draw * (count + batch_size) + start
+            batch = task.prepare(chunk, torch.Generator().manual_seed(seed))
+            total += float(task.batch_losses(model, batch).sum())
+    return total / (count * draws)

@@ -148,11 +148,12 @@ def _batches(count: int, batch_size: int, steps: int, generator: torch.Generator
         order = order[batch_size:]
 
 
-def noise_task(pipe) -> DiffusionTask:
-    """The epsilon-prediction task on ``pipe``'s UNet, with the DDPM view of its noise schedule."""
+def noise_task(pipe, prior_loss_weight: float = 1.0) -> DiffusionTask:
+    """The epsilon-prediction task on ``pipe``'s UNet, with the DDPM view of its noise schedule;
+    ``prior_loss_weight``: λ of eq. 27 for examples marked ``prior`` (DreamBooth's class images)."""
     from diffusers import DDPMScheduler
 
-    return DiffusionTask(DDPMScheduler.from_config(pipe.scheduler.config))
+    return DiffusionTask(DDPMScheduler.from_config(pipe.scheduler.config), prior_loss_weight)
 
 
 def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig) -> tuple[list[dict], torch.Tensor]:

@@ -23,11 +23,13 @@ from bat.image.backbone import (encode_captions, encode_images, images_to_tensor
 from bat.image.data import STYLES, ImageSet, load_image_set
 from bat.image.encoders import load_encoders
 from bat.image.evaluation import evaluate_personalization
+from bat.image.prior import class_examples, class_images, class_prompts
 
 DATASETS = STYLES
 ADAPTERS = ("dreambooth", "locon", "loha", "lokr")
 MIXING = "per_batch"  # App. B: backbone images join each batch at ratio γ
 SEEDED_EVALUATION = True  # a run's samples are drawn with its seed
+HELDOUT_DRAWS = 4  # fixed noise / timestep draws per held-out concept (DESIGN.md §6: at least 4)
 POOLS = {"backbone": "backbone.npz", "out_of_backbone": "out_of_backbone.npz"}
 STYLE_TEMPLATE = "{caption} in {identifier} style"
 
@@ -55,21 +57,23 @@ class ImageTrack:
     and the personalization scores (:mod:`bat.image.evaluation`).
 
     ``pool`` picks the backbone pool: ``"backbone"`` (OpenMoji, D^B) or ``"out_of_backbone"``
-    (Symbola renders, Tab. 2). ``sample_steps`` and ``guidance_scale`` set the evaluation samples.
+    (Symbola renders, Tab. 2). ``sample_steps`` and ``guidance_scale`` set the evaluation samples
+    (and the class images of prior preservation); ``prior_loss_weight`` is λ of eq. 27.
     The encoders are loaded on the first evaluation; the pool on first use.
     """
 
     def __init__(self, models: str | Path, pool: str = "backbone", sample_steps: int = 6,
-                 guidance_scale: float = 7.5, prepared: str | Path | None = None):
+                 guidance_scale: float = 7.5, prior_loss_weight: float = 1.0,
+                 prepared: str | Path | None = None):
         validate.choice("pool", pool, tuple(POOLS))
         self.models = Path(models)
         self.prepared = Path(prepared) if prepared is not None else paths.PREPARED / "images"
         self.pool_file = POOLS[pool]
         self.sample_steps, self.guidance_scale = sample_steps, guidance_scale
         self.pipe = load_image_backbone(self.models / "backbone_image")
-        self.task = noise_task(self.pipe)
+        self.task = noise_task(self.pipe, prior_loss_weight)
         self.start_model = self.pipe.unet
-        self._pool_set, self._encoders = None, None
+        self._pool_set, self._encoders, self._retention = None, None, None
 
     def _set(self, name: str) -> ImageSet:
         return load_image_set(self.prepared / f"{name}.npz")
@@ -106,8 +110,24 @@ class ImageTrack:
         sampled = heldout.spread(eval_size)  # sampling is the dear part: a subset
         return {"adaptation": self._encode(train_set, style_prompts(train_set.captions)),
                 "heldout": self._encode(heldout, style_prompts(heldout.captions)),
+                "class_prompts": class_prompts(train_set.captions),
                 "prompts": style_prompts(sampled.captions), "captions": list(sampled.captions),
                 "references": sampled.images}
+
+    def prior_examples(self, data: dict, count: int, seed: int) -> Batch:
+        """``count`` class images of the style's concepts drawn by the backbone (``prior`` True),
+        for DreamBooth's prior preservation; a seed fixes them (:func:`bat.image.prior.class_images`)."""
+        images, prompts = class_images(self.pipe, data["class_prompts"], count, seed,
+                                       self.sample_steps, self.guidance_scale)
+        return class_examples(self.pipe, images, prompts)
+
+    @property
+    def retention_examples(self) -> Batch:
+        """OpenMoji concepts held out of D^B, with their own captions: the backbone's distribution,
+        on which an adapter that forgets what the backbone knew loses (the retention control)."""
+        if self._retention is None:
+            self._retention = self._encode(self._set("backbone_heldout"))
+        return self._retention
 
     def evaluate(self, model, data: dict, seed: int, with_benchmarks: bool) -> tuple[dict, np.ndarray]:
         """Held-out noise loss on every held-out concept, personalization scores on the sampled ones."""
@@ -118,7 +138,9 @@ class ImageTrack:
         scores = evaluate_personalization(
             with_unet(self.pipe, unet), self._encoders, data["prompts"], data["references"], [seed],
             self.sample_steps, self.guidance_scale, data["captions"])
-        row = {"heldout_loss": heldout_loss(model, self.task, data["heldout"]),
+        row = {"heldout_loss": heldout_loss(model, self.task, data["heldout"], draws=HELDOUT_DRAWS),
+               "retention_loss": heldout_loss(model, self.task, self.retention_examples,
+                                              draws=HELDOUT_DRAWS),
                **scores.per_seed.loc[seed].to_dict()}
         return row, scores.samples[seed]
 

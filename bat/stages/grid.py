@@ -54,12 +54,16 @@ from bat.errors import ConfigError
 from bat.io import atomic_directory, write_json
 from bat.stages.oracle import track_options
 
-GRID_REGIMES = ("plain", "bat", "random", "random_matched", "compute_matched")
+GRID_REGIMES = ("plain", "prior_preservation", "bat", "bat_oracle_free", "random", "random_matched",
+                "compute_matched")
+WITHOUT_GAMMA = ("plain", "prior_preservation")  # one run per batch size, γ empty in the tables
 MATCHED = ("random_matched", "compute_matched")
+IMAGE_ONLY = ("prior_preservation",)  # DreamBooth's class images come from a text-to-image backbone
 POOLS = ("backbone", "out_of_backbone")
 # Set per run, not per grid: the run's seed draws the oracle-free held-out split, and γ in eq. 12
 # is the run's configured γ (Def. 2), not a measured share of the batch.
 RUN_SELECTION_KEYS = ("seed", "gamma")
+CLASS_IMAGE_SEED = 1000  # DreamBooth's class images: one draw shared by every run, of no grid seed
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class GridConfig:
     pool: str  # where BAT's candidates come from: D^B, or images that were never in it
     pool_size: int  # candidates offered to Algorithm 1, a fixed random pool per seed
     selection: dict  # Algorithm 1's settings, less the per-run RUN_SELECTION_KEYS
+    class_images: int  # image: backbone samples of the class prompts for prior_preservation
+    prior_loss_weight: float  # image: λ of eq. 27 for those class images
     eval_size: int  # held-out concepts sampled (image; the loss uses all) or test items (text)
     sample_steps: int  # image: denoising steps of each evaluation sample
     guidance_scale: float  # image: classifier-free guidance of the samples
@@ -107,6 +113,8 @@ class GridConfig:
             validate.non_negative(f"{where}.seeds", seed, integer=True)
         for regime in self.regimes:
             validate.choice(f"{where}.regimes", regime, GRID_REGIMES)
+            if regime in IMAGE_ONLY and self.track != "image":
+                raise ConfigError(f"{where}.regimes: {regime!r} exists for image grids only")
         matched = [regime for regime in self.regimes if regime in MATCHED]
         if matched and "bat" not in self.regimes:
             raise ConfigError(f"{where}.regimes: {matched[0]!r} is matched to a 'bat' run; "
@@ -115,8 +123,9 @@ class GridConfig:
             validate.open_interval(f"{where}.gammas", gamma, 0.0, 1.0)
         for batch_size in self.batch_sizes:
             validate.positive(f"{where}.batch_sizes", batch_size, integer=True)
-        for name in ("steps", "log_every", "pool_size", "eval_size", "sample_steps"):
+        for name in ("steps", "log_every", "pool_size", "eval_size", "sample_steps", "class_images"):
             validate.positive(f"{where}.{name}", getattr(self, name), integer=True)
+        validate.non_negative(f"{where}.prior_loss_weight", self.prior_loss_weight)
         for name in ("evaluate_every", "benchmark_items"):
             validate.non_negative(f"{where}.{name}", getattr(self, name), integer=True)
         for name in ("learning_rate", "guidance_scale"):
@@ -164,7 +173,7 @@ class GridConfig:
         """What this grid's settings ask of the track when it is loaded."""
         if self.track == "image":
             return {"pool": self.pool, "sample_steps": self.sample_steps,
-                    "guidance_scale": self.guidance_scale}
+                    "guidance_scale": self.guidance_scale, "prior_loss_weight": self.prior_loss_weight}
         return {"benchmark_items": self.benchmark_items}
 
 
@@ -243,6 +252,9 @@ class GridRunner:
         self.full_backbone = (self.track.backbone_examples() if "random" in config.regimes else None)
         for dataset in config.datasets:
             data = self.track.evaluation_data(dataset, config.eval_size)
+            if "prior_preservation" in config.regimes:  # drawn once per dataset, as diffusers does
+                data["prior"] = self.track.prior_examples(data, config.class_images,
+                                                          derived_seed(CLASS_IMAGE_SEED, 5))
             if "captions" in data:
                 self.captions[dataset] = data["captions"]
                 self.samples[f"{dataset}/reference"] = data["references"]  # the real renders
@@ -258,11 +270,12 @@ class GridRunner:
                                "batch_size": batch_size, "adapter_config": adapter,
                                "data": data, "pool": pools[seed], "oracle": oracle,
                                "start_difference": start, "baseline": baseline}
-                        # plain ignores γ: one run per batch size, γ left empty in the tables
-                        if "plain" in config.regimes:
-                            self.run_regimes(run, None, ["plain"], scratch)
+                        # plain and prior preservation ignore γ: one run per batch size
+                        without = [r for r in config.regimes if r in WITHOUT_GAMMA]
+                        if without:
+                            self.run_regimes(run, None, without, scratch)
                         for gamma in config.gammas:
-                            others = [r for r in config.regimes if r != "plain"]
+                            others = [r for r in config.regimes if r not in WITHOUT_GAMMA]
                             if others:
                                 self.run_regimes(run, gamma, others, scratch)
 
@@ -285,14 +298,26 @@ class GridRunner:
                            learning_rate=config.learning_rate, gamma=gamma or 0.5,
                            mixing=config.mixing, candidates=0, log_every=config.log_every,
                            seed=run["seed"])
-        bat_log, records = None, []
+        bat_log, records = None, {}
         for regime in regimes:
             kwargs, backbone, steps = {}, run["pool"], config.steps
+            adaptation = run["data"]["adaptation"]
             if regime == "plain":
                 train_config, backbone = replace(base, regime="plain"), None
-            elif regime == "bat":
+            elif regime == "prior_preservation":
+                # diffusers' train_dreambooth: each step pairs every instance image with a class
+                # image (random, per-batch mixing at γ = 1/2); the task weights the class half by λ.
+                prior = run["data"]["prior"]
+                instances = len(next(iter(adaptation.values())))
+                adaptation = {**adaptation, "prior": torch.zeros(instances, dtype=torch.bool)}
+                train_config = replace(base, regime="random", gamma=0.5, mixing="per_batch")
+                backbone = prior
+            elif regime in ("bat", "bat_oracle_free"):
                 selection = config.selection_config(run["seed"], gamma)
-                kwargs["selector"] = Prop2Selector(selection, target=run["oracle"])
+                if regime == "bat":
+                    kwargs["selector"] = Prop2Selector(selection, target=run["oracle"])
+                else:  # a held-out part of D^A stands in for θ^{A*} (the paper's future work)
+                    kwargs["selector"] = Prop2Selector(replace(selection, mode="oracle_free"))
                 train_config = replace(base, regime="bat")
             elif regime == "random":
                 train_config, backbone = replace(base, regime="random"), self.full_backbone
@@ -305,16 +330,16 @@ class GridRunner:
             evaluation_steps = sorted({s for s in config.evaluation_steps if s <= steps} | {steps})
             run_key = {name: run[name] for name in RUN_KEYS if name in run}
             run_key.update(gamma=gamma, regime=regime)
-            log = self.train_evaluated(run_key, run, backbone, train_config, evaluation_steps,
-                                       scratch, **kwargs)
+            log = self.train_evaluated(run_key, run, adaptation, backbone, train_config,
+                                       evaluation_steps, scratch, **kwargs)
             if regime == "bat":
-                bat_log, records = log, kwargs["selector"].records
-            self.add_steps(run_key, log, run["start_difference"],
-                           _selection_rows(records) if regime == "bat" else {})
+                bat_log = log
+            checks = _selection_rows(kwargs["selector"].records) if "selector" in kwargs else {}
+            self.add_steps(run_key, log, run["start_difference"], checks)
             baseline_row, baseline_samples = run["baseline"]
             self.add_evaluation(run_key, 0, baseline_row, baseline_samples)
 
-    def train_evaluated(self, run_key: dict, run: dict, backbone, train_config,
+    def train_evaluated(self, run_key: dict, run: dict, adaptation, backbone, train_config,
                         evaluation_steps: list[int], scratch: Path, **kwargs) -> list[dict]:
         """Train one run, evaluating the model at each of ``evaluation_steps``."""
         from bat.core.train import train
@@ -327,7 +352,7 @@ class GridRunner:
 
         with tempfile.TemporaryDirectory(dir=scratch) as run_dir:  # full state: ~80 MB for DreamBooth
             result = train(copy.deepcopy(self.track.start_model), run["adapter_config"],
-                           self.track.task, run["data"]["adaptation"], backbone,
+                           self.track.task, adaptation, backbone,
                            replace(train_config, checkpoint_every=train_config.steps), run_dir,
                            oracle=run["oracle"], progress=self.progress, on_step=evaluate, **kwargs)
         return result.log
@@ -336,11 +361,12 @@ class GridRunner:
                   selected: dict[int, dict]) -> None:
         empty = {"reselected": None, "condition": None}
         self.step_rows.append({**run_key, "step": 0, "loss": np.nan,
-                               "weight_difference": start_difference, "n_backbone": 0,
+                               "weight_difference": start_difference, "n_adaptation": 0, "n_backbone": 0,
                                "seconds": 0.0, "selection_seconds": 0.0, **empty})
         for row in log:
             self.step_rows.append({**run_key, "step": row["step"], "loss": row["loss"],
                                    "weight_difference": row["weight_difference"],
+                                   "n_adaptation": row["n_adaptation"],
                                    "n_backbone": row["n_backbone"], "seconds": row["seconds"],
                                    "selection_seconds": row["selection_seconds"],
                                    **selected.get(row["step"], empty)})
