@@ -12,6 +12,12 @@ seen through products M v, where C_i is example i's
                      outputs f; needs a task that exposes its outputs, see :class:`OutputTask`),
 - ``fisher``:        g_i g_iᵀ with g_i = ∇ℓ_i (empirical Fisher, PSD, rank ≤ batch size).
 
+Per-sample gradients come three ways, all with the same rows: ``vmap(grad)``
+(:func:`per_sample_grads`), layer hooks with Opacus's per-layer rules, one backward pass per
+chunk (:func:`per_sample_grads_hooks`), and a per-example loop (the reference). For models too
+large for rows of length d, :class:`GradientProjector` gives rows of a fixed length p from the
+same hooks, so memory grows with n·p, not n·d.
+
 Weights w_i = 1/|batch| give the mean curvature; a signed weight vector gives a difference of two
 curvatures over the same examples (Proposition 2's H^{bat|A} − H^{bat}) with one set of products.
 
@@ -309,7 +315,10 @@ def _hooked_rows(model, task, batch, chunk_size, check_rtol, projector) -> torch
             by_param[i] = row if projector is None else torch.stack(
                 [projector.vector(params[i], r.view_as(params[i])) for r in row])
     dtype = (lambda i: params[i].dtype) if projector is None else (lambda i: torch.float32)
-    return torch.cat([by_param[i].reshape(n, -1).to(dtype(i)) for i in range(len(params))], 1)
+    # detach: some of Opacus's rules (GroupNorm, LayerNorm) build their samples from the layer's
+    # own weight, which would keep a graph alive on the rows
+    return torch.cat([by_param[i].reshape(n, -1).to(dtype(i)) for i in range(len(params))],
+                     1).detach()
 
 
 def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projector
