@@ -1,7 +1,12 @@
 """Speed and accuracy of the curvature library against its goals.
 
-- per-sample gradients, ``vmap`` against a per-example loop, batch 64, on a tiny LLaMA with LoRA
-  and a tiny diffusers UNet with LoRA (goal: vmap ≥ 5× faster);
+- per-sample gradients, ``vmap`` and layer hooks against a per-example loop, batch 64, on a tiny
+  LLaMA with LoRA and a tiny diffusers UNet with LoRA (goal: ≥ 5× faster than the loop);
+- one Proposition-2 check on the tiny profile's DreamBooth UNet (5.2M weights, all trainable,
+  8 D^A + 4 D^B' examples), vmap + float64 Woodbury against hooks + float32 Woodbury (goal ≤ 1 s);
+- paper sizes on meta-device models (nothing allocated): the computed peak memory of one
+  re-selection with projected per-sample gradients for SD 1.4's UNet (DreamBooth) and
+  LLaMA-2-7B with r=8 LoRA on q,v (goal ≤ 40 GB), beside the exact rows' memory;
 - a training step with amortised Proposition-2 selection against a step without (goal ≤ 1.3×);
 - solvers against the dense solve at growing d (goal: CG relative error ≤ 1e-4).
 
@@ -21,7 +26,7 @@ from peft import LoraConfig, get_peft_model
 
 from bat import io
 from bat.core.curvature import (FisherOperator, curvature_operators, per_sample_grads,
-                           per_sample_grads_loop)
+                           per_sample_grads_hooks, per_sample_grads_loop)
 from bat.core.protocols import SelectionContext, concat_batches, take_examples
 from bat.text.task import CausalLMTask
 from bat.core.selection import FirstSelector, Prop2Selector, SelectionConfig
@@ -93,12 +98,173 @@ def unet_batch(size, latent_size=8, seed=0):
 
 def bench_per_sample(model, task, batch, repeats):
     vmapped = per_sample_grads(model, task, batch)
-    error = float((vmapped - per_sample_grads_loop(model, task, batch)).abs().max())
-    vmap_s, loop_s = best_times([lambda: per_sample_grads(model, task, batch),
-                                 lambda: per_sample_grads_loop(model, task, batch)], repeats)
+    loop = per_sample_grads_loop(model, task, batch)
+    hooked = per_sample_grads_hooks(model, task, batch)
+    vmap_s, hooks_s, loop_s = best_times([lambda: per_sample_grads(model, task, batch),
+                                          lambda: per_sample_grads_hooks(model, task, batch),
+                                          lambda: per_sample_grads_loop(model, task, batch)],
+                                         repeats)
     return {"batch": len(next(iter(batch.values()))), "dim": vmapped.shape[1],
-            "vmap_s": vmap_s, "loop_s": loop_s, "speedup": loop_s / vmap_s,
-            "max_abs_difference": error, "goal_speedup": 5.0, "meets_goal": loop_s / vmap_s >= 5}
+            "vmap_s": vmap_s, "hooks_s": hooks_s, "loop_s": loop_s,
+            "speedup": loop_s / vmap_s, "speedup_hooks": loop_s / hooks_s,
+            "max_abs_difference": float((vmapped - loop).abs().max()),
+            "max_abs_difference_hooks": float((hooked - loop).abs().max()),
+            "goal_speedup": 5.0, "meets_goal": max(loop_s / vmap_s, loop_s / hooks_s) >= 5}
+
+
+def dreambooth_unet(latent_size=16, text_width=384):
+    """The tiny profile's UNet (bat.image.backbone.build_pipeline with params.yaml's sizes)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(64, 128), down_block_types=("CrossAttnDownBlock2D",) * 2,
+        up_block_types=("CrossAttnUpBlock2D",) * 2, cross_attention_dim=text_width,
+        attention_head_dim=8, addition_embed_type="text", addition_embed_type_num_heads=8,
+        norm_num_groups=32)
+
+
+def bench_dreambooth_check(repeats):
+    """One Proposition-2 check (per-sample gradients of D^A ∪ D^B', then Score_A and Score_bat)
+    as the dreambooth grid runs it: Fisher, Woodbury, clip, λ = 1e-3."""
+    from diffusers import DDIMScheduler
+
+    from bat.core.prop2 import Prop2Problem
+    from bat.image.task import DiffusionTask
+
+    torch.manual_seed(0)
+    unet = dreambooth_unet()
+    task = DiffusionTask(DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                                       clip_sample=False, set_alpha_to_one=False, steps_offset=1))
+    generator = torch.Generator().manual_seed(0)
+    batch = task.prepare({"latents": torch.randn(12, 4, 16, 16, generator=generator),
+                          "encoder_hidden_states": torch.randn(12, 16, 384, generator=generator)},
+                         generator)
+    adaptation = {key: value[:8] for key, value in batch.items()}
+    backbone = {key: value[8:] for key, value in batch.items()}
+
+    def check(grads_of, precision):
+        grads = grads_of(unet, task, batch)
+        options = SolveOptions(solver="woodbury", damping=1e-3, indefinite="clip",
+                               woodbury_precision=precision)
+        return Prop2Problem(unet, task, adaptation, backbone, "fisher", grads=grads).scores(options)
+
+    now = check(per_sample_grads, "float64")
+    fast = check(per_sample_grads_hooks, "float32")
+    now_s, fast_s = best_times([lambda: check(per_sample_grads, "float64"),
+                                lambda: check(per_sample_grads_hooks, "float32")], repeats)
+    hooks_s = best_time(lambda: per_sample_grads_hooks(unet, task, batch), repeats)
+    return {"weights": sum(p.numel() for p in unet.parameters()), "examples": 12,
+            "vmap_float64_s": now_s, "hooks_float32_s": fast_s, "speedup": now_s / fast_s,
+            "of_which_per_sample_grads_hooks_s": hooks_s,
+            "scores_vmap_float64": [now.score_adaptation, now.score_bat],
+            "scores_hooks_float32": [fast.score_adaptation, fast.score_bat],
+            "goal_s": 1.0, "meets_goal": fast_s <= 1.0}
+
+
+def _saved_for_backward(model, call) -> dict:
+    """Bytes autograd keeps from one forward on the meta device (computed, not allocated).
+
+    Everything saved for backward except the parameters themselves (counted once as weights),
+    an upper bound because views of one tensor count once each; and the outputs of every
+    Linear/Conv2d with a trainable weight, whose gradients the hooks hold until the backward
+    pass ends.
+    """
+    params = {id(p) for p in model.parameters()}
+    totals = {"saved": 0, "hooked_outputs": 0, "largest_saved": 0}
+
+    def pack(tensor):
+        if id(tensor) not in params:
+            size = tensor.numel() * tensor.element_size()
+            totals["saved"] += size
+            totals["largest_saved"] = max(totals["largest_saved"], size)
+        return tensor
+
+    def hook(module, inputs, output):
+        totals["hooked_outputs"] += output.numel() * output.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if type(m) in (torch.nn.Linear, torch.nn.Conv2d) and m.weight.requires_grad]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        call()
+    for handle in handles:
+        handle.remove()
+    return totals
+
+
+def _projected_dim(model, k: int) -> tuple[int, int]:
+    """(p, bytes of the projection matrices) of bat.core.curvature.GradientProjector(model, k)."""
+    p, matrices = 0, 0
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if param is getattr(module, "weight", None) and type(module) in (torch.nn.Linear,
+                                                                                torch.nn.Conv2d):
+                out, fan_in = param.shape[0], param[0].numel()
+                p += min(k, out) * min(k, fan_in)
+                matrices += 4 * k * ((out if out > k else 0) + (fan_in if fan_in > k else 0))
+            else:
+                p += param.numel()
+    return p, matrices
+
+
+def _reselection_memory(model, call, rows: int, chunk: int, k: int) -> dict:
+    """Peak bytes of one re-selection: weights, one chunk's backward (activations, the hooks'
+    output gradients, the batch gradient the sum check compares with), the projection
+    matrices, the projected rows [rows, p] and the float32 Woodbury (K [rows, rows], basis
+    [p, rows]); beside it, the exact rows' float32 [rows, d] plus the float64 QR Woodbury's
+    copy of G, Q and the basis (3 × [rows, d] float64)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    d = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    activations = _saved_for_backward(model, call)
+    p, matrices = _projected_dim(model, k)
+    backward = (activations["saved"] + activations["hooked_outputs"] + 4 * d)
+    projected = weights + backward + matrices + 4 * rows * p + 8 * rows * rows + 4 * p * rows
+    exact = weights + backward + 4 * rows * d + 3 * 8 * rows * d
+    return {"weights_gb": weights / 1e9, "trainable": d, "projected_dim": p,
+            "rows": rows, "chunk": chunk, "projection_side": k,
+            "activations_gb": activations["saved"] / 1e9,
+            "hooked_output_grads_gb": activations["hooked_outputs"] / 1e9,
+            "projection_matrices_gb": matrices / 1e9,
+            "peak_projected_gb": projected / 1e9, "peak_exact_gb": exact / 1e9,
+            "goal_gb": 40.0, "meets_goal": projected / 1e9 <= 40.0}
+
+
+def paper_size_memory(k: int = 32) -> dict:
+    """SD 1.4's UNet (DreamBooth: every weight trainable, float32, 512 px = 64×64 latents,
+    77 CLIP tokens; 5 subject images + 64 candidates, chunks of 2) and LLaMA-2-7B (bfloat16,
+    r=8 LoRA on q,v as in App. B, sequences of 512; 256 D^A + 1024 candidates, chunks of 2)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        # CompVis/stable-diffusion-v1-4's unet/config.json
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
+            attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        # meta-llama/Llama-2-7b-hf's config.json
+        llama = LlamaForCausalLM(LlamaConfig(
+            hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+            max_position_embeddings=4096, attn_implementation="eager")).to(torch.bfloat16)
+        llama = get_peft_model(llama, LoraConfig(r=8, lora_alpha=32,
+                                                 target_modules=["q_proj", "v_proj"]))
+        chunk_unet, chunk_lm = 2, 2  # the memory knob: activations grow with the chunk, not n
+        latents = torch.randn(chunk_unet, 4, 64, 64)
+        text = torch.randn(chunk_unet, 77, 768)
+        steps = torch.zeros(chunk_unet, dtype=torch.long)
+        ids = torch.zeros(chunk_lm, 512, dtype=torch.long)
+    return {
+        "sd14_unet_dreambooth": _reselection_memory(
+            unet, lambda: unet(latents, steps, encoder_hidden_states=text).sample,
+            rows=5 + 64, chunk=chunk_unet, k=k),
+        "llama2_7b_lora_qv": _reselection_memory(
+            llama, lambda: llama(input_ids=ids, attention_mask=torch.ones_like(ids)).logits,
+            rows=256 + 1024, chunk=chunk_lm, k=k),
+    }
 
 
 def bench_selection_overhead(steps, every, repeats):
@@ -211,6 +377,8 @@ def main() -> None:
                 tiny_unet(size), NoiseTask(), unet_batch(64, size), args.repeats)
                for size in (8, 16)},
         },
+        "dreambooth_check": bench_dreambooth_check(args.repeats),
+        "paper_size_memory": paper_size_memory(),
         "selection_overhead": bench_selection_overhead(args.steps, args.every, args.repeats),
         "solvers": bench_solvers(args.dims, 128, args.repeats) + [bench_lm_gauss_newton(1)],
     }

@@ -11,6 +11,7 @@ from bat.core.checkpoint import adapter_dir, load_state, log_path, save_state
 from bat.core.checkpoint import trained_vector
 from bat.errors import ConfigError
 from bat.io import read_json
+from bat.core.selection import Prop2Selector, SelectionConfig
 from bat.image.task import DiffusionTask
 from bat.text.task import CausalLMTask
 from bat.core.train import (REGIMES, TrainConfig, TrainingDiverged, backbone_schedule,
@@ -97,23 +98,55 @@ class DyingTask:
         return self.task.batch_losses(model, batch)
 
 
-@pytest.mark.parametrize("kind, regime", [("locon", "random"), ("lora", "bat"), ("dreambooth", "plain")])
-def test_resume_after_a_kill_is_bit_identical(kind, regime, tmp_path):
+def prop2_selector():
+    """Algorithm 1 with a check at every step: its selection and Score_A carry across steps."""
+    return Prop2Selector(SelectionConfig(mode="oracle_free", holdout_fraction=0.5))
+
+
+def without_seconds(records):
+    """Records less their wall-clock times, which no two runs share."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "seconds"}
+        return value
+    return [strip(record) for record in records]
+
+
+@pytest.mark.parametrize("kind, regime, selector", [
+    ("locon", "random", None), ("lora", "bat", None), ("dreambooth", "plain", None),
+    ("locon", "bat", prop2_selector), ("lora", "bat", prop2_selector)])
+def test_resume_after_a_kill_is_bit_identical(kind, regime, selector, tmp_path):
     fields = {"steps": 5, "checkpoint_every": 2}
-    whole = run(kind, regime, tmp_path / "whole", **fields)
+    new_selector = selector or (lambda: None)
+    whole_selector = new_selector()
+    whole = run(kind, regime, tmp_path / "whole", selector=whole_selector, **fields)
 
     with pytest.raises(Killed):
-        run(kind, regime, tmp_path / "killed", task=DyingTask(setting(kind)["task"], 4), **fields)
+        run(kind, regime, tmp_path / "killed", task=DyingTask(setting(kind)["task"], 4),
+            selector=new_selector(), **fields)
     assert load_state(tmp_path / "killed")["step"] == 2
     assert not adapter_dir(tmp_path / "killed", 4).exists()
     counting = DyingTask(setting(kind)["task"])
-    resumed = run(kind, regime, tmp_path / "killed", task=counting, **fields)  # all built afresh
+    resumed_selector = new_selector()  # built afresh, like everything else
+    resumed = run(kind, regime, tmp_path / "killed", task=counting, selector=resumed_selector,
+                  **fields)
     assert counting.steps == 3  # steps 3, 4 and 5: it resumed, it did not start over
 
     expected, actual = trainable_parameters(whole.model), trainable_parameters(resumed.model)
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
     assert [row["loss"] for row in resumed.log] == [row["loss"] for row in whole.log]
+    if selector is not None:
+        assert [r["step"] for r in resumed_selector.records] == [0, 1, 2, 3, 4]
+        assert without_seconds(resumed_selector.records) == without_seconds(whole_selector.records)
+
+
+def test_a_selector_without_saved_state_is_not_resumed(tmp_path):
+    """A checkpoint written by a stateless selector cannot silently restart a Prop2Selector."""
+    with pytest.raises(Killed):
+        run("lora", "bat", tmp_path, task=DyingTask(setting("lora")["task"], 4), steps=5)
+    with pytest.raises(ConfigError, match="no selector state"):
+        run("lora", "bat", tmp_path, selector=prop2_selector(), steps=5)
 
 
 class NanAt(DyingTask):

@@ -12,6 +12,12 @@ seen through products M v, where C_i is example i's
                      outputs f; needs a task that exposes its outputs, see :class:`OutputTask`),
 - ``fisher``:        g_i g_iᵀ with g_i = ∇ℓ_i (empirical Fisher, PSD, rank ≤ batch size).
 
+Per-sample gradients come three ways, all with the same rows: ``vmap(grad)``
+(:func:`per_sample_grads`), layer hooks with Opacus's per-layer rules, one backward pass per
+chunk (:func:`per_sample_grads_hooks`), and a per-example loop (the reference). For models too
+large for rows of length d, :class:`GradientProjector` gives rows of a fixed length p from the
+same hooks, so memory grows with n·p, not n·d.
+
 Weights w_i = 1/|batch| give the mean curvature; a signed weight vector gives a difference of two
 curvatures over the same examples (Proposition 2's H^{bat|A} − H^{bat}) with one set of products.
 
@@ -23,7 +29,7 @@ per-example loop draws different masks anyway, so the two could never be compare
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
@@ -120,13 +126,20 @@ def batch_size(batch: Batch) -> int:
 
 
 def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
-                     chunk_size: int | None = None) -> torch.Tensor:
+                     chunk_size: int | None = None,
+                     names: Sequence[str] | None = None) -> torch.Tensor:
     """G with rows g_i = ∇_{θ_A} ℓ_i, shape [batch, d], by ``vmap(grad)`` over the examples.
 
     ``chunk_size`` examples are vectorised at a time, which bounds the memory of the batched
-    activations (None: the whole batch at once).
+    activations (None: the whole batch at once). ``names``: only these parameters of θ_A, in
+    this order (None: all of θ_A); the others stay fixed at their values.
     """
-    names, params = adapter_parameters(model)
+    all_names, all_params = adapter_parameters(model)
+    if names is None:
+        names, params = all_names, all_params
+    else:
+        lookup = dict(zip(all_names, all_params))
+        params = [lookup[name] for name in names]
     wrapper = _TaskLoss(model, task)
     keys = [f"model.{name}" for name in names]
 
@@ -141,6 +154,224 @@ def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
                                 "not yet implemented the batching rule")
         grads = vmap(grad(loss_of_one), in_dims=(None, 0), chunk_size=chunk_size)(theta, batch)
     return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+
+
+def _layer_samplers() -> dict[type, Callable]:
+    """Opacus's per-sample gradient rules by layer type (nn.Linear, nn.Conv2d, nn.GroupNorm, …)."""
+    from opacus.grad_sample import GradSampleModule  # importing registers the samplers
+
+    return GradSampleModule.GRAD_SAMPLERS
+
+
+def per_sample_grads_hooks(model: nn.Module, task: Task, batch: Batch, *,
+                           chunk_size: int | None = None, check_rtol: float = 1e-3
+                           ) -> torch.Tensor:
+    """The rows of :func:`per_sample_grads` from layer hooks: one backward pass per chunk.
+
+    For a layer y = W a (+ b) the gradient of example i is Σ_t δ_{i,t} a_{i,t}ᵀ, the layer's
+    inputs a times the gradients δ = ∂(Σ_i ℓ_i)/∂y of its outputs, both caught by hooks during
+    one forward and one backward pass of the whole batch. The per-layer rules are Opacus's
+    (``opacus.grad_sample``: Linear, Conv1d/2d/3d, GroupNorm, LayerNorm, Embedding, …); the
+    hooks are ours rather than Opacus's ``GradSampleModule``, which captures nothing in eval
+    mode (scores run in eval mode, see the module docstring) and would route peft's DoRA/LoHa/
+    LoKr layers, whose parameters are not a supported layer's own, through its functorch path
+    with positional inputs only, which those layers' forwards do not take.
+
+    Falls back to :func:`per_sample_grads` (``vmap``) for
+
+    - parameters no supported layer owns (LoHa/LoKr factors, DoRA magnitudes),
+    - parameters of a layer that is also called on something other than the batch (DoRA calls
+      ``lora_A`` on an identity matrix): its inputs' first dimension is not the example, and
+    - parameters of a supported layer that are also used outside its forward: found because
+      their per-sample gradients do not sum to the batch gradient that the same backward pass
+      gives (relative error above ``check_rtol``), so the check costs nothing extra.
+
+    Every hooked layer must see the example as the first dimension of its input, as in
+    diffusers' UNet and transformers' LMs. ``chunk_size`` examples share a backward pass
+    (None: the whole batch). Returns shape [batch, d], d over θ_A in ``named_parameters``
+    order, in the dtype of θ_A.
+    """
+    return _hooked_rows(model, task, batch, chunk_size, check_rtol, projector=None)
+
+
+class GradientProjector:
+    """A random projection of per-sample gradients that never forms them (LoGra-style).
+
+    For a Linear or Conv2d weight W [out, fan_in] (a Conv2d's fan_in is in·kh·kw) the gradient
+    of example i is Σ_t δ_t a_tᵀ; with Gaussian P_out [k_o, out], P_in [k_i, fan_in], entries
+    N(0, 1/k), its projection P_out (Σ_t δ_t a_tᵀ) P_inᵀ = Σ_t (P_out δ_t)(P_in a_t)ᵀ is formed
+    from the projected inputs and output gradients, so memory holds k_o·k_i numbers per
+    example and layer, never out·fan_in (Choe et al., 2024, "What is your data worth to GPT?",
+    LoGra; TRAK, Park et al., 2023, projects the full gradient instead). The Kronecker product
+    P_out ⊗ P_in is a Johnson-Lindenstrauss map in expectation (E[PᵀP] = I), so inner products
+    of gradients, and with them the Gram matrix that the empirical-Fisher Woodbury scores
+    depend on, are kept up to an error that falls as 1/√(k_o k_i) (measured on the tiny models
+    in tests/test_fast_curvature.py).
+
+    A side no larger than ``dim`` is kept exactly (no projection); biases, norms and
+    parameters of other layers are kept exactly (they are small), computed as in
+    :func:`per_sample_grads_hooks`. ``seed`` fixes the projections (a CPU generator per layer).
+    """
+
+    KINDS = (nn.Linear, nn.Conv2d)
+
+    def __init__(self, model: nn.Module, dim: int = 32, seed: int = 0):
+        if dim < 1:
+            raise ValueError(f"dim: {dim} must be a positive integer")
+        self.dim, self.seed = dim, seed
+        self.matrices: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        index = 0
+        for module in model.modules():
+            if type(module) in self.KINDS and module.weight.requires_grad and (
+                    not isinstance(module, nn.Conv2d) or module.groups == 1):
+                weight = module.weight.reshape(module.weight.shape[0], -1)
+                generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+                self.matrices[id(module.weight)] = tuple(
+                    None if size <= dim else
+                    torch.randn(dim, size, generator=generator, dtype=torch.float32) / dim ** 0.5
+                    for size in weight.shape)
+                index += 1
+
+    def projects(self, param: nn.Parameter) -> bool:
+        return id(param) in self.matrices
+
+    def vector(self, param: nn.Parameter, value: torch.Tensor) -> torch.Tensor:
+        """The projection of a weight-shaped tensor (a gradient, θ − θ*); others unchanged."""
+        if id(param) not in self.matrices:
+            return value
+        p_out, p_in = self.matrices[id(param)]
+        value = value.reshape(value.shape[0], -1).to(torch.float32)
+        if p_out is not None:
+            value = p_out @ value
+        return value if p_in is None else value @ p_in.T
+
+    def flat(self, model: nn.Module, vector: torch.Tensor) -> torch.Tensor:
+        """A length-d vector over θ_A mapped into the projected coordinates of the rows."""
+        params = adapter_parameters(model)[1]
+        return torch.cat([self.vector(p, v).reshape(-1).to(torch.float32)
+                          for p, v in zip(params, unflatten(vector, params))])
+
+    def samples(self, layer: nn.Module, activation: torch.Tensor, backprop: torch.Tensor
+                ) -> dict[nn.Parameter, torch.Tensor]:
+        """Projected per-sample gradients of ``layer``'s weight, exact ones of its bias."""
+        from opacus.utils.tensor_utils import unfold2d
+
+        n = activation.shape[0]
+        p_out, p_in = self.matrices[id(layer.weight)]
+        if isinstance(layer, nn.Conv2d):  # as opacus.grad_sample.conv: [n, fan_in, positions]
+            a = unfold2d(activation, kernel_size=layer.kernel_size, padding=layer.padding,
+                         stride=layer.stride, dilation=layer.dilation).transpose(1, 2)
+            d = backprop.reshape(n, backprop.shape[1], -1).transpose(1, 2)
+        else:
+            a, d = activation.reshape(n, -1, activation.shape[-1]), backprop.reshape(
+                n, -1, backprop.shape[-1])
+        a, d = a.to(torch.float32), d.to(torch.float32)
+        if p_in is not None:
+            a = a @ p_in.T
+        bias = d.sum(1)
+        if p_out is not None:
+            d = d @ p_out.T
+        out = {layer.weight: torch.einsum("nto,nti->noi", d, a)}
+        if layer.bias is not None and layer.bias.requires_grad:
+            out[layer.bias] = bias
+        return out
+
+
+def projected_per_sample_grads(model: nn.Module, task: Task, batch: Batch,
+                               projector: GradientProjector, *, chunk_size: int | None = None,
+                               check_rtol: float = 1e-3) -> torch.Tensor:
+    """Rows of projected per-sample gradients, shape [batch, p], float32.
+
+    p sums, over θ_A in ``named_parameters`` order, k_o·k_i for each projected weight and the
+    size of every other parameter. Memory: the rows (batch·p) plus one backward pass of a chunk
+    of ``chunk_size`` examples; nothing of size batch·d. Parameters the hooks cannot serve are
+    exact, as in :func:`per_sample_grads_hooks` (which documents the fallback and
+    ``check_rtol``; the sum check compares projections here).
+    """
+    return _hooked_rows(model, task, batch, chunk_size, check_rtol, projector=projector)
+
+
+def _hooked_rows(model, task, batch, chunk_size, check_rtol, projector) -> torch.Tensor:
+    names, params = adapter_parameters(model)
+    n = batch_size(batch)
+    samplers = _layer_samplers()
+    layers = [module for module in model.modules()
+              if type(module) in samplers
+              and any(p.requires_grad for p in module.parameters(recurse=False))]
+    hooked = {id(p) for layer in layers for p in layer.parameters(recurse=False) if p.requires_grad}
+    step = chunk_size or n
+    chunks = []
+    if hooked:
+        for start in range(0, n, step):
+            chunk = {key: value[start:start + step] for key, value in batch.items()}
+            chunks.append(_hooked_chunk(model, task, chunk, layers, params, hooked, check_rtol,
+                                        projector))
+    by_param = {i: torch.cat([chunk[i] for chunk in chunks]) for i in (chunks[0] if chunks else {})}
+    missing = [i for i in range(len(params)) if i not in by_param]
+    if missing:
+        subset = [names[i] for i in missing]
+        rest = per_sample_grads(model, task, batch, chunk_size=chunk_size, names=subset)
+        for i, row in zip(missing, torch.split(rest, [params[i].numel() for i in missing], 1)):
+            by_param[i] = row if projector is None else torch.stack(
+                [projector.vector(params[i], r.view_as(params[i])) for r in row])
+    dtype = (lambda i: params[i].dtype) if projector is None else (lambda i: torch.float32)
+    # detach: some of Opacus's rules (GroupNorm, LayerNorm) build their samples from the layer's
+    # own weight, which would keep a graph alive on the rows
+    return torch.cat([by_param[i].reshape(n, -1).to(dtype(i)) for i in range(len(params))],
+                     1).detach()
+
+
+def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projector
+                  ) -> dict[int, torch.Tensor]:
+    """Per-sample gradients [n, …] of the hooked parameters (by index into ``params``) that
+    pass the sum check, for one chunk; projected where ``projector`` projects."""
+    n = batch_size(batch)
+    calls: dict[nn.Module, list | None] = {layer: [] for layer in layers}
+
+    def capture(layer, inputs, output):
+        if inputs[0].shape[0] != n:  # e.g. DoRA calls lora_A on an identity matrix
+            calls[layer] = None
+        if calls[layer] is None:
+            return
+        record = [inputs[0].detach(), None]
+        calls[layer].append(record)
+        output.register_hook(lambda grad: record.__setitem__(1, grad.detach()))
+
+    handles = [layer.register_forward_hook(capture) for layer in layers]
+    targets = [p for p in params if id(p) in hooked]
+    try:
+        with scoring_mode(model):
+            losses = task.batch_losses(model, batch)
+            totals = torch.autograd.grad(losses.sum(), targets, materialize_grads=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    samplers = _layer_samplers()
+    sums: dict[int, torch.Tensor] = {}
+    for layer, records in calls.items():
+        for activation, backprop in records or []:
+            if backprop is None:  # an output no loss depends on
+                continue
+            if projector is not None and projector.projects(getattr(layer, "weight", None)):
+                samples = projector.samples(layer, activation, backprop)
+            else:
+                samples = samplers[type(layer)](layer, [activation], backprop)
+            for param, sample in samples.items():
+                sums[id(param)] = sums[id(param)] + sample if id(param) in sums else sample
+    index = {id(p): i for i, p in enumerate(params)}
+    unusable = {id(p) for layer, records in calls.items() if records is None
+                for p in layer.parameters(recurse=False)}
+    kept = {}
+    for param, total in zip(targets, totals):
+        if id(param) in unusable:
+            continue
+        if projector is not None:
+            total = projector.vector(param, total)
+        sample = sums.get(id(param), torch.zeros((n, *total.shape), dtype=total.dtype))
+        error = torch.linalg.vector_norm(sample.sum(0) - total)
+        if error <= check_rtol * torch.linalg.vector_norm(total) + 1e-12:
+            kept[index[id(param)]] = sample
+    return kept
 
 
 def per_sample_grads_loop(model: nn.Module, task: Task, batch: Batch) -> torch.Tensor:

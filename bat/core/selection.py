@@ -19,6 +19,8 @@ did any work appends one JSON-ready dict to ``records``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -138,6 +140,45 @@ class Prop2Selector:
         # Kept in benefit order: a step that needs fewer (per_batch mixing alternates counts
         # such as 10 and 11) takes the best of the kept ones instead of rescoring.
         return list(self.selected_ids[:count])
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue as if never stopped (``bat.core.train`` checkpoints it).
+
+        The selection D^B' (ids and examples, as prepared when selected), the last Score_A and
+        every record so far, with the config for :meth:`load_state_dict` to check against.
+        Only tensors, numbers, strings, lists and dicts, so it loads with
+        ``torch.load(weights_only=True)``. The oracle target is not stored: it is a constructor
+        argument, as large as θ_A.
+        """
+        return {"config": dataclasses.asdict(self.config),
+                "selected_ids": list(self.selected_ids),
+                "selected_batch": (None if self._selected_batch is None else
+                                   {key: value.clone() for key, value in
+                                    self._selected_batch.items()}),
+                "score_adaptation": self._score_adaptation,
+                "records": copy.deepcopy(self.records)}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore what :meth:`state_dict` saved.
+
+        Raises :class:`ConfigError` when ``state`` is None (a checkpoint written without
+        selector state: resuming would select again and differ from the uninterrupted run) or
+        was saved under another :class:`SelectionConfig`.
+        """
+        if state is None:
+            raise ConfigError("selector: the checkpoint holds no selector state, so a resumed "
+                              "run would select again and differ from an uninterrupted one; "
+                              "start the run in a fresh folder")
+        now = dataclasses.asdict(self.config)
+        changed = [key for key in now if state["config"].get(key) != now[key]]
+        if changed:
+            raise ConfigError(f"selector: cannot resume with {changed[0]} = "
+                              f"{now[changed[0]]!r}; the checkpoint used "
+                              f"{state['config'].get(changed[0])!r}")
+        self.selected_ids = list(state["selected_ids"])
+        self._selected_batch = state["selected_batch"]
+        self._score_adaptation = state["score_adaptation"]
+        self.records = copy.deepcopy(state["records"])
 
     def _stale_reason(self, context: SelectionContext, count: int) -> str | None:
         if len(self.selected_ids) < count:
