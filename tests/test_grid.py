@@ -61,6 +61,15 @@ def test_text_grid_takes_text_tasks_and_adapters():
         build(GridConfig, {**values, "pool": "out_of_backbone"}, "grids.text.test")
 
 
+def test_a_grid_seed_may_not_be_an_oracle_seed(smoke_params):
+    import copy
+
+    params = copy.deepcopy(smoke_params)
+    params["oracles"]["image"]["noto_dreambooth"]["seed"] = params["grids"]["image"]["dreambooth"]["seeds"][0]
+    with pytest.raises(ConfigError, match=r"grids.image.dreambooth.seeds: 0 is also the seed of an oracle"):
+        load_grid("dreambooth", params)
+
+
 def test_unknown_grid_lists_the_grids(smoke_params):
     with pytest.raises(ConfigError, match=r"grids has no grid 'bogus'; grids: \['batch_size'"):
         load_grid("bogus", smoke_params)

@@ -198,8 +198,16 @@ def load_grid(name: str, params: dict) -> GridConfig:
         known = sorted(n for track in TRACKS for n in (grids.get(track) or {}))
         raise ConfigError(f"grids has no grid {name!r}; grids: {known}")
     track = tracks[0]
-    return build(GridConfig, {"name": name, "track": track, **grid_values(grids, track, name)},
-                 f"grids.{track}.{name}")
+    config = build(GridConfig, {"name": name, "track": track, **grid_values(grids, track, name)},
+                   f"grids.{track}.{name}")
+    # A run that shared its oracle's seed would start from θ^{A*}'s own initialisation: its
+    # distance to θ^{A*} would start small for that seed only (an artefact, not a result).
+    oracles = (params.get("oracles") or {}).get(track) or {}
+    shared = sorted({run["seed"] for run in oracles.values()} & set(config.seeds))
+    if shared:
+        raise ConfigError(f"grids.{track}.{name}.seeds: {shared[0]} is also the seed of an oracle in "
+                          f"oracles.{track}; give the oracles a seed no grid uses")
+    return config
 
 
 def backbone_pool(size: int, n_backbone: int, seed: int) -> list[int]:

@@ -517,7 +517,8 @@ def score_eval_sets(model, tokenizer, sets: Mapping[str, Sequence[MultipleChoice
 
     rows = []
     for name, items in sets.items():
-        scores = score_loglikelihood(model, tokenizer, items, batch_size=batch_size, progress=progress)
+        scores = score_loglikelihood(model, tokenizer, items, batch_size=batch_size, progress=progress,
+                                     shared_context=True)  # each context read once for all its choices
         chance = sum(1 / len(item.choices) for item in items) / len(items)
         rows.append({"set": name, "paper": EVAL_SETS.get(name, ""), "items": len(items), "chance": chance,
                      "acc": scores.acc, "acc_norm": scores.acc_norm})
