@@ -170,3 +170,23 @@ def mean_sd_table(comparison: pd.DataFrame, scores: tuple[str, ...], keys: tuple
             cells.append(f"{mean:.{decimals}f} ± {sd:.{decimals}f}")  # sd to the mean's precision
         table[score] = cells
     return table
+
+
+def held_out_minimum(evaluations: pd.DataFrame, value: str = "heldout_loss",
+                     by: tuple[str, ...] = ("dataset", "seed")) -> pd.DataFrame:
+    """Per ``by``: the evaluated step where ``value`` is lowest, that value, the last evaluated step
+    and ``passed`` (the minimum lies before the last step, so the run went past it).
+
+    A pilot's run length is long enough for augmentation to matter when every run passed its
+    minimum: after it, plain training only overfits D^A.
+    """
+    if evaluations.empty:
+        raise ConfigError(f"no evaluations to find the minimum of {value!r} in")
+    rows = []
+    for key, group in evaluations.dropna(subset=[value]).groupby(list(by), sort=True):
+        best = group.loc[group[value].idxmin()]
+        last = int(group["step"].max())
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                     "best_step": int(best["step"]), f"best_{value}": float(best[value]),
+                     "last_step": last, "passed": bool(best["step"] < last)})
+    return pd.DataFrame(rows)

@@ -221,10 +221,17 @@ def oracle_name(dataset: str, adapter: str) -> str:
     return f"{dataset}_{adapter}"
 
 
+CHECK_COLUMNS = ("score_adaptation", "score_bat", "condition", "reselected", "reason")
+
+
 def _selection_rows(records: list[dict]) -> dict[int, dict]:
-    """Per step (1-based) that Algorithm 1 scored: whether it reselected, whether Prop. 2 held."""
-    return {record["step"] + 1: {"reselected": bool(record.get("reselected", False)),
-                                 "condition": record.get("condition")} for record in records}
+    """Per step (1-based) that Algorithm 1 worked at: Score_A and Score_bat (when computed),
+    whether eq. 12 held, whether and why it re-selected D^B'."""
+    return {record["step"] + 1: {"score_adaptation": record.get("score_adaptation"),
+                                 "score_bat": record.get("score_bat"),
+                                 "condition": record.get("condition"),
+                                 "reselected": "reason" in record, "reason": record.get("reason")}
+            for record in records}
 
 
 class GridRunner:
@@ -367,7 +374,7 @@ class GridRunner:
 
     def add_steps(self, run_key: dict, log: list[dict], start_difference: float,
                   selected: dict[int, dict]) -> None:
-        empty = {"reselected": None, "condition": None}
+        empty = dict.fromkeys(CHECK_COLUMNS)
         self.step_rows.append({**run_key, "step": 0, "loss": np.nan,
                                "weight_difference": start_difference, "n_adaptation": 0, "n_backbone": 0,
                                "seconds": 0.0, "selection_seconds": 0.0, **empty})
