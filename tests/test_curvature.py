@@ -12,7 +12,7 @@ from bat.curvature import (FisherOperator, MatrixOperator, OutputTask, adapter_p
                            curvature_operators, flat_parameters, per_sample_grads,
                            per_sample_grads_loop, unflatten)
 from bat.errors import ConfigError
-from bat.solvers import IndefiniteCurvatureError, SolveOptions, solve
+from bat.solvers import IndefiniteCurvatureError, NonFiniteError, SolveOptions, solve
 
 
 class LMTask:
@@ -300,3 +300,43 @@ def test_solve_options_name_field_and_allowed_values():
     with pytest.raises(ConfigError, match="woodbury"):
         solve(MatrixOperator(torch.eye(3)), torch.ones(3), SolveOptions(solver="woodbury",
                                                                         indefinite="clip"))
+
+
+def diagonal_problem(diagonal: list[float], solver: str):
+    """diag(diagonal) as the operator ``solver`` takes: a Fisher with signed weights for woodbury."""
+    entries = torch.tensor(diagonal, dtype=torch.float64)
+    if solver == "woodbury":
+        return FisherOperator(torch.eye(len(diagonal), dtype=torch.float64), entries)
+    return MatrixOperator(torch.diag(entries))
+
+
+@pytest.mark.parametrize("solver", ["dense", "woodbury", "cg", "lissa"])
+def test_damping_that_lifts_every_eigenvalue_cures_indefiniteness(solver):
+    # diag(1, -0.5) + 1·I = diag(2, 0.5): positive definite, so x = [0.5, 2.0].
+    operator = diagonal_problem([1.0, -0.5], solver)
+    solution = solve(operator, torch.ones(2, dtype=torch.float64),
+                     SolveOptions(solver=solver, damping=1.0, tol=1e-12, max_iter=500))
+    torch.testing.assert_close(solution.x, torch.tensor([0.5, 2.0], dtype=torch.float64))
+    assert solution.report.converged and not solution.report.indefinite
+
+
+@pytest.mark.parametrize("solver", ["dense", "woodbury", "cg", "lissa"])
+def test_non_finite_right_hand_side_is_refused_by_every_solver(solver):
+    operator = diagonal_problem([1.0, 1.0], solver)
+    with pytest.raises(NonFiniteError, match=r"the right-hand side v has 1 non-finite entries "
+                                             r"\(first at index 1\); nothing was solved"):
+        solve(operator, torch.tensor([1.0, float("nan")], dtype=torch.float64),
+              SolveOptions(solver=solver))
+
+
+@pytest.mark.parametrize("solver, what", [
+    ("dense", "the matrix curvature matrix M"), ("cg", "the matrix curvature product M v"),
+    ("lissa", "the matrix curvature product M v"),
+    ("woodbury", "the per-sample gradients G of the Fisher")])
+def test_non_finite_products_are_refused_by_every_solver(solver, what):
+    matrix = torch.eye(2, dtype=torch.float64)
+    matrix[1, 0] = float("inf")
+    operator = (FisherOperator(matrix, torch.ones(2, dtype=torch.float64)) if solver == "woodbury"
+                else MatrixOperator(matrix))
+    with pytest.raises(NonFiniteError, match=rf"^{what} has \d+ non-finite entries"):
+        solve(operator, torch.ones(2, dtype=torch.float64), SolveOptions(solver=solver))
