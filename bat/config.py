@@ -15,13 +15,14 @@ import copy
 import dataclasses
 import re
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from bat import paths
+from bat import paths, validate
 from bat.errors import ConfigError
 
 PROFILES = ("tiny", "smoke", "paper")
@@ -103,6 +104,10 @@ def build(cls: type[T], values: Any, section: str) -> T:
     missing = [name for name in names if name not in values]
     if missing:
         raise ConfigError(f"{section}.{missing[0]} is missing from the parameters")
+    # A string where a list belongs would otherwise be iterated character by character.
+    for name, hint in typing.get_type_hints(cls).items():
+        if typing.get_origin(hint) in (list, tuple) and name in values:
+            validate.listed(f"{section}.{name}", values[name])
     return cls(**values)
 
 

@@ -2,7 +2,8 @@
 
 Usage: ``python -m bat.notebook <stem>`` — the DVC stage command. Parameters are the ``<stem>``
 section of params.yaml; every key must be a variable of the notebook's ``parameters`` cell, so a
-misspelt parameter fails here, before the kernel starts. The executed notebook is kept as the
+misspelt parameter, or a string where the default is a list, fails here, before the kernel starts
+(notebooks with list parameters repeat that check in the kernel, for plain papermill runs). The executed notebook is kept as the
 report ``reports/<stem>.ipynb``, written only when the run succeeds, and ends with a provenance cell.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 
-from bat import paths
+from bat import paths, validate
 from bat.config import read_yaml, run_cli, section
 from bat.errors import ConfigError
 from bat.io import atomic_path
@@ -26,15 +27,50 @@ PROVENANCE = "from bat.provenance import provenance\nprovenance()"
 
 
 def parameter_defaults(notebook: nbformat.NotebookNode) -> dict:
-    """The literals of the cell tagged ``parameters`` (it must be the first code cell)."""
+    """The literals of the cell tagged ``parameters`` (it must be the first code cell).
+
+    Plain (``seed = 0``) and annotated (``seed: int = 0``) assignments are parameters, as for
+    papermill. Raises :class:`ConfigError` naming the line of a default that is not a literal.
+    """
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
     if not code_cells or "parameters" not in code_cells[0].metadata.get("tags", []):
         raise ConfigError("the first code cell of the notebook must be tagged 'parameters'")
+    source = code_cells[0].source
     defaults = {}
-    for node in ast.parse(code_cells[0].source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            defaults[node.targets[0].id] = ast.literal_eval(node.value)
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        if not isinstance(target, ast.Name):
+            continue
+        try:
+            defaults[target.id] = ast.literal_eval(node.value)
+        except (ValueError, TypeError):  # TypeError: a literal that cannot be built, {[1]: 2}
+            raise ConfigError(f"parameters cell, line {node.lineno}: "
+                              f"{ast.get_source_segment(source, node)!r} is not a literal; write the "
+                              "default as a literal value (number, string, list, dict, ...)") from None
     return defaults
+
+
+def check_types(stem: str, defaults: dict, values: dict) -> None:
+    """A parameter whose default is a list must be given a list (papermill's ``-p`` gives a str)."""
+    for key, value in values.items():
+        if isinstance(defaults.get(key), list):
+            validate.listed(f"{stem}.{key}", value,
+                            f"; with papermill pass a list as YAML: -y '{key}: [{value}]'")
+
+
+def check_kernel_parameters(stem: str, namespace: dict) -> None:
+    """Run by each notebook after its parameters cell: the values injected, checked as before a run.
+
+    ``namespace`` is the notebook's ``globals()``. Raises :class:`ConfigError`. The notebook is read
+    from the code's own checkout, since ``BAT_ROOT`` may point the kernel at a data-only root.
+    """
+    defaults = parameter_defaults(read_notebook(stem, paths.CODE_ROOT / "notebooks"))
+    check_types(stem, defaults, {key: namespace[key] for key in defaults if key in namespace})
 
 
 def read_notebook(stem: str, notebooks: Path = paths.NOTEBOOKS) -> nbformat.NotebookNode:
@@ -50,6 +86,7 @@ def check_parameters(stem: str, notebook: nbformat.NotebookNode, parameters: dic
     for key in parameters:
         if key not in allowed:
             raise ConfigError(f"unknown parameter {stem}.{key}; the notebook takes {sorted(allowed)}")
+    check_types(stem, allowed, parameters)
 
 
 def execute(stem: str, parameters: dict, report: Path | None = None,

@@ -38,8 +38,10 @@ from bat.config import from_namespace
 from bat.image_backbone import ImageBackboneConfig, build_or_load, prompt_fidelity
 from bat.image_data import load_image_set
 from bat.io import write_json
+from bat.notebook import check_kernel_parameters
 from bat.plotting import save_figure, show_images
 
+check_kernel_parameters("backbone_image", globals())
 config = from_namespace(ImageBackboneConfig, globals(), "backbone_image")
 backbone = load_image_set(paths.PREPARED / "images" / "backbone.npz")
 heldout = load_image_set(paths.PREPARED / "images" / "backbone_heldout.npz")

@@ -43,8 +43,10 @@ from bat.encoders import EncoderConfig, build_or_load, retrieval_report
 from bat.image_data import load_image_set
 from bat.image_metrics import cosine_matrix
 from bat.io import write_json
+from bat.notebook import check_kernel_parameters
 from bat.plotting import save_figure, show_images
 
+check_kernel_parameters("encoders", globals())
 config = from_namespace(EncoderConfig, globals(), "encoders")
 image_dir = paths.PREPARED / "images"
 backbone = load_image_set(image_dir / "backbone.npz")

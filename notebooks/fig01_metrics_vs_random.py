@@ -25,8 +25,10 @@ from bat import paths
 from bat.grid_results import (HIGHER_IS_BETTER, band_summary, compare_final, mean_sd_table,
                               read_grid, records)
 from bat.io import write_json
+from bat.notebook import check_kernel_parameters
 from bat.plotting import plot_bands, save_figure
 
+check_kernel_parameters("fig01_metrics_vs_random", globals())
 result = read_grid(paths.ROOT / "runs" / grid)
 evaluations = result.evaluations[result.evaluations["regime"].isin(regimes)]
 datasets = list(result.info["config"]["datasets"])

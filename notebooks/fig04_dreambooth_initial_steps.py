@@ -24,8 +24,10 @@ from bat import paths
 from bat.grid_results import (band_summary, compare_final, paired_difference, read_grid, records,
                               seconds_summary, selection_summary)
 from bat.io import write_json
+from bat.notebook import check_kernel_parameters
 from bat.plotting import plot_bands, save_figure
 
+check_kernel_parameters("fig04_dreambooth_initial_steps", globals())
 result = read_grid(paths.ROOT / "runs" / grid)
 steps = result.steps[result.steps["regime"].isin(regimes)]
 datasets = list(result.info["config"]["datasets"])

@@ -25,8 +25,10 @@ import numpy as np
 from bat import paths
 from bat.grid_results import read_grid, records
 from bat.io import write_json
+from bat.notebook import check_kernel_parameters
 from bat.plotting import save_figure, show_images
 
+check_kernel_parameters("fig10_samples", globals())
 result = read_grid(paths.ROOT / "runs" / grid)
 config = result.info["config"]
 datasets = list(config["datasets"])

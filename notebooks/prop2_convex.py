@@ -40,8 +40,10 @@ from matplotlib.ticker import FormatStrFormatter
 
 from bat import io, paths
 from bat.convex import ConvexConfig, run_convex, summarise, summary_records
+from bat.notebook import check_kernel_parameters
 from bat.plotting import REGIME_COLORS, save_figure
 
+check_kernel_parameters("prop2_convex", globals())
 config = ConvexConfig(models=tuple(models), sample_sizes=tuple(sample_sizes),
                       seeds=tuple(range(num_seeds)), dim=dim, gamma=gamma,
                       pool_multiple=pool_multiple, shift=shift, weight=weight,

@@ -27,8 +27,10 @@ import pandas as pd
 from bat import paths
 from bat.grid_results import compare_final, matching, mean_sd_table, read_grid, records
 from bat.io import write_json
+from bat.notebook import check_kernel_parameters
 from bat.plotting import save_figure, table_figure
 
+check_kernel_parameters("tab01_benchmarks", globals())
 image_columns = ["heldout_loss", *image_scores]
 image_parts = []
 for grid in image_grids:

@@ -23,8 +23,10 @@ import pandas as pd
 from bat import paths
 from bat.grid_results import compare_final, matching, mean_sd_table, read_grid, records
 from bat.io import write_json
+from bat.notebook import check_kernel_parameters
 from bat.plotting import save_figure, table_figure
 
+check_kernel_parameters("tab02_out_of_backbone", globals())
 columns = ["heldout_loss", *scores]
 label = "bat (out of D^B)"
 reference = read_grid(paths.ROOT / "runs" / reference_grid).evaluations

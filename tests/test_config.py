@@ -45,6 +45,7 @@ def test_build_names_unknown_and_missing_fields(smoke_params):
     ("image_size", 30, r"prepare.image_size: 30 is not allowed"),
     ("held_out_percent", 0, r"prepare.held_out_percent: 0 must lie in \[1, 99\]"),
     ("eval_set_size", -3, r"prepare.eval_set_size: -3 must be a positive integer"),
+    ("styles", "noto", r"prepare.styles: 'noto' must be a list, e.g. \[noto\]$"),
 ])
 def test_prepare_config_rejects_bad_values(smoke_params, field, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -4,6 +4,8 @@ import ast
 import re
 
 import jupytext
+import nbformat
+import papermill
 import pytest
 
 from bat import notebook as runner
@@ -52,3 +54,49 @@ def test_notebook_runs_at_smoke_size(stem, smoke_root, smoke_params, monkeypatch
     assert "git_commit" in executed  # the provenance cell ran last
     assert re.search(r'"ename"', executed) is None
     assert (smoke_root / "figures" / f"{stem}.png").stat().st_size > 0
+
+
+def parameters_notebook(source: str) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["parameters"]})
+    return nbformat.v4.new_notebook(cells=[cell])
+
+
+def test_annotated_assignments_are_parameters():
+    notebook = parameters_notebook("seed: int = 0\nname: str = 'a'\nsteps = 3\nlimit: int\n")
+    assert runner.parameter_defaults(notebook) == {"seed": 0, "name": "a", "steps": 3}
+    runner.check_parameters("x", notebook, {"seed": 1})
+
+
+def test_a_default_that_is_not_a_literal_names_its_line():
+    notebook = parameters_notebook("seed = 0\nsteps = 2 * 10\n")
+    with pytest.raises(runner.ConfigError, match=re.escape(
+            "parameters cell, line 2: 'steps = 2 * 10' is not a literal; write the default as a "
+            "literal value")):
+        runner.parameter_defaults(notebook)
+
+
+LIST_MESSAGE = ("prop2_convex.models: 'ridge' must be a list, e.g. [ridge]; with papermill pass a "
+                "list as YAML: -y 'models: [ridge]'")
+
+
+def test_a_string_for_a_list_parameter_is_refused_before_the_kernel_starts(tmp_path):
+    with pytest.raises(runner.ConfigError, match=re.escape(LIST_MESSAGE)):
+        runner.execute("prop2_convex", {"models": "ridge"}, report=tmp_path / "report.ipynb")
+
+
+def test_a_string_for_a_list_parameter_is_refused_in_a_plain_papermill_run(tmp_path):
+    notebook = jupytext.read(PROJECT / "notebooks" / "prop2_convex.py")
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    with pytest.raises(papermill.PapermillExecutionError) as caught:
+        papermill.execute_notebook(notebook, str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   parameters={"models": "ridge"}, progress_bar=False, cwd=PROJECT)
+    assert caught.value.ename == "ConfigError" and caught.value.evalue == LIST_MESSAGE
+
+
+@pytest.mark.parametrize("stem", NOTEBOOKS)
+def test_notebooks_with_list_parameters_check_what_papermill_injected(stem):
+    defaults = runner.parameter_defaults(jupytext.read(PROJECT / "notebooks" / f"{stem}.py"))
+    calls = f'check_kernel_parameters("{stem}", globals())' in (
+        PROJECT / "notebooks" / f"{stem}.py").read_text()
+    assert calls == any(isinstance(value, list) for value in defaults.values())

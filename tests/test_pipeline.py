@@ -13,7 +13,8 @@ from tests.conftest import PROJECT
 
 STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
 NOTEBOOKS = sorted(path.stem for path in (PROJECT / "notebooks").glob("*.py"))
-# The runner and the provenance cell shape the report, not the numbers: they are not deps.
+# The runner (also the parameter check each notebook calls) and the provenance cell shape the
+# report, not the numbers: neither they nor what they import are deps.
 RUNNER = {"bat/notebook.py", "bat/provenance.py", "bat/__init__.py"}
 
 
@@ -31,10 +32,10 @@ def bat_imports(path) -> set[str]:
             for name in names:
                 module = PROJECT / (name.replace(".", "/") + ".py")
                 relative = module.relative_to(PROJECT).as_posix()
-                if module.exists() and relative not in found:
+                if module.exists() and relative not in found and relative not in RUNNER:
                     found.add(relative)
                     pending.append(module)
-    return found - RUNNER
+    return found
 
 
 def dep_paths(stage) -> set[str]:
