@@ -3,8 +3,9 @@
 Usage: ``python -m bat.notebook <stem>`` — the DVC stage command. Parameters are the ``<stem>``
 section of params.yaml; every key must be a variable of the notebook's ``parameters`` cell, so a
 misspelt parameter, or a string where the default is a list, fails here, before the kernel starts
-(notebooks with list parameters repeat that check in the kernel, for plain papermill runs). The executed notebook is kept as the
-report ``reports/<stem>.ipynb``, written only when the run succeeds, and ends with a provenance cell.
+(notebooks with list parameters repeat that check in the kernel, for plain papermill runs). The
+executed notebook is kept as the report ``reports/<stem>.ipynb``, written only when the run
+succeeds, and ends with a provenance cell.
 """
 
 from __future__ import annotations
