@@ -98,13 +98,12 @@ def execute(stem: str, parameters: dict, report: Path | None = None,
     notebook = read_notebook(stem, notebooks)
     check_parameters(stem, notebook, parameters)
     notebook.cells.append(nbformat.v4.new_code_cell(PROVENANCE))
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     report = Path(report) if report is not None else paths.report(stem)
     # Idle OpenMP threads spin and starve the other core; PASSIVE lets them sleep.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with atomic_path(report) as tmp:
-        papermill.execute_notebook(notebook, str(tmp), parameters=parameters, kernel_name="python3",
-                                   cwd=str(cwd), progress_bar=False, log_output=False)
+        papermill.execute_notebook(notebook, str(tmp), parameters=parameters, cwd=str(cwd),
+                                   progress_bar=False, log_output=False)
     return report
 
 

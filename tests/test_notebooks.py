@@ -1,7 +1,11 @@
 """Every notebook: house rules, parameters in step with params.yaml, and a smoke-sized run."""
 
 import ast
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jupytext
 import nbformat
@@ -86,11 +90,9 @@ def test_a_string_for_a_list_parameter_is_refused_before_the_kernel_starts(tmp_p
 
 def test_a_string_for_a_list_parameter_is_refused_in_a_plain_papermill_run(tmp_path):
     notebook = jupytext.read(PROJECT / "notebooks" / "prop2_convex.py")
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
     with pytest.raises(papermill.PapermillExecutionError) as caught:
-        papermill.execute_notebook(notebook, str(tmp_path / "out.ipynb"), kernel_name="python3",
-                                   parameters={"models": "ridge"}, progress_bar=False, cwd=PROJECT)
+        papermill.execute_notebook(notebook, str(tmp_path / "out.ipynb"), progress_bar=False,
+                                   parameters={"models": "ridge"}, cwd=PROJECT)
     assert caught.value.ename == "ConfigError" and caught.value.evalue == LIST_MESSAGE
 
 
@@ -100,3 +102,32 @@ def test_notebooks_with_list_parameters_check_what_papermill_injected(stem):
     calls = f'check_kernel_parameters("{stem}", globals())' in (
         PROJECT / "notebooks" / f"{stem}.py").read_text()
     assert calls == any(isinstance(value, list) for value in defaults.values())
+
+
+@pytest.mark.parametrize("stem", NOTEBOOKS)
+def test_notebook_names_its_kernel(stem):
+    """JupyterLab opens it with a kernel chosen; papermill finds the kernel and its language."""
+    notebook = jupytext.read(PROJECT / "notebooks" / f"{stem}.py")
+    assert notebook.metadata["kernelspec"] == {"name": "python3", "display_name": "Python 3",
+                                               "language": "python"}
+
+
+def test_readme_papermill_command_runs_as_printed(smoke_root, tmp_path):
+    readme = (PROJECT / "README.md").read_text()
+    command = re.search(r"# or papermill directly, with any parameter:\n(.*?)\n```", readme,
+                        re.S).group(1).replace("\\\n", " ")
+    assert command.startswith(".venv/bin/jupytext") and "-p examples_per_source 4" in command
+    # A checkout as the README's reader has it: the code, and .venv (the one running the tests).
+    for name in ("bat", "notebooks", "jupytext.toml"):
+        (tmp_path / name).symlink_to(PROJECT / name)
+    (tmp_path / ".venv").symlink_to(sys.prefix)
+    output = Path("/tmp/data_overview.ipynb")
+    output.unlink(missing_ok=True)
+    env = {**os.environ, "BAT_ROOT": str(smoke_root), "PYTHONPATH": str(PROJECT)}
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    executed = nbformat.read(output, as_version=4)
+    assert executed.metadata.papermill.parameters == {"examples_per_source": 4}
+    assert not [o for cell in executed.cells for o in cell.get("outputs", [])
+                if o.output_type == "error"]
