@@ -101,6 +101,36 @@ def math_attention() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """transformers models inside ``model`` use eager attention for the duration, then their own.
+
+    Their SDPA (and other fused) attention builds its mask with branches on tensor values, which
+    ``vmap`` cannot trace ("data-dependent control flow"). Switched with transformers'
+    ``set_attn_implementation`` on each outermost model; raises :class:`ConfigError` for a model
+    that cannot switch, naming ``attn_implementation="eager"`` to load it with.
+    """
+    switched = []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if (hasattr(module, "set_attn_implementation") and config is not None
+                and config._attn_implementation != "eager"
+                and not any(module in outer.modules() for outer, _ in switched)):
+            switched.append((module, config._attn_implementation))
+            module.set_attn_implementation("eager")
+    try:
+        unswitched = [type(module).__name__ for module, _ in switched
+                      if module.config._attn_implementation != "eager"]
+        if unswitched:
+            raise ConfigError(f"model: {unswitched[0]} cannot switch to eager attention, which "
+                              "per-sample gradients (vmap) need; load it with "
+                              "attn_implementation=\"eager\"")
+        yield
+    finally:
+        for module, implementation in switched:
+            module.set_attn_implementation(implementation)
+
+
 # --- per-sample gradients -------------------------------------------------------------------
 
 class _TaskLoss(nn.Module):
@@ -124,7 +154,8 @@ def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
     """G with rows g_i = ∇_{θ_A} ℓ_i, shape [batch, d], by ``vmap(grad)`` over the examples.
 
     ``chunk_size`` examples are vectorised at a time, which bounds the memory of the batched
-    activations (None: the whole batch at once).
+    activations (None: the whole batch at once). A transformers model loaded with SDPA attention
+    runs with eager attention for the call (:func:`eager_attention`).
     """
     names, params = adapter_parameters(model)
     wrapper = _TaskLoss(model, task)
@@ -135,7 +166,7 @@ def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
         return functional_call(wrapper, dict(zip(keys, theta)), (single,))[0]
 
     theta = tuple(p.detach() for p in params)
-    with scoring_mode(model), warnings.catch_warnings():
+    with scoring_mode(model), eager_attention(model), warnings.catch_warnings():
         # The attention fallback described in math_attention() warns on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have "
                                 "not yet implemented the batching rule")

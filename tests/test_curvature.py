@@ -1,5 +1,7 @@
 """Per-sample gradients, curvature products and solvers, each against a second computation."""
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,10 +11,12 @@ from torch.func import functional_call, hessian, jacrev
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bat.curvature import (FisherOperator, MatrixOperator, OutputTask, adapter_parameters,
-                           curvature_operators, flat_parameters, per_sample_grads,
-                           per_sample_grads_loop, unflatten)
+                           curvature_operators, eager_attention, flat_parameters,
+                           per_sample_grads, per_sample_grads_loop, unflatten)
 from bat.errors import ConfigError
 from bat.solvers import IndefiniteCurvatureError, NonFiniteError, SolveOptions, solve
+from bat.tasks import CausalLMTask
+from tests.tiny_models import text_examples
 
 
 class LMTask:
@@ -340,3 +344,31 @@ def test_non_finite_products_are_refused_by_every_solver(solver, what):
                 else MatrixOperator(matrix))
     with pytest.raises(NonFiniteError, match=rf"^{what} has \d+ non-finite entries"):
         solve(operator, torch.ones(2, dtype=torch.float64), SolveOptions(solver=solver))
+
+
+def test_vmap_on_an_sdpa_lm_switches_to_eager_attention_for_the_call():
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                         max_position_embeddings=64, attn_implementation="sdpa")
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(LlamaForCausalLM(config), lora).double()
+    task = CausalLMTask()
+    batch = task.prepare(text_examples(3, seed=0), torch.Generator().manual_seed(0))  # padded
+    torch.testing.assert_close(per_sample_grads(model, task, batch),
+                               per_sample_grads_loop(model, task, batch))
+    assert model.config._attn_implementation == "sdpa"  # given back after the call
+
+
+def test_a_model_that_cannot_switch_attention_is_told_to_load_eager():
+    class Stuck(nn.Linear):  # as transformers leaves a model without AttentionInterface support
+        config = types.SimpleNamespace(_attn_implementation="sdpa")
+
+        def set_attn_implementation(self, implementation):
+            pass
+
+    with pytest.raises(ConfigError, match=r"^model: Stuck cannot switch to eager attention, which "
+                                          r"per-sample gradients \(vmap\) need; load it with "
+                                          r'attn_implementation="eager"$'):
+        with eager_attention(Stuck(2, 2)):
+            pass
