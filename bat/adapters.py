@@ -166,8 +166,8 @@ def _check_rank_dropout(model: nn.Module, config: AdapterConfig) -> None:
         else:
             high = middle
     raise ConfigError(
-        f"adapter.dropout: {config.dropout} is LoHa's rank dropout, and peft rescales the kept rows "
-        f"by their mean, 0/0 = NaN when every row of a layer is dropped: on this "
+        f"adapter.dropout: {config.dropout} is LoHa's rank dropout, and peft rescales the kept "
+        f"rows by their mean, 0/0 = NaN when every row of a layer is dropped: on this "
         f"{type(model).__name__} a training forward is NaN with probability {chance:.2g}. "
         f"Choose dropout in [0, {math.floor(low * 1000) / 1000}] (NaN chance at most "
         f"{RANK_DROPOUT_NAN_CHANCE:g} per forward)")

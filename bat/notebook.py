@@ -50,9 +50,10 @@ def parameter_defaults(notebook: nbformat.NotebookNode) -> dict:
         try:
             defaults[target.id] = ast.literal_eval(node.value)
         except (ValueError, TypeError):  # TypeError: a literal that cannot be built, {[1]: 2}
-            raise ConfigError(f"parameters cell, line {node.lineno}: "
-                              f"{ast.get_source_segment(source, node)!r} is not a literal; write the "
-                              "default as a literal value (number, string, list, dict, ...)") from None
+            statement = ast.get_source_segment(source, node)
+            raise ConfigError(f"parameters cell, line {node.lineno}: {statement!r} is not a "
+                              "literal; write the default as a literal value (number, string, "
+                              "list, dict, ...)") from None
     return defaults
 
 

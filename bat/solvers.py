@@ -193,7 +193,8 @@ def _dense(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions):
 
 def _woodbury(operator: FisherOperator, v: torch.Tensor, options: SolveOptions):
     _require_finite(operator.weights, "the Fisher weights w")
-    g = _require_finite(operator.grads, "the per-sample gradients G of the Fisher").to(torch.float64)
+    g = _require_finite(operator.grads, "the per-sample gradients G of the Fisher")
+    g = g.to(torch.float64)
     q, r = torch.linalg.qr(g.T)  # g.T = q r, q: [d, min(n, d)] orthonormal columns
     kernel = r @ (operator.weights.to(torch.float64)[:, None] * r.T)
     mu, u = torch.linalg.eigh((kernel + kernel.T) / 2)

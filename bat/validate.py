@@ -43,6 +43,6 @@ def closed_interval(field: str, value: Any, low: float, high: float) -> None:
 
 
 def listed(field: str, value: Any, hint: str = "") -> None:
-    """``value`` must be a list (a tuple too); a bare string is the usual slip (``-p models ridge``)."""
+    """``value`` must be a list or tuple; a bare string is the usual slip (``-p models ridge``)."""
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{field}: {value!r} must be a list, e.g. [{value}]{hint}")

@@ -307,7 +307,7 @@ def test_solve_options_name_field_and_allowed_values():
 
 
 def diagonal_problem(diagonal: list[float], solver: str):
-    """diag(diagonal) as the operator ``solver`` takes: a Fisher with signed weights for woodbury."""
+    """diag(diagonal) as ``solver`` takes it: for woodbury, a Fisher with signed weights."""
     entries = torch.tensor(diagonal, dtype=torch.float64)
     if solver == "woodbury":
         return FisherOperator(torch.eye(len(diagonal), dtype=torch.float64), entries)

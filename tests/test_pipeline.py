@@ -118,7 +118,8 @@ def test_dvc_exp_run_sets_a_float_parameter_end_to_end(tmp_path):
             shutil.copy2(PROJECT / name, repo / name)
     who = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
-    env = {**os.environ, **who, "PYTHONPATH": str(repo), "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc"),
+    env = {**os.environ, **who, "PYTHONPATH": str(repo),
+           "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc"),
            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     env.pop("BAT_ROOT", None)
 
