@@ -57,8 +57,9 @@ bench: env
 	$(PY) benchmarks/lm_eval_compare.py --model models/backbone_text \
 	  --items data/prepared/text/eval/hypernym_choice.jsonl --out benchmarks/results/lm_eval_compare.json
 
+# Jupyter refuses to run as root (containers, CI) without --allow-root; others do not need it.
 lab: env
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean-env:
 	rm -rf $(VENV)

@@ -4,29 +4,51 @@
 ``smoke`` profile (toy sizes, used by tests) and the ``paper`` profile (hub ids, GPU sizes); an
 override may only change a key that ``params.yaml`` has, so a typo is an error, not a silent
 new parameter. Each stage reads its section into a frozen dataclass that validates itself.
+
+Floats are read as YAML 1.2 writes them: ``1e-06`` (what ``dvc exp run -S`` writes), ``5e-5``,
+``1E-4`` and ``.5`` are numbers, where PyYAML's YAML 1.1 rules would leave the first three strings.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from bat import paths
+from bat import paths, validate
 from bat.errors import ConfigError
 
 PROFILES = ("tiny", "smoke", "paper")
 T = TypeVar("T")
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float syntax (exponent without a dot or sign)."""
+
+
+# YAML 1.2 core schema floats (spec 1.2.2, 10.3.2), added after PyYAML's own so that they only
+# catch what it would leave a string; an integer (no dot, no exponent) stays an integer.
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+.0123456789"))
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` parsed by :class:`ParamsLoader`; raises ``yaml.YAMLError`` when it is not YAML."""
+    return yaml.load(text, Loader=ParamsLoader)
+
+
 def read_yaml(path: Path) -> dict:
     try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        loaded = parse_yaml(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path} not found; restore it with `git checkout {Path(path).name}`") from None
     except yaml.YAMLError as error:
@@ -82,6 +104,10 @@ def build(cls: type[T], values: Any, section: str) -> T:
     missing = [name for name in names if name not in values]
     if missing:
         raise ConfigError(f"{section}.{missing[0]} is missing from the parameters")
+    # A string where a list belongs would otherwise be iterated character by character.
+    for name, hint in typing.get_type_hints(cls).items():
+        if typing.get_origin(hint) in (list, tuple) and name in values:
+            validate.listed(f"{section}.{name}", values[name])
     return cls(**values)
 
 

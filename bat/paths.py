@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# BAT_ROOT lets tests and papermill runs in a temporary directory point at the project.
-ROOT = Path(os.environ.get("BAT_ROOT", Path(__file__).resolve().parent.parent))
+# The checkout this code runs from; BAT_ROOT lets tests and papermill runs in a temporary
+# directory point the data paths elsewhere.
+CODE_ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(os.environ.get("BAT_ROOT", CODE_ROOT))
 
 PARAMS = ROOT / "params.yaml"
 PROFILES = ROOT / "profiles"

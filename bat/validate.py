@@ -40,3 +40,9 @@ def open_interval(field: str, value: Any, low: float, high: float) -> None:
 def closed_interval(field: str, value: Any, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise ConfigError(f"{field}: {value!r} must lie in [{low}, {high}]")
+
+
+def listed(field: str, value: Any, hint: str = "") -> None:
+    """``value`` must be a list or tuple; a bare string is the usual slip (``-p models ridge``)."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{field}: {value!r} must be a list, e.g. [{value}]{hint}")

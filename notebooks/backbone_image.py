@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Image backbone: a text-to-image diffusion model pre-trained on D^B
 #
@@ -38,8 +46,10 @@ from bat.config import from_namespace
 from bat.image.backbone import ImageBackboneConfig, build_or_load, prompt_fidelity
 from bat.image.data import load_image_set
 from bat.io import write_json
+from bat.stages.notebook import check_kernel_parameters
 from bat.analysis.plotting import save_figure, show_images
 
+check_kernel_parameters("backbone_image", globals())
 config = from_namespace(ImageBackboneConfig, globals(), "backbone_image")
 backbone = load_image_set(paths.PREPARED / "images" / "backbone.npz")
 heldout = load_image_set(paths.PREPARED / "images" / "backbone_heldout.npz")

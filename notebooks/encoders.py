@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Encoders for the personalization metrics
 #
@@ -43,8 +51,10 @@ from bat.image.encoders import EncoderConfig, build_or_load, retrieval_report
 from bat.image.data import load_image_set
 from bat.image.metrics import cosine_matrix
 from bat.io import write_json
+from bat.stages.notebook import check_kernel_parameters
 from bat.analysis.plotting import save_figure, show_images
 
+check_kernel_parameters("encoders", globals())
 config = from_namespace(EncoderConfig, globals(), "encoders")
 image_dir = paths.PREPARED / "images"
 backbone = load_image_set(image_dir / "backbone.npz")

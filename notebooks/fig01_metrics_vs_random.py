@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Fig. 1: personalization metrics, BAT vs random augmented training
 #
@@ -25,8 +33,10 @@ from bat import paths
 from bat.analysis.runs import (HIGHER_IS_BETTER, band_summary, compare_final, mean_sd_table,
                               read_grid, records)
 from bat.io import write_json
+from bat.stages.notebook import check_kernel_parameters
 from bat.analysis.plotting import plot_bands, save_figure
 
+check_kernel_parameters("fig01_metrics_vs_random", globals())
 result = read_grid(paths.ROOT / "runs" / grid)
 evaluations = result.evaluations[result.evaluations["regime"].isin(regimes)]
 datasets = list(result.info["config"]["datasets"])

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Fig. 4: the initial steps of DreamBooth, with and without BAT
 #
@@ -24,8 +32,10 @@ from bat import paths
 from bat.analysis.runs import (band_summary, compare_final, paired_difference, read_grid, records,
                               seconds_summary, selection_summary)
 from bat.io import write_json
+from bat.stages.notebook import check_kernel_parameters
 from bat.analysis.plotting import plot_bands, save_figure
 
+check_kernel_parameters("fig04_dreambooth_initial_steps", globals())
 result = read_grid(paths.ROOT / "runs" / grid)
 steps = result.steps[result.steps["regime"].isin(regimes)]
 datasets = list(result.info["config"]["datasets"])

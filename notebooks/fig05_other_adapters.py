@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Fig. 5: the initial steps with other adapters (LoCon, LoRA, DoRA), with and without BAT
 #

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Fig. 10: DreamBooth samples in the middle of training, plain vs BAT
 #
@@ -25,8 +33,10 @@ import numpy as np
 from bat import paths
 from bat.analysis.runs import read_grid, records
 from bat.io import write_json
+from bat.stages.notebook import check_kernel_parameters
 from bat.analysis.plotting import save_figure, show_images
 
+check_kernel_parameters("fig10_samples", globals())
 result = read_grid(paths.ROOT / "runs" / grid)
 config = result.info["config"]
 datasets = list(config["datasets"])

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Proposition 2 on convex models
 #
@@ -40,8 +48,10 @@ from matplotlib.ticker import FormatStrFormatter
 
 from bat import io, paths
 from bat.convex.check import ConvexConfig, run_convex, summarise, summary_records
+from bat.stages.notebook import check_kernel_parameters
 from bat.analysis.plotting import REGIME_COLORS, save_figure
 
+check_kernel_parameters("prop2_convex", globals())
 config = ConvexConfig(models=tuple(models), sample_sizes=tuple(sample_sizes),
                       seeds=tuple(range(num_seeds)), dim=dim, gamma=gamma,
                       pool_multiple=pool_multiple, shift=shift, weight=weight,

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Tab. 1: benchmarks of adapters with and without BAT
 #
@@ -27,8 +35,10 @@ import pandas as pd
 from bat import paths
 from bat.analysis.runs import compare_final, matching, mean_sd_table, read_grid, records
 from bat.io import write_json
+from bat.stages.notebook import check_kernel_parameters
 from bat.analysis.plotting import save_figure, table_figure
 
+check_kernel_parameters("tab01_benchmarks", globals())
 image_columns = ["heldout_loss", *image_scores]
 image_parts = []
 for grid in image_grids:

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Tab. 2: BAT with candidates from outside the backbone's data
 #
@@ -23,8 +31,10 @@ import pandas as pd
 from bat import paths
 from bat.analysis.runs import compare_final, matching, mean_sd_table, read_grid, records
 from bat.io import write_json
+from bat.stages.notebook import check_kernel_parameters
 from bat.analysis.plotting import save_figure, table_figure
 
+check_kernel_parameters("tab02_out_of_backbone", globals())
 columns = ["heldout_loss", *scores]
 label = "bat (out of D^B)"
 reference = read_grid(paths.ROOT / "runs" / reference_grid).evaluations

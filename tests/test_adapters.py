@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from peft import get_peft_model
 
 from bat.core.adapters import (ADAPTERS, AdapterConfig, attach_adapter, flat_adapter_vector,
-                          load_adapter, save_adapter, trainable_parameters)
+                          load_adapter, rank_dropout_nan_chance, save_adapter, trainable_parameters)
 from bat.errors import ConfigError
 from tests.tiny_models import (CROSS_DIM, LATENT_CHANNELS, LATENT_SIZE, TEXT_LENGTH, tiny_llama,
-                               tiny_pipeline)
+                               tiny_pipeline, tiny_unet)
 
 UNET_KINDS = ("dreambooth", "locon", "loha", "lokr")
 LM_KINDS = ("lora", "dora")
@@ -170,3 +172,28 @@ def test_bat_loader_agrees_and_rejects_another_kind(saved_adapters):
     torch.testing.assert_close(out, expected["locon"], atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="holds a 'locon' adapter, not 'loha'"):
         load_adapter(unet, root / "locon", kind="loha")
+
+
+def test_loha_rank_dropout_that_gives_nan_is_refused_before_training():
+    with pytest.raises(ConfigError, match=re.escape(
+            "adapter.dropout: 0.9 is LoHa's rank dropout, and peft rescales the kept rows by their "
+            "mean, 0/0 = NaN when every row of a layer is dropped: on this UNet2DConditionModel a "
+            "training forward is NaN with probability 1. Choose dropout in [0, 0.11] (NaN chance "
+            "at most 1e-06 per forward)")):
+        attach_adapter(tiny_unet(), AdapterConfig("loha", dropout=0.9))
+    attach_adapter(tiny_unet(), AdapterConfig("loha", dropout=0.11))
+
+
+def test_loha_rank_dropout_nan_chance_matches_peft():
+    """The predicted chance against the NaN rate of peft's own LoHa forwards (check bypassed)."""
+    config = AdapterConfig("loha", dropout=0.5)
+    unet = tiny_unet()
+    predicted = rank_dropout_nan_chance(unet, config)
+    model = get_peft_model(unet, config.to_peft(for_lm=False)).train()
+    torch.manual_seed(0)
+    inputs = (torch.randn(1, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE), torch.tensor([10]),
+              torch.randn(1, TEXT_LENGTH, CROSS_DIM))
+    with torch.no_grad():
+        nan = [bool(model(*inputs).sample.isnan().any()) for _ in range(500)]
+    assert predicted == pytest.approx(0.16, abs=0.01)
+    assert sum(nan) / len(nan) == pytest.approx(predicted, abs=0.05)  # 3 sd of 500 draws

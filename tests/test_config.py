@@ -1,5 +1,7 @@
 """Profiles and parameter validation: one clear error, nothing written, before any work."""
 
+import decimal
+import re
 import subprocess
 import sys
 
@@ -44,6 +46,7 @@ def test_build_names_unknown_and_missing_fields(smoke_params):
     ("image_size", 30, r"prepare.image_size: 30 is not allowed"),
     ("held_out_percent", 0, r"prepare.held_out_percent: 0 must lie in \[1, 99\]"),
     ("eval_set_size", -3, r"prepare.eval_set_size: -3 must be a positive integer"),
+    ("styles", "noto", r"prepare.styles: 'noto' must be a list, e.g. \[noto\]$"),
 ])
 def test_prepare_config_rejects_bad_values(smoke_params, field, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -101,3 +104,40 @@ def test_cli_wrong_profile_is_one_line(tmp_path):
     result = run_module("bat.stages.profile", tmp_path, "use", "huge")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: unknown profile 'huge'; allowed profiles: ['tiny', 'smoke', 'paper']"
+
+
+@pytest.mark.parametrize("text, value", [("1e-06", 1e-6), ("5e-5", 5e-5), ("1E-4", 1e-4),
+                                         (".5", 0.5), ("-.5", -0.5), ("2.5e3", 2500.0)])
+def test_yaml_1_2_floats_are_numbers(tmp_path, text, value):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  learning_rate: {text}\n  steps: 10\n  name: '1e-06'\n")
+    assert config.read_yaml(path) == {"train": {"learning_rate": value, "steps": 10,
+                                                "name": "1e-06"}}
+
+
+def _exponent_form(value: float) -> str:
+    """``value`` spelt as YAML 1.2 allows and YAML 1.1 does not: digits, ``e``, exponent (5e-1)."""
+    digits = decimal.Decimal(repr(value)).normalize().as_tuple()
+    mantissa = int("".join(map(str, digits.digits)))
+    return f"{'-' if digits.sign else ''}{mantissa}e{digits.exponent}"
+
+
+def _with_floats_as(params, spell):
+    if isinstance(params, dict):
+        return {key: _with_floats_as(value, spell) for key, value in params.items()}
+    if isinstance(params, list):
+        return [_with_floats_as(value, spell) for value in params]
+    return spell(params) if isinstance(params, float) else params
+
+
+@pytest.mark.parametrize("name", config.PROFILES)
+def test_every_float_parameter_reads_in_yaml_1_2_spelling(tmp_path, name):
+    params = config.profile_params(name)
+    # Floats go out as marked strings, then the marks and quotes come off: plain 5e-1 scalars.
+    marked = yaml.safe_dump(_with_floats_as(params, lambda v: f"FLOAT{_exponent_form(v)}"),
+                            sort_keys=False)
+    text = re.sub(r"'?FLOAT([^'\s]+)'?", r"\1", marked)
+    assert "FLOAT" not in text and re.search(r": \d+e-\d+\n", text)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert config.read_yaml(path) == params

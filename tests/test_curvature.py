@@ -1,5 +1,7 @@
 """Per-sample gradients, curvature products and solvers, each against a second computation."""
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,10 +11,12 @@ from torch.func import functional_call, hessian, jacrev
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bat.core.curvature import (FisherOperator, MatrixOperator, OutputTask, adapter_parameters,
-                           curvature_operators, flat_parameters, per_sample_grads,
-                           per_sample_grads_loop, unflatten)
+                           curvature_operators, eager_attention, flat_parameters,
+                           per_sample_grads, per_sample_grads_loop, unflatten)
 from bat.errors import ConfigError
-from bat.core.solvers import IndefiniteCurvatureError, SolveOptions, solve
+from bat.core.solvers import IndefiniteCurvatureError, NonFiniteError, SolveOptions, solve
+from bat.text.task import CausalLMTask
+from tests.tiny_models import text_examples
 
 
 class LMTask:
@@ -300,3 +304,71 @@ def test_solve_options_name_field_and_allowed_values():
     with pytest.raises(ConfigError, match="woodbury"):
         solve(MatrixOperator(torch.eye(3)), torch.ones(3), SolveOptions(solver="woodbury",
                                                                         indefinite="clip"))
+
+
+def diagonal_problem(diagonal: list[float], solver: str):
+    """diag(diagonal) as ``solver`` takes it: for woodbury, a Fisher with signed weights."""
+    entries = torch.tensor(diagonal, dtype=torch.float64)
+    if solver == "woodbury":
+        return FisherOperator(torch.eye(len(diagonal), dtype=torch.float64), entries)
+    return MatrixOperator(torch.diag(entries))
+
+
+@pytest.mark.parametrize("solver", ["dense", "woodbury", "cg", "lissa"])
+def test_damping_that_lifts_every_eigenvalue_cures_indefiniteness(solver):
+    # diag(1, -0.5) + 1·I = diag(2, 0.5): positive definite, so x = [0.5, 2.0].
+    operator = diagonal_problem([1.0, -0.5], solver)
+    solution = solve(operator, torch.ones(2, dtype=torch.float64),
+                     SolveOptions(solver=solver, damping=1.0, tol=1e-12, max_iter=500))
+    torch.testing.assert_close(solution.x, torch.tensor([0.5, 2.0], dtype=torch.float64))
+    assert solution.report.converged and not solution.report.indefinite
+
+
+@pytest.mark.parametrize("solver", ["dense", "woodbury", "cg", "lissa"])
+def test_non_finite_right_hand_side_is_refused_by_every_solver(solver):
+    operator = diagonal_problem([1.0, 1.0], solver)
+    with pytest.raises(NonFiniteError, match=r"the right-hand side v has 1 non-finite entries "
+                                             r"\(first at index 1\); nothing was solved"):
+        solve(operator, torch.tensor([1.0, float("nan")], dtype=torch.float64),
+              SolveOptions(solver=solver))
+
+
+@pytest.mark.parametrize("solver, what", [
+    ("dense", "the matrix curvature matrix M"), ("cg", "the matrix curvature product M v"),
+    ("lissa", "the matrix curvature product M v"),
+    ("woodbury", "the per-sample gradients G of the Fisher")])
+def test_non_finite_products_are_refused_by_every_solver(solver, what):
+    matrix = torch.eye(2, dtype=torch.float64)
+    matrix[1, 0] = float("inf")
+    operator = (FisherOperator(matrix, torch.ones(2, dtype=torch.float64)) if solver == "woodbury"
+                else MatrixOperator(matrix))
+    with pytest.raises(NonFiniteError, match=rf"^{what} has \d+ non-finite entries"):
+        solve(operator, torch.ones(2, dtype=torch.float64), SolveOptions(solver=solver))
+
+
+def test_vmap_on_an_sdpa_lm_switches_to_eager_attention_for_the_call():
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                         max_position_embeddings=64, attn_implementation="sdpa")
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(LlamaForCausalLM(config), lora).double()
+    task = CausalLMTask()
+    batch = task.prepare(text_examples(3, seed=0), torch.Generator().manual_seed(0))  # padded
+    torch.testing.assert_close(per_sample_grads(model, task, batch),
+                               per_sample_grads_loop(model, task, batch))
+    assert model.config._attn_implementation == "sdpa"  # given back after the call
+
+
+def test_a_model_that_cannot_switch_attention_is_told_to_load_eager():
+    class Stuck(nn.Linear):  # as transformers leaves a model without AttentionInterface support
+        config = types.SimpleNamespace(_attn_implementation="sdpa")
+
+        def set_attn_implementation(self, implementation):
+            pass
+
+    with pytest.raises(ConfigError, match=r"^model: Stuck cannot switch to eager attention, which "
+                                          r"per-sample gradients \(vmap\) need; load it with "
+                                          r'attn_implementation="eager"$'):
+        with eager_attention(Stuck(2, 2)):
+            pass

@@ -1,5 +1,11 @@
-"""The conda environment and the pip project list the same packages at the same versions."""
+"""The conda environment and the pip project list the same packages at the same versions;
+`make lab` starts."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 
 import yaml
@@ -24,3 +30,26 @@ def test_environment_yml_matches_pyproject():
 def test_every_requirement_is_pinned():
     for requirement in pyproject_requirements():
         assert "==" in requirement, f"{requirement} is not pinned"
+
+
+def test_make_lab_starts_jupyterlab_for_this_user(tmp_path):
+    """`make lab` serves the notebooks, root or not (Jupyter refuses root without --allow-root)."""
+    # The running environment stands in for .venv (-o: taken as built, not rebuilt); BROWSER=true
+    # lets Jupyter "open" a browser without one.
+    command = ["make", "--no-print-directory", "-o", f"{sys.prefix}/.installed", "lab",
+               f"VENV={sys.prefix}"]
+    env = {**os.environ, "BROWSER": "true", "JUPYTER_RUNTIME_DIR": str(tmp_path)}
+    lab = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines, deadline = [], time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = lab.stdout.readline()
+            lines.append(line)
+            if not line or "Jupyter Server" in line and "is running at" in line:
+                break
+        assert lab.poll() is None, "".join(lines)  # still serving
+        assert "is running at" in lines[-1], "".join(lines)
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        lab.wait(timeout=30)

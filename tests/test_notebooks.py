@@ -1,9 +1,15 @@
 """Every notebook: house rules, parameters in step with params.yaml, and a smoke-sized run."""
 
 import ast
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jupytext
+import nbformat
+import papermill
 import pytest
 
 from bat.stages import notebook as runner
@@ -52,3 +58,76 @@ def test_notebook_runs_at_smoke_size(stem, smoke_root, smoke_params, monkeypatch
     assert "git_commit" in executed  # the provenance cell ran last
     assert re.search(r'"ename"', executed) is None
     assert (smoke_root / "figures" / f"{stem}.png").stat().st_size > 0
+
+
+def parameters_notebook(source: str) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["parameters"]})
+    return nbformat.v4.new_notebook(cells=[cell])
+
+
+def test_annotated_assignments_are_parameters():
+    notebook = parameters_notebook("seed: int = 0\nname: str = 'a'\nsteps = 3\nlimit: int\n")
+    assert runner.parameter_defaults(notebook) == {"seed": 0, "name": "a", "steps": 3}
+    runner.check_parameters("x", notebook, {"seed": 1})
+
+
+def test_a_default_that_is_not_a_literal_names_its_line():
+    notebook = parameters_notebook("seed = 0\nsteps = 2 * 10\n")
+    with pytest.raises(runner.ConfigError, match=re.escape(
+            "parameters cell, line 2: 'steps = 2 * 10' is not a literal; write the default as a "
+            "literal value")):
+        runner.parameter_defaults(notebook)
+
+
+LIST_MESSAGE = ("prop2_convex.models: 'ridge' must be a list, e.g. [ridge]; with papermill pass a "
+                "list as YAML: -y 'models: [ridge]'")
+
+
+def test_a_string_for_a_list_parameter_is_refused_before_the_kernel_starts(tmp_path):
+    with pytest.raises(runner.ConfigError, match=re.escape(LIST_MESSAGE)):
+        runner.execute("prop2_convex", {"models": "ridge"}, report=tmp_path / "report.ipynb")
+
+
+def test_a_string_for_a_list_parameter_is_refused_in_a_plain_papermill_run(tmp_path):
+    notebook = jupytext.read(PROJECT / "notebooks" / "prop2_convex.py")
+    with pytest.raises(papermill.PapermillExecutionError) as caught:
+        papermill.execute_notebook(notebook, str(tmp_path / "out.ipynb"), progress_bar=False,
+                                   parameters={"models": "ridge"}, cwd=PROJECT)
+    assert caught.value.ename == "ConfigError" and caught.value.evalue == LIST_MESSAGE
+
+
+@pytest.mark.parametrize("stem", NOTEBOOKS)
+def test_notebooks_with_list_parameters_check_what_papermill_injected(stem):
+    defaults = runner.parameter_defaults(jupytext.read(PROJECT / "notebooks" / f"{stem}.py"))
+    calls = f'check_kernel_parameters("{stem}", globals())' in (
+        PROJECT / "notebooks" / f"{stem}.py").read_text()
+    assert calls == any(isinstance(value, list) for value in defaults.values())
+
+
+@pytest.mark.parametrize("stem", NOTEBOOKS)
+def test_notebook_names_its_kernel(stem):
+    """JupyterLab opens it with a kernel chosen; papermill finds the kernel and its language."""
+    notebook = jupytext.read(PROJECT / "notebooks" / f"{stem}.py")
+    assert notebook.metadata["kernelspec"] == {"name": "python3", "display_name": "Python 3",
+                                               "language": "python"}
+
+
+def test_readme_papermill_command_runs_as_printed(smoke_root, tmp_path):
+    readme = (PROJECT / "README.md").read_text()
+    command = re.search(r"# or papermill directly, with any parameter:\n(.*?)\n```", readme,
+                        re.S).group(1).replace("\\\n", " ")
+    assert command.startswith(".venv/bin/jupytext") and "-p examples_per_source 4" in command
+    # A checkout as the README's reader has it: the code, and .venv (the one running the tests).
+    for name in ("bat", "notebooks", "jupytext.toml"):
+        (tmp_path / name).symlink_to(PROJECT / name)
+    (tmp_path / ".venv").symlink_to(sys.prefix)
+    output = Path("/tmp/data_overview.ipynb")
+    output.unlink(missing_ok=True)
+    env = {**os.environ, "BAT_ROOT": str(smoke_root), "PYTHONPATH": str(PROJECT)}
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    executed = nbformat.read(output, as_version=4)
+    assert executed.metadata.papermill.parameters == {"examples_per_source": 4}
+    assert not [o for cell in executed.cells for o in cell.get("outputs", [])
+                if o.output_type == "error"]

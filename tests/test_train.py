@@ -160,11 +160,25 @@ class NanAt(DyingTask):
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"nan at step 3.*last good checkpoint \(step 2\)"):
+    with pytest.raises(TrainingDiverged, match=r"nan at step 3.*last good checkpoint \(step 2\).*"
+                       r"The largest trainable weight is 0\.\d+ \(it was 0\.\d+ at step 0\)"):
         run("locon", "plain", tmp_path, task=NanAt(setting("locon")["task"], 3), steps=5)
     assert load_state(tmp_path)["step"] == 2
     assert all(torch.isfinite(t).all() for t in load_state(tmp_path)["trainable"].values())
     assert not adapter_dir(tmp_path, 3).exists()
+
+
+def test_nan_before_any_update_does_not_blame_the_learning_rate(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"nan at step 1; .* No update had been made yet, so "
+                                               r"the learning rate is not the cause"):
+        run("locon", "plain", tmp_path, task=NanAt(setting("locon")["task"], 1), steps=3)
+
+
+def test_diverging_updates_show_in_the_weights(tmp_path):
+    # Adam moves each weight by about the learning rate per step: 1e30 overflows the forward.
+    with pytest.raises(TrainingDiverged, match=r"at step 2; .*The largest trainable weight is "
+                                               r"1e\+30 \(it was 0\.\d+ at step 0\)"):
+        run("locon", "plain", tmp_path, learning_rate=1e30, steps=3)
 
 
 @pytest.mark.parametrize("fields, message", [

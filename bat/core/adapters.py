@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,47 @@ def _check_targets(model: nn.Module, targets: tuple[str, ...]) -> None:
                           f"{type(model).__name__}; its layer names include {layers[:16]}")
 
 
+# Largest chance, per training forward, that peft's LoHa rank dropout gives NaN (see below).
+RANK_DROPOUT_NAN_CHANCE = 1e-6
+
+
+def rank_dropout_nan_chance(model: nn.Module, config: AdapterConfig) -> float:
+    """Probability that one training forward of ``model`` with adapter ``config`` is NaN.
+
+    peft's LoHa divides the kept-row mask by its mean (``drop /= drop.mean()``), which is 0/0 when
+    every output row of a layer is dropped: probability p^rows per targeted layer and forward.
+    0 for the other kinds: LoKr only rescales with ``rank_dropout_scale``, which bat leaves off,
+    and LoRA's dropout acts on inputs.
+    """
+    if ADAPTERS[config.kind].peft_config is not LoHaConfig:
+        return 0.0
+    rows = [module.weight.shape[0] for name, module in model.named_modules()
+            if isinstance(module, (nn.Linear, nn.Conv2d))
+            and any(name == t or name.endswith(f".{t}") for t in config.target_modules)]
+    return 1.0 - math.prod(1.0 - config.dropout ** k for k in rows)
+
+
+def _check_rank_dropout(model: nn.Module, config: AdapterConfig) -> None:
+    """Refuse a dropout under which training forwards are NaN with more than a tiny chance."""
+    chance = rank_dropout_nan_chance(model, config)
+    if chance <= RANK_DROPOUT_NAN_CHANCE:
+        return
+    low, high = 0.0, config.dropout  # the largest safe dropout, by bisection
+    for _ in range(40):
+        middle = (low + high) / 2
+        if rank_dropout_nan_chance(model, dataclasses.replace(config, dropout=middle)) \
+                <= RANK_DROPOUT_NAN_CHANCE:
+            low = middle
+        else:
+            high = middle
+    raise ConfigError(
+        f"adapter.dropout: {config.dropout} is LoHa's rank dropout, and peft rescales the kept "
+        f"rows by their mean, 0/0 = NaN when every row of a layer is dropped: on this "
+        f"{type(model).__name__} a training forward is NaN with probability {chance:.2g}. "
+        f"Choose dropout in [0, {math.floor(low * 1000) / 1000}] (NaN chance at most "
+        f"{RANK_DROPOUT_NAN_CHANCE:g} per forward)")
+
+
 def storage_format(backbone: nn.Module, kind: str) -> str:
     """How ``kind`` on ``backbone`` is trained and saved: ``full``, ``diffusers-lora`` or ``peft``."""
     peft_config = ADAPTERS[kind].peft_config
@@ -142,6 +184,9 @@ def storage_format(backbone: nn.Module, kind: str) -> str:
 def attach_adapter(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Freeze ``model`` and add the adapter; only the adapter's parameters require grad.
 
+    Raises :class:`ConfigError` for targets that match no module and for a LoHa rank dropout
+    that would make training forwards NaN (:func:`rank_dropout_nan_chance`).
+
     Returns the model to train: ``model`` itself for dreambooth and for LoRA-type adapters of a
     diffusers model (diffusers' own ``add_adapter``), otherwise a ``PeftModel`` wrapping it.
     """
@@ -149,6 +194,7 @@ def attach_adapter(model: nn.Module, config: AdapterConfig) -> nn.Module:
     if form == "full":
         return model.requires_grad_(True)
     _check_targets(model, config.target_modules)
+    _check_rank_dropout(model, config)
     model.requires_grad_(False)
     if form == "diffusers-lora":
         model.add_adapter(config.to_peft(for_lm=False))

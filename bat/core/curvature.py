@@ -107,6 +107,36 @@ def math_attention() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """transformers models inside ``model`` use eager attention for the duration, then their own.
+
+    Their SDPA (and other fused) attention builds its mask with branches on tensor values, which
+    ``vmap`` cannot trace ("data-dependent control flow"). Switched with transformers'
+    ``set_attn_implementation`` on each outermost model; raises :class:`ConfigError` for a model
+    that cannot switch, naming ``attn_implementation="eager"`` to load it with.
+    """
+    switched = []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if (hasattr(module, "set_attn_implementation") and config is not None
+                and config._attn_implementation != "eager"
+                and not any(module in outer.modules() for outer, _ in switched)):
+            switched.append((module, config._attn_implementation))
+            module.set_attn_implementation("eager")
+    try:
+        unswitched = [type(module).__name__ for module, _ in switched
+                      if module.config._attn_implementation != "eager"]
+        if unswitched:
+            raise ConfigError(f"model: {unswitched[0]} cannot switch to eager attention, which "
+                              "per-sample gradients (vmap) need; load it with "
+                              "attn_implementation=\"eager\"")
+        yield
+    finally:
+        for module, implementation in switched:
+            module.set_attn_implementation(implementation)
+
+
 # --- per-sample gradients -------------------------------------------------------------------
 
 class _TaskLoss(nn.Module):
@@ -132,7 +162,8 @@ def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
 
     ``chunk_size`` examples are vectorised at a time, which bounds the memory of the batched
     activations (None: the whole batch at once). ``names``: only these parameters of θ_A, in
-    this order (None: all of θ_A); the others stay fixed at their values.
+    this order (None: all of θ_A); the others stay fixed at their values. A transformers model
+    loaded with SDPA attention runs with eager attention for the call (:func:`eager_attention`).
     """
     all_names, all_params = adapter_parameters(model)
     if names is None:
@@ -148,7 +179,7 @@ def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
         return functional_call(wrapper, dict(zip(keys, theta)), (single,))[0]
 
     theta = tuple(p.detach() for p in params)
-    with scoring_mode(model), warnings.catch_warnings():
+    with scoring_mode(model), eager_attention(model), warnings.catch_warnings():
         # The attention fallback described in math_attention() warns on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have "
                                 "not yet implemented the batching rule")

@@ -12,7 +12,8 @@
                 deterministic here; converges when 0 < eig(M+λI) < 2s.
 
 Proposition 2 inverts H^{bat|A} − H^{bat}, which need not be positive definite. The policy for
-an indefinite damped matrix is explicit:
+an indefinite damped matrix M + λI (damping that lifts every eigenvalue of M above zero cures
+indefiniteness, for every solver) is explicit:
 
 - ``raise``:    raise :class:`IndefiniteCurvatureError` (every solver),
 - ``clip``:     replace each eigenvalue μ+λ by max(μ+λ, floor) (``dense``, ``woodbury``),
@@ -21,7 +22,8 @@ an indefinite damped matrix is explicit:
                 (``cg``, ``lissa``; Steihaug's truncated CG without a trust region).
 
 Every solve returns a :class:`CurvatureReport`: which curvature, damping, solver and policy gave
-the answer, whether it converged and whether indefiniteness was seen. Nothing returns NaN.
+the answer, whether it converged and whether indefiniteness was seen. Nothing returns NaN: a
+non-finite right-hand side, curvature product or Fisher row raises :class:`NonFiniteError`.
 """
 
 from __future__ import annotations
@@ -105,13 +107,38 @@ class IndefiniteCurvatureError(RuntimeError):
         self.report = report
 
 
+class NonFiniteError(ValueError):
+    """A solve met NaN or infinity in its input: the right-hand side, a product M v or G, w."""
+
+
+def _require_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise NonFiniteError(f"{what} has {int(bad.sum())} non-finite entries (first at index "
+                             f"{first[0] if len(first) == 1 else first}); nothing was solved")
+    return values
+
+
+def _product(operator: CurvatureOperator, x: torch.Tensor) -> torch.Tensor:
+    """M x in the dtype of x, refused when not finite (a NaN loss or gradient in the model)."""
+    return _require_finite(operator.matvec(x).to(x.dtype),
+                           f"the {operator.kind} curvature product M v")
+
+
 def solve(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions) -> Solution:
-    """x ≈ (M + λI)⁻¹ v with the solver and indefiniteness policy of ``options``."""
+    """x ≈ (M + λI)⁻¹ v, shape [d], with the solver and indefiniteness policy of ``options``.
+
+    Raises :class:`IndefiniteCurvatureError` when M + λI is not positive definite under the
+    ``raise`` policy, :class:`NonFiniteError` when v, a product M v or the Fisher rows hold NaN or
+    infinity, and :class:`ConfigError` for ``woodbury`` on a curvature other than ``fisher``.
+    """
     start = time.perf_counter()
     solver = {"dense": _dense, "woodbury": _woodbury, "cg": _cg, "lissa": _lissa}[options.solver]
     if options.solver == "woodbury" and not isinstance(operator, FisherOperator):
         raise ConfigError(f"solver: 'woodbury' needs curvature 'fisher', not {operator.kind!r}; "
                           f"choose one of {[s for s in SOLVERS if s != 'woodbury']}")
+    _require_finite(v, "the right-hand side v")
     if torch.count_nonzero(v) == 0:
         x, info = torch.zeros_like(v), dict(iterations=0, converged=True, indefinite=False)
     else:
@@ -131,20 +158,24 @@ def _relative_residual(operator, x, v, damping) -> float:
     norm = float(torch.linalg.vector_norm(v))
     if norm == 0:
         return 0.0
-    r = v - operator.matvec(x).to(v.dtype) - damping * x
+    r = v - _product(operator, x) - damping * x
     return float(torch.linalg.vector_norm(r)) / norm
 
 
 # --- spectral solvers -----------------------------------------------------------------------
 
 def _spectral_inverse(mu: torch.Tensor, options: SolveOptions, dtype: torch.dtype):
-    """1/σ for the eigenvalues μ of M, after the policy; and what the spectrum showed."""
+    """1/σ for the eigenvalues μ of M, after the policy; and what the spectrum showed.
+
+    Definiteness is judged on the damped eigenvalues μ + λ, the matrix actually inverted.
+    """
     scale = float(mu.abs().max()) if mu.numel() else 0.0
     # Eigenvalues of a PSD matrix come out slightly negative from round-off in the operator's
     # own precision; only those below that noise level count as negative curvature.
     noise = 10 * max(mu.numel(), 1) * torch.finfo(dtype).eps * scale
-    damped = mu + options.damping
-    indefinite = bool((mu < -noise).any() or (damped <= 0).any())
+    negative = mu < -noise
+    damped = torch.where(negative, mu, mu.clamp(min=0)) + options.damping
+    indefinite = bool((damped <= 0).any())
     if options.indefinite == "clip":
         floor = options.eig_floor if options.eig_floor is not None else options.damping
         damped = damped.clamp(min=floor)
@@ -152,19 +183,22 @@ def _spectral_inverse(mu: torch.Tensor, options: SolveOptions, dtype: torch.dtyp
         damped = mu.abs() + options.damping
     elif indefinite:  # raise: solve() raises once the report exists
         damped = damped.abs().clamp(min=options.damping)
-    info = dict(indefinite=indefinite, negative_eigenvalues=int((mu < -noise).sum()),
+    info = dict(indefinite=indefinite, negative_eigenvalues=int(negative.sum()),
                 min_eigenvalue=float(mu.min()) if mu.numel() else 0.0)
     return 1.0 / damped, info
 
 
 def _dense(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions):
-    mu, basis = torch.linalg.eigh(operator.dense())
+    matrix = _require_finite(operator.dense(), f"the {operator.kind} curvature matrix M")
+    mu, basis = torch.linalg.eigh(matrix)
     inverse, info = _spectral_inverse(mu, options, v.dtype)
     x = basis @ (inverse * (basis.T @ v.to(torch.float64)))
     return x.to(v.dtype), dict(iterations=0, converged=True, **info)
 
 
 def _woodbury(operator: FisherOperator, v: torch.Tensor, options: SolveOptions):
+    _require_finite(operator.weights, "the Fisher weights w")
+    _require_finite(operator.grads, "the per-sample gradients G of the Fisher")
     if options.woodbury_precision == "float32":
         return _woodbury_gram(operator, v, options)
     g = operator.grads.to(torch.float64)
@@ -221,9 +255,9 @@ def _cg(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions):
     rs = float(r @ r)
     target = options.tol * float(torch.linalg.vector_norm(v))
     for iteration in range(1, options.max_iter + 1):
-        ap = operator.matvec(p).to(v.dtype) + options.damping * p
+        ap = _product(operator, p) + options.damping * p
         curvature = float(p @ ap)
-        if not curvature > 0:  # also catches NaN from a broken product
+        if not curvature > 0:
             return x, dict(iterations=iteration, converged=False, indefinite=True)
         alpha = rs / curvature
         x = x + alpha * p
@@ -244,7 +278,7 @@ def _power_norm(operator: CurvatureOperator, damping: float, like: torch.Tensor,
     estimate = 0.0
     for _ in range(iterations):
         z = z / torch.linalg.vector_norm(z)
-        az = operator.matvec(z).to(like.dtype) + damping * z
+        az = _product(operator, z) + damping * z
         estimate = float(torch.linalg.vector_norm(az))
         z = az
     return estimate
@@ -257,7 +291,10 @@ def _lissa(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions):
     target = options.tol * float(torch.linalg.vector_norm(v))
     previous = None
     for iteration in range(1, options.max_iter + 1):
-        r = v - operator.matvec(x).to(v.dtype) - options.damping * x
+        # Only the first product is checked for NaN (a broken operator shows on any product):
+        # later ones overflow when the iteration diverges, which the residual check reports.
+        product = _product(operator, x) if iteration == 1 else operator.matvec(x).to(v.dtype)
+        r = v - product - options.damping * x
         residual = float(torch.linalg.vector_norm(r))
         if not math.isfinite(residual):  # diverged: lissa_scale below half of ‖M+λI‖
             return best, dict(iterations=iteration, converged=False, indefinite=False)

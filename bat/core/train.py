@@ -55,6 +55,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last checkpoint was kept."""
 
 
+def _largest(params: dict[str, torch.Tensor]) -> float:
+    return max(float(p.detach().abs().max()) for p in params.values())
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of one run, checked on construction (each error names the field)."""
@@ -240,6 +244,7 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
         log, start = state["log"], state["step"]
         last_checkpoint = start
 
+    initial_largest = _largest(params)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
                desc=f"{adapter.kind}/{config.regime}", disable=not progress)
     for step in bar:
@@ -262,8 +267,17 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
         if not torch.isfinite(loss):
             kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {run_dir}"
                     if last_checkpoint else "no checkpoint had been written yet")
+            # Say what is known, not a guess: before any update the step size cannot be the
+            # cause; after updates, how far the weights moved tells whether the updates diverged.
+            if step == start:
+                cause = ("No update had been made yet, so the learning rate is not the cause: the "
+                         "train-mode forward (an adapter's dropout, say) or this batch gave it")
+            else:
+                cause = (f"The largest trainable weight is {_largest(params):.3g} (it was "
+                         f"{initial_largest:.3g} at step {start}); if it grew by orders of "
+                         "magnitude the updates diverged: lower train.learning_rate")
             raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1}; training stopped "
-                                   f"and {kept}. Lower train.learning_rate or check the data.")
+                                   f"and {kept}. {cause}.")
         optimizer.zero_grad(set_to_none=True)  # also drops gradients a selector left behind
         loss.backward()
         if config.max_grad_norm:

@@ -2,8 +2,10 @@
 
 Usage: ``python -m bat.stages.notebook <stem>`` — the DVC stage command. Parameters are the ``<stem>``
 section of params.yaml; every key must be a variable of the notebook's ``parameters`` cell, so a
-misspelt parameter fails here, before the kernel starts. The executed notebook is kept as the
-report ``reports/<stem>.ipynb``, written only when the run succeeds, and ends with a provenance cell.
+misspelt parameter, or a string where the default is a list, fails here, before the kernel starts
+(notebooks with list parameters repeat that check in the kernel, for plain papermill runs). The
+executed notebook is kept as the report ``reports/<stem>.ipynb``, written only when the run
+succeeds, and ends with a provenance cell.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 
-from bat import paths
+from bat import paths, validate
 from bat.config import read_yaml, run_cli, section
 from bat.errors import ConfigError
 from bat.io import atomic_path
@@ -26,15 +28,51 @@ PROVENANCE = "from bat.analysis.provenance import provenance\nprovenance()"
 
 
 def parameter_defaults(notebook: nbformat.NotebookNode) -> dict:
-    """The literals of the cell tagged ``parameters`` (it must be the first code cell)."""
+    """The literals of the cell tagged ``parameters`` (it must be the first code cell).
+
+    Plain (``seed = 0``) and annotated (``seed: int = 0``) assignments are parameters, as for
+    papermill. Raises :class:`ConfigError` naming the line of a default that is not a literal.
+    """
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
     if not code_cells or "parameters" not in code_cells[0].metadata.get("tags", []):
         raise ConfigError("the first code cell of the notebook must be tagged 'parameters'")
+    source = code_cells[0].source
     defaults = {}
-    for node in ast.parse(code_cells[0].source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            defaults[node.targets[0].id] = ast.literal_eval(node.value)
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        if not isinstance(target, ast.Name):
+            continue
+        try:
+            defaults[target.id] = ast.literal_eval(node.value)
+        except (ValueError, TypeError):  # TypeError: a literal that cannot be built, {[1]: 2}
+            statement = ast.get_source_segment(source, node)
+            raise ConfigError(f"parameters cell, line {node.lineno}: {statement!r} is not a "
+                              "literal; write the default as a literal value (number, string, "
+                              "list, dict, ...)") from None
     return defaults
+
+
+def check_types(stem: str, defaults: dict, values: dict) -> None:
+    """A parameter whose default is a list must be given a list (papermill's ``-p`` gives a str)."""
+    for key, value in values.items():
+        if isinstance(defaults.get(key), list):
+            validate.listed(f"{stem}.{key}", value,
+                            f"; with papermill pass a list as YAML: -y '{key}: [{value}]'")
+
+
+def check_kernel_parameters(stem: str, namespace: dict) -> None:
+    """Run by each notebook after its parameters cell: the values injected, checked as before a run.
+
+    ``namespace`` is the notebook's ``globals()``. Raises :class:`ConfigError`. The notebook is read
+    from the code's own checkout, since ``BAT_ROOT`` may point the kernel at a data-only root.
+    """
+    defaults = parameter_defaults(read_notebook(stem, paths.CODE_ROOT / "notebooks"))
+    check_types(stem, defaults, {key: namespace[key] for key in defaults if key in namespace})
 
 
 def read_notebook(stem: str, notebooks: Path = paths.NOTEBOOKS) -> nbformat.NotebookNode:
@@ -50,6 +88,7 @@ def check_parameters(stem: str, notebook: nbformat.NotebookNode, parameters: dic
     for key in parameters:
         if key not in allowed:
             raise ConfigError(f"unknown parameter {stem}.{key}; the notebook takes {sorted(allowed)}")
+    check_types(stem, allowed, parameters)
 
 
 def execute(stem: str, parameters: dict, report: Path | None = None,
@@ -60,13 +99,12 @@ def execute(stem: str, parameters: dict, report: Path | None = None,
     notebook = read_notebook(stem, notebooks)
     check_parameters(stem, notebook, parameters)
     notebook.cells.append(nbformat.v4.new_code_cell(PROVENANCE))
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     report = Path(report) if report is not None else paths.report(stem)
     # Idle OpenMP threads spin and starve the other core; PASSIVE lets them sleep.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with atomic_path(report) as tmp:
-        papermill.execute_notebook(notebook, str(tmp), parameters=parameters, kernel_name="python3",
-                                   cwd=str(cwd), progress_bar=False, log_output=False)
+        papermill.execute_notebook(notebook, str(tmp), parameters=parameters, cwd=str(cwd),
+                                   progress_bar=False, log_output=False)
     return report
 
 

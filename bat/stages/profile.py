@@ -13,7 +13,7 @@ import sys
 import yaml
 
 from bat import paths
-from bat.config import PROFILES, check_profile, merge, read_yaml, run_cli
+from bat.config import PROFILES, check_profile, merge, parse_yaml, read_yaml, run_cli
 from bat.io import write_text
 
 TINY_BASE = paths.PROFILES / ".tiny-base.yaml"
@@ -38,7 +38,7 @@ def profile_text(name: str) -> str:
         return base_text
     overrides = read_yaml(paths.PROFILES / f"{name}.yaml")
     overrides["profile"] = name
-    return render(merge(yaml.safe_load(base_text), overrides), name)
+    return render(merge(parse_yaml(base_text), overrides), name)
 
 
 def use(name: str) -> None:
