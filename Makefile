@@ -8,7 +8,9 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PROFILE ?= tiny
 
-# Keep Jupyter, IPython, DVC and Hugging Face state inside the project; never reach for a hub.
+# Keep Jupyter, IPython, DVC and Hugging Face state inside the project. The tiny and smoke
+# profiles never reach for a hub; the paper profile downloads its models and data unless the
+# user sets HF_HUB_OFFLINE=1 themselves (README: pre-fetching for an offline cluster).
 # DVC stages call `python`: the environment's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export JUPYTER_DATA_DIR := $(CURDIR)/.jupyter
@@ -16,8 +18,10 @@ export IPYTHONDIR := $(CURDIR)/.ipython
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export HF_HOME := $(CURDIR)/.cache/huggingface
+ifneq ($(PROFILE),paper)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
+endif
 # Idle OpenMP threads spin and starve the other core of a 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 

@@ -46,3 +46,19 @@ def listed(field: str, value: Any, hint: str = "") -> None:
     """``value`` must be a list or tuple; a bare string is the usual slip (``-p models ridge``)."""
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{field}: {value!r} must be a list, e.g. [{value}]{hint}")
+
+
+def device(field: str, value: Any, allowed: Iterable[str]) -> None:
+    """``value`` is one of ``allowed`` and exists here: ``cuda`` needs a CUDA build and a GPU.
+
+    Torch's own error for a missing GPU is a bare ``AssertionError`` deep in the first model
+    move; this says which parameter asked for it, before anything is loaded.
+    """
+    choice(field, value, allowed)
+    if value in ("cuda", "auto") or str(value).startswith("cuda:"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{field}: {value!r} needs a CUDA GPU, and torch sees none here "
+                              f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+                              "set it to 'cpu'")

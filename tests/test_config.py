@@ -141,3 +141,18 @@ def test_every_float_parameter_reads_in_yaml_1_2_spelling(tmp_path, name):
     path = tmp_path / "params.yaml"
     path.write_text(text)
     assert config.read_yaml(path) == params
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("section, cls", [("backbone_image", "bat.image.backbone.ImageBackboneConfig"),
+                                          ("encoders", "bat.image.encoders.EncoderConfig"),
+                                          ("backbone_text", "bat.text.backbone.TextBackboneConfig")])
+def test_cuda_without_a_gpu_names_the_key(smoke_params, section, cls):
+    import importlib
+
+    from bat.config import from_namespace
+
+    module, name = cls.rsplit(".", 1)
+    config = getattr(importlib.import_module(module), name)
+    with pytest.raises(ConfigError, match=rf"{section}.device: 'cuda' needs a CUDA GPU, and torch sees none"):
+        from_namespace(config, {**smoke_params[section], "device": "cuda"}, section)

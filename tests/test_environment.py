@@ -2,12 +2,14 @@
 `make lab` starts."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import tomllib
 
+import pytest
 import yaml
 
 from tests.conftest import PROJECT
@@ -53,3 +55,11 @@ def test_make_lab_starts_jupyterlab_for_this_user(tmp_path):
     finally:
         os.killpg(lab.pid, signal.SIGTERM)
         lab.wait(timeout=30)
+
+
+@pytest.mark.parametrize("profile, offline", [("tiny", True), ("smoke", True), ("paper", False)])
+def test_only_the_local_profiles_force_offline_hub_access(profile, offline):
+    """A GPU user's first `make repro PROFILE=paper` must be able to download SD 1.4."""
+    database = subprocess.run(["make", "-pn", f"PROFILE={profile}", "repro"], cwd=PROJECT,
+                              capture_output=True, text=True).stdout
+    assert (re.search(r"^HF_HUB_OFFLINE := 1$", database, re.M) is not None) == offline

@@ -56,7 +56,7 @@ class ImageBackboneConfig:
         object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
         validate.choice("backbone_image.source", self.source, SOURCES)
         validate.choice("backbone_image.torch_dtype", self.torch_dtype, DTYPES)
-        validate.choice("backbone_image.device", self.device, DEVICES)
+        validate.device("backbone_image.device", self.device, DEVICES)
         for name in ("resolution", "max_caption_tokens", "vae_steps", "unet_steps", "batch_size"):
             validate.positive(f"backbone_image.{name}", getattr(self, name), integer=True)
         validate.non_negative("backbone_image.seed", self.seed, integer=True)
@@ -281,7 +281,7 @@ def load_image_backbone(path_or_id: str | Path, torch_dtype: str = "float32", de
     from diffusers import StableDiffusionPipeline
 
     validate.choice("backbone_image.torch_dtype", torch_dtype, DTYPES)
-    validate.choice("backbone_image.device", device, DEVICES)
+    validate.device("backbone_image.device", device, DEVICES)
     local = Path(path_or_id)
     if local.exists() and not (local / "model_index.json").exists():
         raise ConfigError(f"{local} holds no diffusers pipeline (model_index.json missing); "

@@ -89,7 +89,7 @@ class EncoderConfig:
             raise ConfigError(f"encoders.channels: {self.channels!r} must be a list of positive integers")
         object.__setattr__(self, "channels", tuple(self.channels))
         validate.choice("encoders.source", self.source, SOURCES)
-        validate.choice("encoders.device", self.device, DEVICES)
+        validate.device("encoders.device", self.device, DEVICES)
         for name in ("image_model_id", "clip_model_id", "text_encoder"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:

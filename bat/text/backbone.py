@@ -86,7 +86,7 @@ class TextBackboneConfig:
         validate.choice("backbone_text.source", self.source, SOURCES)
         validate.choice("backbone_text.attn_implementation", self.attn_implementation, ATTENTION)
         validate.choice("backbone_text.torch_dtype", self.torch_dtype, DTYPES)
-        validate.choice("backbone_text.device", self.device, DEVICES)
+        validate.device("backbone_text.device", self.device, DEVICES)
         if self.source in ("gguf", "config") and (
                 not isinstance(self.gguf_file, str) or not self.gguf_file.endswith(".gguf")):
             raise ConfigError(f"backbone_text.gguf_file: {self.gguf_file!r} must name a .gguf file "
@@ -192,9 +192,7 @@ def load_tokenizer(path_or_id: str | Path, gguf_file: str | None = None):
 
 
 def _check_device(device: str) -> None:
-    validate.choice("backbone_text.device", device, DEVICES)
-    if device in ("cuda", "auto") and not torch.cuda.is_available():
-        raise ConfigError(f"backbone_text.device: {device!r} but no CUDA device is visible; use 'cpu'")
+    validate.device("backbone_text.device", device, DEVICES)
 
 
 def _plain(model):
