@@ -13,7 +13,10 @@ from tests.conftest import PROJECT
 NOTEBOOKS = sorted(path.stem for path in (PROJECT / "notebooks").glob("*.py"))
 # What a notebook's smoke run reads besides smoke_root's prepared data: the fixtures that make it.
 # Every figure and table notebook reads the grids of bat.stages.grid.
-UPSTREAM = {stem: ["smoke_grids"] for stem in NOTEBOOKS if stem.startswith(("fig", "tab"))}
+# The backbone and encoder notebooks read the result folders of their training stages.
+UPSTREAM = {stem: ["smoke_grids"] for stem in NOTEBOOKS if stem.startswith(("fig", "tab"))} | {
+    "backbone_image": ["smoke_image_backbone"], "backbone_text": ["smoke_text_backbone"],
+    "encoders": ["smoke_encoders"]}
 
 
 def test_there_are_notebooks():
