@@ -16,10 +16,12 @@ from bat.stages import backbone_image, backbone_text, encoders
 STAGES = {"backbone_image": backbone_image, "backbone_text": backbone_text, "encoders": encoders}
 
 
-def test_image_stage_writes_the_backbone_and_what_its_samples_show(smoke_image_backbone, smoke_root, smoke_params):
+def test_image_stage_writes_the_backbone_and_what_its_samples_show(smoke_image_backbone, smoke_root,
+                                                                   smoke_params):
     section = smoke_params["backbone_image"]
     assert (smoke_image_backbone / "model_index.json").is_file()
-    result, arrays = read_result(smoke_root / "runs" / "backbone_image", section, "backbone_image", "pretrain_image")
+    result, arrays = read_result(smoke_root / "runs" / "backbone_image", section, "backbone_image",
+                                 "pretrain_image")
     assert result["params"] == section
     assert [len(result["log"][name]) for name in ("vae", "unet")] == [section["vae_steps"], section["unet_steps"]]
     assert [group["group"] for group in result["prompt_fidelity"]] == list(backbone_image.GROUPS)
