@@ -111,6 +111,23 @@ def build(cls: type[T], values: Any, section: str) -> T:
     return cls(**values)
 
 
+def build_parts(values: Any, section: str, *classes: type) -> tuple:
+    """One section split over several dataclasses: each gets the keys that are its fields.
+
+    For a stage whose section holds a library config plus settings of the stage's own (e.g. the
+    image backbone and how many prompts to sample). A key that no class takes, or a missing one,
+    raises :class:`ConfigError` naming ``<section>.<key>``.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"section {section!r} must be a mapping of parameters")
+    names = [field.name for cls in classes for field in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown parameter {section}.{unknown[0]}; allowed: {names}")
+    return tuple(build(cls, {field.name: values[field.name] for field in dataclasses.fields(cls)
+                             if field.name in values}, section) for cls in classes)
+
+
 def section(params: dict, name: str) -> dict:
     if name not in params:
         raise ConfigError(f"params.yaml has no section {name!r}; sections: {sorted(params)}")

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,3 +80,23 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     """Let a library writer (``savefig``, ``to_csv``) produce ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """``np.savez_compressed`` of ``arrays`` (names to numpy arrays), atomically and reproducibly.
+
+    Written member by member with a fixed timestamp (``np.savez`` stamps the current time), so the
+    same arrays give the same bytes and DVC's hash, or git's diff, sees no change on a re-run.
+    Object arrays are refused (``allow_pickle=False``): ``np.load`` reads the file without pickle.
+    """
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, array in arrays.items():
+                member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                member.compress_type = zipfile.ZIP_DEFLATED
+                with archive.open(member, "w") as handle:
+                    np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
+
+    write_with(path, write)

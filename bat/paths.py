@@ -1,7 +1,7 @@
 """Every path the compendium reads or writes, in one place.
 
 Raw data is read-only input (``data/raw``, pinned by ``data.dvc``); everything generated lives
-under ``data/prepared``, ``models``, ``figures``, ``metrics`` and ``reports``.
+under ``data/prepared``, ``models``, ``runs``, ``figures``, ``metrics`` and ``reports``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ DATA = ROOT / "data"
 RAW = DATA / "raw"
 PREPARED = DATA / "prepared"
 MODELS = ROOT / "models"
+RUNS = ROOT / "runs"  # what stages measured, for the notebooks: grids and training results
 FIGURES = ROOT / "figures"
 METRICS = ROOT / "metrics"
 REPORTS = ROOT / "reports"

@@ -2,12 +2,12 @@
 
     python benchmarks/bench_backbone_text.py --out benchmarks/results/backbone_text.json
 
-Runs what ``notebooks/backbone_text.py`` runs, with the notebook's parameters cell (the tiny
-profile, kept equal to params.yaml by the tests), in this process and without papermill:
+Runs what the ``pretrain_text`` stage (``bat.stages.backbone_text``) runs, with the parameters
+cell of ``notebooks/backbone_text.py`` (the tiny profile, kept equal to params.yaml by the tests):
 load the GGUF backbone, score the eight sets, fine-tune, save (to a temporary folder, not to
 ``models/``), reload, score again. Writes the seconds of each piece, per-step fine-tune times,
 the thread count and the load average (other work on the machine changes every number here).
-The stage budget is 600 s on 2 cores; papermill and the kernel add a few seconds on top.
+The stage budget is 600 s on 2 cores.
 """
 
 from __future__ import annotations

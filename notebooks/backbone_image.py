@@ -14,7 +14,8 @@
 # image–caption pairs, so the backbone's data D^B is known exactly. In the paper profile the same
 # code loads Stable Diffusion 1.4 instead. Below: the loss curves, samples beside their real
 # renders, and one number that says whether samples carry their prompt — for captions seen in
-# D^B and for OpenMoji concepts held out of it.
+# D^B and for OpenMoji concepts held out of it. The `pretrain_image` stage
+# (`python -m bat.stages.backbone_image`) trains and samples; this notebook reads `runs/backbone_image`.
 
 # %% tags=["parameters"]
 source = "train"
@@ -42,21 +43,16 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.config import from_namespace
-from bat.image.backbone import ImageBackboneConfig, build_or_load, prompt_fidelity
-from bat.image.data import load_image_set
+from bat.analysis.plotting import save_figure, show_images
+from bat.analysis.results import read_result
 from bat.io import write_json
 from bat.stages.notebook import check_kernel_parameters
-from bat.analysis.plotting import save_figure, show_images
+
+# Trained and measured by the pretrain_image stage (python -m bat.stages.backbone_image).
+result, arrays = read_result(paths.RUNS / "backbone_image", globals(), "backbone_image", "pretrain_image")
+log = result["log"]
 
 check_kernel_parameters("backbone_image", globals())
-config = from_namespace(ImageBackboneConfig, globals(), "backbone_image")
-backbone = load_image_set(paths.PREPARED / "images" / "backbone.npz")
-heldout = load_image_set(paths.PREPARED / "images" / "backbone_heldout.npz")
-
-# %%
-pipe, log = build_or_load(config, backbone, paths.MODELS / "backbone_image")
-
 # %% [markdown]
 # ## Do samples carry their prompt?
 # For each caption, one sample (fixed seed per prompt), compared with the real renders of all
@@ -65,12 +61,7 @@ pipe, log = build_or_load(config, backbone, paths.MODELS / "backbone_image")
 # is the nearest of all (chance 1 / number of captions).
 
 # %%
-evaluation = {
-    "seen in D^B": prompt_fidelity(pipe, backbone.spread(eval_prompts), seed, sample_steps, guidance_scale),
-    "held out of D^B": prompt_fidelity(pipe, heldout.spread(eval_prompts), seed, sample_steps, guidance_scale),
-}
-scores = pd.DataFrame({group: {key: value for key, value in result.items() if key != "samples"}
-                       for group, result in evaluation.items()}).T
+scores = pd.DataFrame(result["prompt_fidelity"]).set_index("label").drop(columns="group")
 scores
 
 # %%
@@ -86,13 +77,13 @@ if log is not None:
     loss_axis.set_xlabel("step")
     loss_axis.legend()
 loss_axis.set_title("pre-training on D^B (10-step moving average)", fontsize=8)
-rows = [("seen in D^B", backbone.spread(eval_prompts)), ("held out of D^B", heldout.spread(eval_prompts))]
-for row, (group, image_set) in enumerate(rows):
+for row, measured in enumerate(result["prompt_fidelity"]):
+    group = measured["group"]
     sample_axes = [fig.add_subplot(grid[1 + 2 * row, c]) for c in range(columns)]
     reference_axes = [fig.add_subplot(grid[2 + 2 * row, c]) for c in range(columns)]
-    show_images(sample_axes, evaluation[group]["samples"], image_set.captions)
-    show_images(reference_axes, image_set.images)
-    sample_axes[0].text(-0.1, 0.5, f"{group}\nsample", transform=sample_axes[0].transAxes, ha="right",
+    show_images(sample_axes, arrays[f"{group}_samples"], arrays[f"{group}_captions"])
+    show_images(reference_axes, arrays[f"{group}_images"])
+    sample_axes[0].text(-0.1, 0.5, f"{measured['label']}\nsample", transform=sample_axes[0].transAxes, ha="right",
                         va="center", fontsize=7)
     reference_axes[0].text(-0.1, 0.5, "real", transform=reference_axes[0].transAxes, ha="right",
                            va="center", fontsize=7)

@@ -21,7 +21,8 @@
 # The eight multiple-choice sets (held out from D^B, `bat/text/data.py`) are scored before and
 # after, with lm-evaluation-harness's `acc` and `acc_norm`, on their first `eval_set_size` items.
 # The smoke profile runs the same code on a minuscule LLaMA built from a config; the paper profile
-# loads its model by hub id.
+# loads its model by hub id. The `pretrain_text` stage (`python -m bat.stages.backbone_text`)
+# fine-tunes and scores; this notebook reads `runs/backbone_text`.
 
 # %% tags=["parameters"]
 source = "gguf"
@@ -46,70 +47,33 @@ eval_set_size = 20
 eval_batch_size = 8
 
 # %%
-import time
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from bat import paths
-from bat.io import read_jsonl, write_json
 from bat.analysis.plotting import save_figure
-from bat.text.backbone import (TextBackboneConfig, compare_scores, fine_tune, initial_backbone,
-                               load_backbone, load_eval_sets, loss_summary, save_backbone,
-                               score_eval_sets)
+from bat.analysis.results import read_result
+from bat.io import write_json
 
-started = time.perf_counter()
-config = TextBackboneConfig(
-    source=source, gguf_file=gguf_file, model_id=model_id, tiny_config=tiny_config,
-    attn_implementation=attn_implementation, torch_dtype=torch_dtype, device=device, steps=steps,
-    batch_size=batch_size, max_length=max_length, learning_rate=learning_rate,
-    weight_decay=weight_decay, warmup_steps=warmup_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
-    max_grad_norm=max_grad_norm, seed=seed, eval_set_size=eval_set_size, eval_batch_size=eval_batch_size)
-records = read_jsonl(paths.PREPARED / "text" / "backbone.jsonl")
-eval_sets = load_eval_sets(paths.PREPARED / "text" / "eval", eval_set_size)
-folder = paths.MODELS / "backbone_text"
-seconds = {}
+# Fine-tuned and scored by the pretrain_text stage (python -m bat.stages.backbone_text).
+result, _ = read_result(paths.RUNS / "backbone_text", globals(), "backbone_text", "pretrain_text")
 pd.set_option("display.width", 200)
-config
 
 # %% [markdown]
-# ## Load the backbone before our fine-tune and score it
-
-# %%
-clock = time.perf_counter()
-model, tokenizer = initial_backbone(config)
-seconds["load"] = time.perf_counter() - clock
-clock = time.perf_counter()
-before = score_eval_sets(model, tokenizer, eval_sets, batch_size=eval_batch_size)
-seconds["eval_before"] = time.perf_counter() - clock
-before
-
-# %% [markdown]
-# ## Fine-tune on D^B, save, and reload the saved folder
+# ## The fine-tune on D^B
 #
 # The scores "after" come from the folder as saved, reopened with the same loader that the
 # adaptation stages use.
 
 # %%
-model, tokenizer, log = fine_tune(config, records, model=model, tokenizer=tokenizer)
-seconds["fine_tune"] = log["seconds"]
-clock = time.perf_counter()
-save_backbone(model, tokenizer, folder, pretraining_ids=log["seen_ids"])
-del model
-model, tokenizer = load_backbone(folder, torch_dtype=torch_dtype, device=device,
-                                 attn_implementation=attn_implementation)
-seconds["save_and_reload"] = time.perf_counter() - clock
-losses = pd.DataFrame(log["rows"], columns=["step", "loss", "learning_rate", "tokens", "seconds"])
-summary = loss_summary(log)
-pd.Series({key: log[key] for key in ("examples", "dropped_examples", "trainable_parameters")}
-          | {"distinct_examples_seen": len(set(log["seen_ids"]))} | summary)
+losses = pd.DataFrame(result["rows"], columns=["step", "loss", "learning_rate", "tokens", "seconds"])
+summary = result["loss"]
+pd.Series({key: result[key] for key in ("examples", "dropped_examples", "trainable_parameters",
+                                        "distinct_examples_seen")} | summary)
 
 # %%
-clock = time.perf_counter()
-after = score_eval_sets(model, tokenizer, eval_sets, batch_size=eval_batch_size)
-seconds["eval_after"] = time.perf_counter() - clock
-table = compare_scores(before, after)
+table = pd.DataFrame(result["scores"])
 table.round(3)
 
 # %% [markdown]
@@ -142,13 +106,12 @@ fig.tight_layout()
 save_figure(fig, "backbone_text")
 
 # %%
-seconds["total"] = time.perf_counter() - started
 scores = {row["set"]: {key: row[key] for key in ("items", "chance", "acc_before", "acc_after",
                                                  "acc_norm_before", "acc_norm_after")}
-          for row in table.to_dict("records")}
-metrics = {"source": source, "steps": steps, "examples": log["examples"],
-           "dropped_examples": log["dropped_examples"], "trainable_parameters": log["trainable_parameters"],
-           "distinct_examples_seen": len(set(log["seen_ids"])),
-           "loss": summary, "scores": scores, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+          for row in result["scores"]}
+metrics = {"source": source, "steps": steps, "examples": result["examples"],
+           "dropped_examples": result["dropped_examples"], "trainable_parameters": result["trainable_parameters"],
+           "distinct_examples_seen": result["distinct_examples_seen"],
+           "loss": summary, "scores": scores, "seconds": result["seconds"]}
 write_json(paths.metrics("backbone_text"), metrics)
 pd.Series(metrics["seconds"], name="seconds")

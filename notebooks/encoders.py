@@ -14,7 +14,9 @@
 # nothing can be downloaded, so this stage trains a small CLIP on D^B (the OpenMoji image–caption
 # pairs): a conv image tower against the frozen all-MiniLM-L6-v2 caption embeddings, with CLIP's
 # contrastive loss and a learnable temperature. Its image tower before the projection stands in
-# for DINOv2. In the paper profile the same cell loads DINOv2 and CLIP by id instead.
+# for DINOv2. In the paper profile the same stage loads DINOv2 and CLIP by id instead. The
+# `train_encoders` stage (`python -m bat.stages.encoders`) trains and checks; this notebook reads
+# `runs/encoders`.
 #
 # Are the encoders good enough to score samples? Below, retrieval accuracy against chance:
 # - **image → text**: is an image's own caption the nearest among its group's captions in CLIP space?
@@ -46,37 +48,25 @@ import numpy as np
 import pandas as pd
 
 from bat import paths
-from bat.config import from_namespace
-from bat.image.encoders import EncoderConfig, build_or_load, retrieval_report
-from bat.image.data import load_image_set
-from bat.image.metrics import cosine_matrix
+from bat.analysis.plotting import save_figure, show_images
+from bat.analysis.results import read_result
 from bat.io import write_json
 from bat.stages.notebook import check_kernel_parameters
-from bat.analysis.plotting import save_figure, show_images
+
+# Trained and checked by the train_encoders stage (python -m bat.stages.encoders).
+result, arrays = read_result(paths.RUNS / "encoders", globals(), "encoders", "train_encoders")
+log = result["log"]
+print(f"{result['parameters']:,} parameters", "(trained here)" if log is not None else "(loaded by id)")
 
 check_kernel_parameters("encoders", globals())
-config = from_namespace(EncoderConfig, globals(), "encoders")
-image_dir = paths.PREPARED / "images"
-backbone = load_image_set(image_dir / "backbone.npz")
-heldout = load_image_set(image_dir / "backbone_heldout.npz")
-style_sets = {style: load_image_set(image_dir / f"{style}_heldout.npz") for style in styles}
-
-# %%
-encoders, log = build_or_load(config, backbone, paths.MODELS / "encoders")
-print(type(encoders).__name__, f"{encoders.parameter_count():,} parameters",
-      "(trained here)" if log is not None else "(loaded by id)")
-
 # %% [markdown]
 # ## Retrieval accuracy against chance
 # Each row is one group of concepts; accuracy is the share of its images whose nearest caption
 # (or nearest OpenMoji render) is their own; chance is 1 / (group size).
 
 # %%
-reports = {"D^B, seen": retrieval_report(encoders, backbone.spread(seen_concepts)),
-           "OpenMoji, held out of D^B": retrieval_report(encoders, heldout)}
-reports.update({f"{style}, held-out concepts": retrieval_report(encoders, image_set, backbone)
-                for style, image_set in style_sets.items()})
-scores = pd.DataFrame(reports).T[["count", "chance", "image_to_text", "image_to_image", "pixels_image_to_image"]]
+scores = pd.DataFrame(result["retrieval"]).set_index("group")[
+    ["count", "chance", "image_to_text", "image_to_image", "pixels_image_to_image"]]
 scores
 
 # %% [markdown]
@@ -85,11 +75,6 @@ scores
 # nearest among the held-out captions (green: right, red: wrong).
 
 # %%
-examples = heldout.spread(8)
-similarity = cosine_matrix(encoders.clip_image_features(examples.images),
-                           encoders.clip_text_features(list(heldout.captions)))
-retrieved = [heldout.captions[i] for i in np.argmax(similarity, axis=1)]
-
 fig = plt.figure(figsize=(11, 5.6))
 outer = fig.add_gridspec(2, 1, height_ratios=[2.2, 1], hspace=0.55)
 top = outer[0].subgridspec(1, 3, width_ratios=[1.2, 0.8, 1.3], wspace=0.45)
@@ -108,7 +93,7 @@ if log is not None:
 else:
     for axis in (loss_axis, temperature_axis):
         axis.axis("off")
-    loss_axis.text(0.5, 0.5, f"pretrained, not trained here:\n{config.image_model_id}\n{config.clip_model_id}",
+    loss_axis.text(0.5, 0.5, f"pretrained, not trained here:\n{image_model_id}\n{clip_model_id}",
                    ha="center", va="center", transform=loss_axis.transAxes, fontsize=8)
 columns = {"image_to_text": "image → text", "image_to_image": "image → image (features)",
            "pixels_image_to_image": "image → image (8×8 pixels)"}
@@ -123,18 +108,19 @@ bar_axis.set_xlim(0, 1)
 bar_axis.set_xlabel("retrieval accuracy")
 bar_axis.set_title("does the encoder know the concept?", fontsize=8)
 bar_axis.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.4, -0.2), ncol=2)
-bottom = outer[1].subgridspec(1, len(examples))
-example_axes = [fig.add_subplot(bottom[0, column]) for column in range(len(examples))]
-show_images(example_axes, examples.images, retrieved)
-for axis, truth, guess in zip(example_axes, examples.captions, retrieved):
+bottom = outer[1].subgridspec(1, len(arrays["examples"]))
+example_axes = [fig.add_subplot(bottom[0, column]) for column in range(len(arrays["examples"]))]
+show_images(example_axes, arrays["examples"], arrays["retrieved"])
+for axis, truth, guess in zip(example_axes, arrays["captions"], arrays["retrieved"]):
     axis.title.set_color("tab:green" if truth == guess else "tab:red")
 save_figure(fig, "encoders")
 
 # %%
 write_json(paths.metrics("encoders"), {
-    "source": config.source,
-    "parameters": encoders.parameter_count(),
-    "retrieval": reports,
+    "source": result["source"],
+    "parameters": result["parameters"],
+    "retrieval": {report["group"]: {key: value for key, value in report.items() if key != "group"}
+                  for report in result["retrieval"]},
     "training": None if log is None else {
         "steps": len(log["steps"]), "seconds": log["seconds"],
         "final_loss_10_step_mean": float(np.mean([row["loss"] for row in log["steps"][-10:]])),

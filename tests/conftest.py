@@ -48,41 +48,33 @@ def smoke_root(tmp_path_factory, raw, smoke_params) -> Path:
     return root
 
 
+def _run_stage(name: str, smoke_root: Path, smoke_params: dict) -> Path:
+    """Run the training stage ``bat.stages.<name>`` on its smoke section: ``models/<name>``, ``runs/<name>``."""
+    import importlib
+
+    stage = importlib.import_module(f"bat.stages.{name}")
+    stage.run(smoke_params[name], smoke_root / "data" / "prepared", smoke_root / "models" / name,
+              smoke_root / "runs" / name)
+    return smoke_root / "models" / name
+
+
 @pytest.fixture(scope="session")
 def smoke_image_backbone(smoke_root, smoke_params) -> Path:
-    """The smoke profile's image backbone, pre-trained and saved under ``smoke_root/models``."""
-    from bat.config import from_namespace
-    from bat.image.backbone import ImageBackboneConfig, pretrain, save_image_backbone
-    from bat.image.data import load_image_set
-
-    config = from_namespace(ImageBackboneConfig, smoke_params["backbone_image"], "backbone_image")
-    backbone = load_image_set(smoke_root / "data" / "prepared" / "images" / "backbone.npz")
-    pipe, _ = pretrain(config, backbone.images, backbone.captions)
-    return save_image_backbone(pipe, smoke_root / "models" / "backbone_image")
+    """The smoke profile's image backbone, pre-trained and sampled by its stage under ``smoke_root``."""
+    return _run_stage("backbone_image", smoke_root, smoke_params)
 
 
 @pytest.fixture(scope="session")
 def smoke_text_backbone(smoke_root, smoke_params, raw) -> Path:
-    """The smoke profile's LM backbone (a from-config LLaMA, real tokenizer), saved under models."""
-    from bat.config import from_namespace
-    from bat.text.backbone import TextBackboneConfig, initial_backbone, save_backbone
-
-    config = from_namespace(TextBackboneConfig, smoke_params["backbone_text"], "backbone_text")
-    model, tokenizer = initial_backbone(config)
-    return save_backbone(model, tokenizer, smoke_root / "models" / "backbone_text")
+    """The smoke profile's LM backbone (a from-config LLaMA, real tokenizer), fine-tuned and scored
+    by its stage under ``smoke_root``."""
+    return _run_stage("backbone_text", smoke_root, smoke_params)
 
 
 @pytest.fixture(scope="session")
 def smoke_encoders(smoke_root, smoke_params) -> Path:
-    """The smoke profile's metric encoders, trained and saved under ``smoke_root/models``."""
-    from bat.config import from_namespace
-    from bat.image.encoders import EncoderConfig, build_or_load
-    from bat.image.data import load_image_set
-
-    config = from_namespace(EncoderConfig, smoke_params["encoders"], "encoders")
-    backbone = load_image_set(smoke_root / "data" / "prepared" / "images" / "backbone.npz")
-    build_or_load(config, backbone, smoke_root / "models" / "encoders")
-    return smoke_root / "models" / "encoders"
+    """The smoke profile's metric encoders, trained and checked by their stage under ``smoke_root``."""
+    return _run_stage("encoders", smoke_root, smoke_params)
 
 
 def _train_oracles(track: str, backbone: Path, smoke_root: Path, smoke_params: dict) -> Path:

@@ -285,7 +285,7 @@ def load_image_backbone(path_or_id: str | Path, torch_dtype: str = "float32", de
     local = Path(path_or_id)
     if local.exists() and not (local / "model_index.json").exists():
         raise ConfigError(f"{local} holds no diffusers pipeline (model_index.json missing); "
-                          "run `dvc repro backbone_image` or give a hub id")
+                          "run `dvc repro pretrain_image` or give a hub id")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             path_or_id, dtype=DTYPES[torch_dtype], safety_checker=None, requires_safety_checker=False,

@@ -8,14 +8,13 @@ renders go through the same crop–pad–resize so that only the style differs b
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
-from bat.io import write_with
+from bat.io import write_npz
 
 VARIATION_SELECTOR = "\ufe0f"
 RENDER_SIZE = 96  # glyphs are drawn large, then downsampled, which anti-aliases them evenly
@@ -120,21 +119,11 @@ def render_source(raw: Path, source: str, concepts: list[Concept], size: int) ->
 def save_image_set(path: Path, images: np.ndarray, concepts: list[Concept], source: str) -> None:
     """An image set is one ``.npz``: uint8 images ``[N, H, W, 3]`` with emoji and captions.
 
-    Written member by member with a fixed timestamp (``np.savez`` stamps the current time), so the
-    same images give the same bytes and DVC's hash of ``data/prepared`` is stable across runs.
+    Written with :func:`bat.io.write_npz`, so the same images give the same bytes and DVC's hash
+    of ``data/prepared`` is stable across runs.
     """
-    arrays = {"images": images, "emoji": np.array([c.emoji for c in concepts]),
-              "captions": np.array([c.name for c in concepts]), "source": np.array(source)}
-
-    def write(tmp: Path) -> None:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name, array in arrays.items():
-                member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                member.compress_type = zipfile.ZIP_DEFLATED
-                with archive.open(member, "w") as handle:
-                    np.lib.format.write_array(handle, array, allow_pickle=False)
-
-    write_with(path, write)
+    write_npz(path, {"images": images, "emoji": np.array([c.emoji for c in concepts]),
+                     "captions": np.array([c.name for c in concepts]), "source": np.array(source)})
 
 
 @dataclass(frozen=True)

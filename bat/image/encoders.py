@@ -418,7 +418,7 @@ def load_encoders(path_or_ids: str | Path | tuple[str, str], config: EncoderConf
         return PretrainedEncoders(str(path_or_ids[0]), str(path_or_ids[1]), device)
     folder = Path(path_or_ids)
     if not (folder / CONFIG_FILE).exists():
-        raise ConfigError(f"{folder} holds no encoders ({CONFIG_FILE} missing); run `dvc repro encoders`")
+        raise ConfigError(f"{folder} holds no encoders ({CONFIG_FILE} missing); run `dvc repro train_encoders`")
     meta = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
         raise ConfigError(f"{folder / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}")

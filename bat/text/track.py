@@ -62,7 +62,7 @@ class TextTrack:
             records = [record for record in records if record["id"] in seen]
             if not records:
                 raise ConfigError(f"{folder}/bat_pretraining_ids.json names no record of "
-                                  f"{self.prepared / 'backbone.jsonl'}; re-run the backbone_text stage "
+                                  f"{self.prepared / 'backbone.jsonl'}; re-run the pretrain_text stage "
                                   "with backbone_text.steps > 0")
         self.records = records
         self.eval_sets = (load_eval_sets(self.prepared / "eval", benchmark_items)

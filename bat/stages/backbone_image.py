@@ -1,0 +1,77 @@
+"""Stage ``pretrain_image``: the image backbone, and whether its samples carry their prompt.
+
+Usage: ``python -m bat.stages.backbone_image``, with the ``backbone_image`` section of params.yaml.
+Tiny profile: pre-trains the pipeline on D^B; paper profile: loads ``model_id``
+(:func:`bat.image.backbone.build_or_load`). Writes
+
+- ``models/backbone_image``: the pipeline every image stage loads;
+- ``runs/backbone_image`` (:mod:`bat.analysis.results`), which the ``backbone_image`` notebook plots:
+  ``result.json`` holds ``source``, ``log`` (``vae`` and ``unet``: lists of ``{step, loss}``;
+  ``timings`` in seconds; ``null`` when nothing was trained) and ``prompt_fidelity``: a list, one
+  record per group (``seen``: captions of D^B, then ``heldout``: OpenMoji concepts held out of
+  D^B) with its ``group``, ``label``, ``count``, ``preference``, ``accuracy`` and their chances
+  (:func:`bat.image.backbone.prompt_fidelity`);
+  ``arrays.npz`` holds, per group, ``<group>_samples`` and ``<group>_images`` (uint8
+  ``[eval_prompts, H, W, 3]``: one sample per caption, and the real renders) and ``<group>_captions``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bat import paths, validate
+from bat.analysis.results import write_result
+from bat.config import build_parts, read_yaml, run_cli, section
+from bat.image.backbone import ImageBackboneConfig, build_or_load, prompt_fidelity
+from bat.image.data import load_image_set
+
+SECTION = "backbone_image"
+# group -> (label in the figure, prepared image set); one sample per caption of a spread of it
+GROUPS = {"seen": ("seen in D^B", "backbone.npz"), "heldout": ("held out of D^B", "backbone_heldout.npz")}
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """The sampling half of the ``backbone_image`` section."""
+
+    eval_prompts: int  # captions per group, evenly spread over the set
+    sample_steps: int  # denoising steps per sample
+    guidance_scale: float  # classifier-free guidance
+
+    def __post_init__(self):
+        validate.positive(f"{SECTION}.eval_prompts", self.eval_prompts, integer=True)
+        validate.positive(f"{SECTION}.sample_steps", self.sample_steps, integer=True)
+        validate.non_negative(f"{SECTION}.guidance_scale", self.guidance_scale)
+
+
+def run(params: dict, prepared: Path, model_folder: Path, result_folder: Path) -> Path:
+    """Build or load the backbone into ``model_folder``, sample it, write ``result_folder``.
+
+    ``params``: the ``backbone_image`` section; a bad or unknown key raises ConfigError.
+    """
+    config, fidelity = build_parts(params, SECTION, ImageBackboneConfig, FidelityConfig)
+    sets = {group: load_image_set(prepared / "images" / file) for group, (_, file) in GROUPS.items()}
+    pipe, log = build_or_load(config, sets["seen"], model_folder)
+    scores, arrays = [], {}
+    for group, (label, _) in GROUPS.items():
+        shown = sets[group].spread(fidelity.eval_prompts)
+        measured = prompt_fidelity(pipe, shown, config.seed, fidelity.sample_steps, fidelity.guidance_scale)
+        arrays[f"{group}_samples"] = measured.pop("samples")
+        arrays[f"{group}_images"] = shown.images
+        arrays[f"{group}_captions"] = np.array(shown.captions)
+        scores.append({"group": group, "label": label, **measured})
+    return write_result(result_folder, params, {"source": config.source, "log": log, "prompt_fidelity": scores},
+                        arrays)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: run(section(read_yaml(paths.PARAMS), SECTION), paths.PREPARED,
+                               paths.MODELS / SECTION, paths.RUNS / SECTION))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
