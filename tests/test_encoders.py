@@ -43,7 +43,7 @@ def trained(backbone_set):
     ("device", "tpu", r"encoders.device: 'tpu' is not allowed; choose one of \['cpu', 'cuda'\]"),
     ("channels", [], r"encoders.channels: needs at least one conv block"),
     ("channels", [8, 0], r"encoders.channels: 0 must be a positive integer"),
-    ("channels", "32", r"encoders.channels: '32' must be a list of positive integers"),
+    ("channels", "32", r"encoders.channels: '32' must be a list, e.g. \[32\]"),
     ("steps", 0, r"encoders.steps: 0 must be a positive integer"),
     ("batch_size", 1.5, r"encoders.batch_size: 1.5 must be a positive integer"),
     ("learning_rate", -1.0, r"encoders.learning_rate: -1.0 must be a positive number"),
