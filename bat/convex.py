@@ -18,7 +18,8 @@ n·E error → ρ_A = tr(S H_A⁻¹ C_A H_A⁻¹) for ``plain``; for ``random`` 
 mixture optimum θ_mix, so n·E error ≈ n‖θ_mix − θ*‖²_S + (n/k) ρ_mix. No prediction exists
 for data-dependent selection. Eq. 12 is evaluated at θ* on each augmented D^bat, under both
 readings of H^{bat} (``share`` and ``conditional``, see :mod:`bat.prop2`), with exact dense
-Hessians.
+Hessians, the configured γ and ``inequality`` (default ``mean_squares``: k‖err_bat‖² ≤ n‖err_A‖²
+under ``share``, the sample version of ρ_bat|A ≤ ρ_A).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 
 from bat import glm, validate
 from bat.errors import ConfigError
-from bat.prop2 import BACKBONE_CURVATURES, Prop2Problem
+from bat.prop2 import BACKBONE_CURVATURES, INEQUALITIES, Prop2Problem
 from bat.protocols import SelectionContext
 from bat.selection import Prop2Selector, SelectionConfig
 from bat.solvers import SolveOptions
@@ -54,7 +55,8 @@ class ConvexConfig:
     noise: float = 1.0  # ridge label noise σ
     ridge: float = 1e-2  # λ in every example's loss
     weight: str = "identity"  # S: identity, or the adaptation Hessian H_A
-    damping: float = 1e-8  # dense solves, so only to keep exact zeros invertible
+    damping: float = 1e-8  # × the top eigenvalue: dense solves, so only keeps zeros invertible
+    inequality: str = "mean_squares"  # eq. 12's reading that ρ_bat|A ≤ ρ_A needs (bat.prop2)
     population_samples: int = 200_000  # inputs per source for the logistic moments
     problem_seed: int = 0  # draws the laws; ``seeds`` draw the samples
 
@@ -81,6 +83,7 @@ class ConvexConfig:
         validate.positive("ridge", self.ridge)
         validate.choice("weight", self.weight, WEIGHTS)
         validate.positive("damping", self.damping)
+        validate.choice("inequality", self.inequality, INEQUALITIES)
         validate.positive("population_samples", self.population_samples, integer=True)
         validate.non_negative("problem_seed", self.problem_seed, integer=True)
 
@@ -158,7 +161,8 @@ def _replicate(config, model, sources, theta_star, weight, n, m, rng):
 def _select(config, method, task, theta_plain, theta_star, adaptation, pool, m) -> list[int]:
     oracle = method == "bat"
     selection = SelectionConfig(mode="oracle" if oracle else "oracle_free", curvature="hessian",
-                                solver="dense", indefinite="abs", damping=config.damping)
+                                solver="dense", indefinite="abs", damping=config.damping,
+                                gamma=config.gamma)
     selector = Prop2Selector(selection, target=torch.as_tensor(theta_star) if oracle else None)
     context = SelectionContext(model=glm.LinearModel(theta_plain), task=task,
                                adaptation_batch=adaptation, candidate_batch=pool,
@@ -167,14 +171,15 @@ def _select(config, method, task, theta_plain, theta_star, adaptation, pool, m) 
 
 
 def _condition_at_optimum(config, task, theta_star, adaptation, pool, chosen) -> dict:
-    """Eq. 12 at θ = θ*, with γ the measured n/k, for both readings of H^{bat}."""
+    """Eq. 12 at θ = θ*, with the configured γ and inequality, for both readings of H^{bat}."""
     model = glm.LinearModel(theta_star)
     backbone = {key: value[chosen] for key, value in pool.items()}
     options = SolveOptions(solver="dense", damping=config.damping, indefinite="abs")
     result = {}
     for reading in BACKBONE_CURVATURES:
         scores = Prop2Problem(model, task, adaptation, backbone, "hessian",
-                              backbone_curvature=reading).scores(options)
+                              backbone_curvature=reading).scores(
+            options, config.gamma, inequality=config.inequality, relative=True)
         result.update({f"score_adaptation_{reading}": scores.score_adaptation,
                        f"score_bat_{reading}": scores.score_bat,
                        f"condition_{reading}": scores.holds,

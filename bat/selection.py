@@ -27,7 +27,8 @@ import torch
 from bat import validate
 from bat.curvature import CURVATURES, flat_parameters, loss_gradient, per_sample_grads
 from bat.errors import ConfigError
-from bat.prop2 import BACKBONE_CURVATURES, Prop2Problem, candidate_benefits
+from bat.prop2 import (BACKBONE_CURVATURES, INEQUALITIES, Prop2Problem, Prop2Scores,
+                        candidate_benefits)
 from bat.protocols import Batch, SelectionContext, concat_batches, take_examples
 from bat.solvers import SOLVERS, SolveOptions
 
@@ -39,14 +40,16 @@ class SelectionConfig:
     mode: str = "oracle"
     curvature: str = "fisher"  # PSD, and the only one Woodbury inverts exactly
     solver: str = "woodbury"  # exact for the Fisher with n ≪ d; cg/lissa for hessian/GN
-    damping: float = 1e-3
+    damping: float = 1e-3  # λ, or λ / top eigenvalue of H^{bat|A} when relative_damping
+    relative_damping: bool = True  # λ relative to the spectrum, see bat.prop2
     indefinite: str = "clip"  # policy for an indefinite H^{bat|A} − H^{bat}, see bat.solvers
     eig_floor: float | None = None  # eigenvalue floor for "clip"; None: the damping
     tol: float = 1e-5  # float32 products rarely give a relative residual below ~1e-6
     max_iter: int = 100
     lissa_scale: float | None = None
-    gamma: float | None = None  # γ in eq. 12; None: the measured |D^A| / |D^bat|
-    backbone_curvature: str = "conditional"  # H^{bat}: mean over D^B' or its share of D^bat
+    gamma: float = 0.5  # γ in eq. 12: must be the training's configured γ (TrainConfig.gamma)
+    inequality: str = "norms"  # eq. 12 as written, or "mean_squares" (ρ_bat|A ≤ ρ_A)
+    backbone_curvature: str = "share"  # H^{bat|A} − H^{bat}: the proof's H^A, or "conditional"
     score_adaptation_every: int = 1  # n in Algorithm 1
     score_bat_every: int = 1  # k in Algorithm 1
     holdout_fraction: float = 0.25  # oracle_free: part of D^A that stands in for θ^{A*}
@@ -62,8 +65,8 @@ class SelectionConfig:
                               f"{self.curvature!r}; choose one of "
                               f"{[s for s in SOLVERS if s != 'woodbury']}")
         self.solve_options  # validates damping, indefinite, eig_floor, tol, max_iter, lissa_scale
-        if self.gamma is not None:
-            validate.open_interval("gamma", self.gamma, 0.0, 1.0)
+        validate.open_interval("gamma", self.gamma, 0.0, 1.0)
+        validate.choice("inequality", self.inequality, INEQUALITIES)
         validate.choice("backbone_curvature", self.backbone_curvature, BACKBONE_CURVATURES)
         validate.positive("score_adaptation_every", self.score_adaptation_every, integer=True)
         validate.positive("score_bat_every", self.score_bat_every, integer=True)
@@ -117,14 +120,14 @@ class Prop2Selector:
         if reason is None and (due_adaptation or step % config.score_bat_every == 0):
             problem = self._problem(context, adaptation)
         if problem is not None and (due_adaptation or self._score_adaptation is None):
-            self._score_adaptation, report = problem.score_adaptation(config.solve_options)
+            self._score_adaptation, report = problem.score_adaptation(self._options(problem))
             record.update(score_adaptation=self._score_adaptation,
                           reports={"adaptation": report.as_dict()})
         if problem is not None and step % config.score_bat_every == 0:
-            score_bat, report = problem.score_bat(config.solve_options)
-            gamma = problem.measured_gamma if config.gamma is None else config.gamma
-            holds = gamma * score_bat <= self._score_adaptation
-            record.update(score_bat=score_bat, gamma=gamma, condition=holds,
+            score_bat, report = problem.score_bat(self._options(problem))
+            holds = Prop2Scores(self._score_adaptation, score_bat, config.gamma,
+                                config.inequality, {}).holds
+            record.update(score_bat=score_bat, gamma=config.gamma, condition=holds,
                           score_adaptation=self._score_adaptation)
             record.setdefault("reports", {})["bat"] = report.as_dict()
             if not holds:
@@ -164,6 +167,9 @@ class Prop2Selector:
                             self.config.curvature, chunk_size=self.config.chunk_size,
                             backbone_curvature=self.config.backbone_curvature, grads=grads)
 
+    def _options(self, problem: Prop2Problem) -> SolveOptions:
+        return problem.solve_options(self.config.solve_options, self.config.relative_damping)
+
     def _reselect(self, context: SelectionContext, adaptation: Batch, holdout: Batch | None,
                   count: int, record: dict) -> None:
         config = self.config
@@ -184,15 +190,17 @@ class Prop2Selector:
                                            context.candidate_batch, chunk_size=config.chunk_size)
         benefits, report = candidate_benefits(
             context.model, context.task, training, candidate_grads, target_gradient,
-            config.curvature, config.solve_options, training_grads=training_grads)
+            config.curvature, config.solve_options, training_grads=training_grads,
+            relative=config.relative_damping)
         order = torch.argsort(benefits, descending=True, stable=True)[:count]
         self.selected_ids = [context.candidate_ids[i] for i in order.tolist()]
         self._selected_batch = {key: value.detach().clone() for key, value in
                                 take_examples(context.candidate_batch, order).items()}
         n = len(next(iter(adaptation.values())))
         grads = torch.cat([training_grads[:n], candidate_grads[order]])
-        scores = self._problem(context, adaptation, grads).scores(config.solve_options,
-                                                                  config.gamma)
+        scores = self._problem(context, adaptation, grads).scores(
+            config.solve_options, config.gamma, inequality=config.inequality,
+            relative=config.relative_damping)
         self._score_adaptation = scores.score_adaptation
         record.update(
             reselected=True, selected_ids=list(self.selected_ids),

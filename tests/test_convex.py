@@ -10,8 +10,6 @@ from bat import glm
 from bat.convex import (METHODS, ConvexConfig, backbone_count, laws, run_convex, summarise,
                         summary_records)
 from bat.errors import ConfigError
-from bat.prop2 import Prop2Problem
-from bat.solvers import SolveOptions
 
 SMOKE = ConvexConfig(sample_sizes=(16, 32), seeds=(0, 1), population_samples=20_000)
 
@@ -49,25 +47,6 @@ def test_fit_is_a_stationary_point_of_the_torch_loss(model):
     loss = glm.GLMTask(model, 0.01).batch_losses(linear, glm.as_batch(x, y)).mean()
     gradient, = torch.autograd.grad(loss, linear.theta)
     assert float(gradient.norm()) < 1e-10
-
-
-def test_prop2_scores_for_ridge_are_exact_newton_distances():
-    """For a quadratic loss, Score_A = k‖θ − θ̂^A‖ and Score_bat = k‖θ − θ̂^bat‖ (share)."""
-    sources, rng = laws(ConvexConfig()), np.random.default_rng(0)
-    x_a, y_a = glm.sample("ridge", sources["A"], 12, 1.0, rng)
-    x_b, y_b = glm.sample("ridge", sources["B"], 8, 1.0, rng)
-    theta = np.full(5, 0.2)
-    problem = Prop2Problem(glm.LinearModel(theta), glm.GLMTask("ridge", 0.01),
-                           glm.as_batch(x_a, y_a), glm.as_batch(x_b, y_b), "hessian",
-                           backbone_curvature="share")
-    options = SolveOptions(solver="dense", damping=1e-12)
-    k = 20
-    theta_a = glm.fit("ridge", x_a, y_a, 0.01)
-    theta_bat = glm.fit("ridge", np.concatenate([x_a, x_b]), np.concatenate([y_a, y_b]), 0.01)
-    assert problem.score_adaptation(options)[0] == pytest.approx(
-        k * np.linalg.norm(theta - theta_a), rel=1e-8)
-    assert problem.score_bat(options)[0] == pytest.approx(
-        k * np.linalg.norm(theta - theta_bat), rel=1e-8)
 
 
 def test_plain_and_random_errors_follow_their_predictions():
