@@ -1,4 +1,4 @@
-"""Selectors of backbone samples: Algorithm 1 (oracle and oracle-free) and a trivial baseline.
+"""Selectors of backbone samples: Algorithm 1 (oracle and oracle-free), a set-level rule, a baseline.
 
 :class:`Prop2Selector` keeps a selection D^B' and serves it at every step, so the expensive work
 is amortised: Score_A is recomputed every ``score_adaptation_every`` steps, Score_bat every
@@ -15,6 +15,9 @@ solve (:func:`bat.prop2.candidate_benefits`) and keeps the ``count`` best:
 
 H is the curvature of the current D^bat (D^A alone before the first selection). Each call that
 did any work appends one JSON-ready dict to ``records``.
+
+:class:`SetSelector` chooses D^B' as a set instead (greedy forward selection on a predicted
+Newton step that includes D^B''s own curvature; it may choose fewer than asked, or none).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from bat import validate
-from bat.curvature import CURVATURES, flat_parameters, loss_gradient, per_sample_grads
+from bat.curvature import (CURVATURES, flat_parameters, loss_gradient, per_sample_grads,
+                           projected_curvatures)
 from bat.errors import ConfigError
 from bat.prop2 import (BACKBONE_CURVATURES, INEQUALITIES, Prop2Problem, Prop2Scores,
                         candidate_benefits)
@@ -209,3 +213,226 @@ class Prop2Selector:
             score_adaptation=scores.score_adaptation, score_bat=scores.score_bat,
             gamma=scores.gamma, condition=scores.holds,
             reports={"benefit": report.as_dict(), **scores.reports})
+
+
+# --- set-level selection: greedy forward selection by a predicted Newton step ---------------
+
+@dataclass(frozen=True)
+class SetSelectionConfig:
+    """Settings of :class:`SetSelector`; every field is checked, errors name it."""
+
+    mode: str = "oracle_free"
+    curvature: str = "gauss_newton"  # the per-example curvature C_i (bat.curvature)
+    damping: float = 1e-6  # λ / the largest eigenvalue of D^A's summed curvature
+    folds: int = 4  # oracle_free: cross-validation folds of D^A
+    reselect_every: int = 1  # steps between greedy selections (Algorithm 1's k)
+    chunk_size: int | None = None  # examples per vmap chunk
+    seed: int = 0  # the folds
+
+    def __post_init__(self):
+        validate.choice("mode", self.mode, MODES)
+        validate.choice("curvature", self.curvature, CURVATURES)
+        validate.positive("damping", self.damping)
+        if not (isinstance(self.folds, int) and self.folds >= 2):
+            raise ConfigError(f"folds: {self.folds!r} is not allowed; use an integer >= 2")
+        validate.positive("reselect_every", self.reselect_every, integer=True)
+        if self.chunk_size is not None:
+            validate.positive("chunk_size", self.chunk_size, integer=True)
+        validate.non_negative("seed", self.seed, integer=True)
+
+
+@dataclass
+class NewtonTargets:
+    """The quadratic targets ½δᵀA_fδ + b_fᵀδ of one greedy selection, one per fold f.
+
+    In r coordinates of a subspace: ``base_curvature`` [F, r, r] = Σ_{train_f} C_i + λI,
+    ``base_gradient`` [F, r] = Σ_{train_f} g_i, ``target_curvature`` A_f [F, r, r] and
+    ``target_gradient`` b_f [F, r]; candidates have ``curvatures`` [c, r, r] and ``gradients``
+    [c, r]. The step of a set S is δ_f(S) = −(K_f + Σ_S C_j)⁻¹ (s_f + Σ_S g_j): one Newton
+    step on train_f ∪ S from the current θ (sums, so the 1/k of the mean loss cancels).
+    """
+
+    base_curvature: torch.Tensor
+    base_gradient: torch.Tensor
+    target_curvature: torch.Tensor
+    target_gradient: torch.Tensor
+    curvatures: torch.Tensor
+    gradients: torch.Tensor
+
+    def value(self, step: torch.Tensor) -> torch.Tensor:
+        """Mean over folds of ½δᵀAδ + bᵀδ for steps [..., F, r]."""
+        quadratic = torch.einsum("...fr,frs,...fs->...f", step, self.target_curvature, step)
+        return (quadratic / 2 + (step * self.target_gradient).sum(-1)).mean(-1)
+
+    def dense_step(self, chosen: list[int]) -> torch.Tensor:
+        """δ_f(S) [F, r] by a direct solve (the reference for the Woodbury updates)."""
+        curvature = self.base_curvature + self.curvatures[chosen].sum(0)
+        gradient = self.base_gradient + self.gradients[chosen].sum(0)
+        return -torch.linalg.solve(curvature, gradient)
+
+
+def _factors(curvatures: torch.Tensor, tol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """C_j = U_j diag(σ_j) U_jᵀ, truncated to the largest numerical rank; padding has σ = 0."""
+    sigma, vectors = torch.linalg.eigh(curvatures)
+    keep = sigma.abs() > tol * sigma.abs().amax(-1, keepdim=True).clamp(min=1e-300)
+    rank = max(int(keep.sum(-1).max()), 1)
+    order = torch.argsort(sigma.abs(), dim=-1, descending=True)[..., :rank]
+    sigma = torch.gather(sigma, -1, order)
+    vectors = torch.gather(vectors, -1, order[..., None, :].expand(*vectors.shape[:-1], rank))
+    return vectors, torch.where(torch.gather(keep, -1, order), sigma, torch.zeros_like(sigma))
+
+
+def greedy_newton_selection(targets: NewtonTargets, limit: int) -> tuple[list[int], list[float]]:
+    """Greedy forward selection of at most ``limit`` candidates minimising the predicted target.
+
+    Starts from the empty set (a valid answer) and adds, one at a time, the candidate whose
+    addition gives the lowest target, while that is strictly below the current one. Each
+    candidate's own curvature enters through a Woodbury update of the kept inverse
+    K_f⁻¹ = (K_f + Σ_S C_j)⁻¹:
+        (K + UΣUᵀ)⁻¹ v = K⁻¹v − W (I + ΣUᵀW)⁻¹ Σ Wᵀ v,   W = K⁻¹U,
+    which is rank one for ``fisher`` or a scalar-output Gauss-Newton, and serves all candidates
+    in one batched solve of their ranks. Returns the chosen indices in order and the target
+    after each addition (the first entry: the empty set).
+    """
+    inverse = torch.linalg.inv(targets.base_curvature)  # [F, r, r]
+    gradient = targets.base_gradient.clone()
+    vectors, sigma = _factors(targets.curvatures)  # [c, r, q], [c, q]
+    current = float(targets.value(-(inverse @ gradient[..., None])[..., 0]))
+    chosen, trace = [], [current]
+    remaining = torch.ones(len(targets.gradients), dtype=torch.bool)
+    eye = torch.eye(sigma.shape[-1], dtype=sigma.dtype)
+    while len(chosen) < limit and bool(remaining.any()):
+        w = inverse[None] @ vectors[:, None]  # [c, F, r, q]
+        core = eye + sigma[:, None, :, None] * (vectors[:, None].transpose(-1, -2) @ w)
+        v = gradient[None] + targets.gradients[:, None]  # [c, F, r]
+        base = (inverse[None] @ v[..., None])[..., 0]
+        correction = torch.linalg.solve(core, sigma[:, None] * (w.transpose(-1, -2)
+                                                                 @ v[..., None])[..., 0])
+        steps = -(base - (w @ correction[..., None])[..., 0])
+        values = targets.value(steps).masked_fill(~remaining, float("inf"))
+        best = int(torch.argmin(values))
+        if not float(values[best]) < current:
+            break
+        w_best = w[best]  # update the kept inverses with the same identity
+        core_best = core[best]
+        inverse = inverse - w_best @ torch.linalg.solve(
+            core_best, sigma[best][None, :, None] * w_best.transpose(-1, -2))
+        gradient = gradient + targets.gradients[best]
+        remaining[best] = False
+        chosen.append(best)
+        current = float(values[best])
+        trace.append(current)
+    return chosen, trace
+
+
+class SetSelector:
+    """D^B' chosen as a set (|D^B'| ≤ count, possibly empty) by :func:`greedy_newton_selection`.
+
+    The ranking of :class:`Prop2Selector` scores each candidate alone, to first order, and then
+    takes the ``count`` best together; here the target is predicted for the set by one Newton
+    step on D^A ∪ D^B' that includes D^B''s own curvature, so candidates that pull the same way
+    do not all get in, and none gets in when no addition improves the target:
+
+    - ``oracle``: T(δ) = ½‖θ + δ − θ^{A*}‖² (``target`` = θ^{A*}, flat [d]); one fold, all of D^A;
+    - ``oracle_free``: T(δ) = held-out loss of D^A to second order, ∇L_h ᵀδ + ½ δᵀ H_h δ, averaged
+      over ``folds`` cross-validation folds (each step from the other folds ∪ D^B'), so that
+      one small split does not decide alone.
+
+    Everything lives in the span Q of the per-sample gradients of D^A and the candidates (and
+    θ − θ^{A*}), or in all of θ_A when d is no larger: the step is the Newton step restricted to
+    that subspace (exact when d ≤ r, and for curvature that maps the span into itself).
+    λ = ``damping`` × the largest eigenvalue of D^A's summed projected curvature.
+    Re-selects every ``reselect_every`` steps or when its choice is no longer offered; each
+    selection appends a JSON-ready record to ``records``.
+    """
+
+    def __init__(self, config: SetSelectionConfig, target: torch.Tensor | None = None):
+        if config.mode == "oracle" and target is None:
+            raise ConfigError("target: mode 'oracle' needs θ^{A*} as a flat vector "
+                              "(bat.curvature.flat_parameters of the optimal adapter)")
+        if config.mode == "oracle_free" and target is not None:
+            raise ConfigError("target: mode 'oracle_free' uses held-out D^A, not θ^{A*}; "
+                              "pass no target or choose mode 'oracle'")
+        self.config, self.target = config, target
+        self.records: list[dict] = []
+        self.selected_ids: list[int] | None = None
+        self._count: int | None = None
+
+    def select(self, context: SelectionContext, count: int) -> list[int]:
+        if count > len(context.candidate_ids):
+            raise ValueError(f"count {count} exceeds the {len(context.candidate_ids)} candidates")
+        offered = set(context.candidate_ids)
+        stale = (self.selected_ids is None or count != self._count
+                 or context.step % self.config.reselect_every == 0
+                 or any(i not in offered for i in self.selected_ids))
+        if stale and count > 0:
+            start = time.perf_counter()
+            targets = self.newton_targets(context)
+            chosen, trace = greedy_newton_selection(targets, count)
+            self.selected_ids = [context.candidate_ids[i] for i in chosen]
+            self._count = count
+            self.records.append({"step": context.step, "selected_ids": list(self.selected_ids),
+                                 "targets": trace, "candidates": len(context.candidate_ids),
+                                 "limit": count, "seconds": time.perf_counter() - start})
+        return list(self.selected_ids or [])[:count]
+
+    def newton_targets(self, context: SelectionContext) -> NewtonTargets:
+        """The folds' curvatures, gradients and targets in the subspace at the current θ."""
+        config, model, task = self.config, context.model, context.task
+        adaptation, candidates = context.adaptation_batch, context.candidate_batch
+        n = len(next(iter(adaptation.values())))
+        grads = per_sample_grads(model, task, concat_batches(adaptation, candidates),
+                                 chunk_size=config.chunk_size).to(torch.float64)
+        theta = flat_parameters(model).to(torch.float64)
+        extra = []
+        if config.mode == "oracle":
+            if self.target.shape != theta.shape:
+                raise ValueError(f"target has shape {tuple(self.target.shape)}, θ_A has "
+                                 f"{tuple(theta.shape)}")
+            extra = [theta - self.target.to(theta)]
+        basis = _span_basis(torch.cat([grads, *(e[None] for e in extra)]))
+        curvatures = projected_curvatures(config.curvature, model, task,
+                                          concat_batches(adaptation, candidates), basis,
+                                          grads=grads, chunk_size=config.chunk_size)
+        curvatures = (curvatures + curvatures.transpose(-1, -2)) / 2
+        projected = grads @ basis
+        folds = self._folds(n)
+        train = torch.stack([~f for f in folds]).to(torch.float64)  # [F, n]
+        held = torch.stack(folds).to(torch.float64)
+        held = held / held.sum(1, keepdim=True)
+        a_curv, a_grad = curvatures[:n], projected[:n]
+        top = float(torch.linalg.eigvalsh(a_curv.sum(0)).abs().max())
+        damping = config.damping * (top if top > 0 else 1.0)  # zero curvature: λ stays defined
+        eye = torch.eye(basis.shape[1], dtype=torch.float64)
+        base_curvature = torch.einsum("fn,nrs->frs", train, a_curv) + damping * eye
+        if config.mode == "oracle":
+            target_curvature, target_gradient = eye[None], (basis.T @ extra[0])[None]
+        else:
+            target_curvature = torch.einsum("fn,nrs->frs", held, a_curv)
+            target_gradient = held @ a_grad
+        return NewtonTargets(base_curvature, train @ a_grad, target_curvature, target_gradient,
+                             curvatures[n:], projected[n:])
+
+    def _folds(self, n: int) -> list[torch.Tensor]:
+        """Masks of the held-out part of D^A per fold (oracle: one fold, nothing held out)."""
+        if self.config.mode == "oracle":
+            return [torch.zeros(n, dtype=torch.bool)]
+        if n < self.config.folds:
+            raise ConfigError(f"folds: {self.config.folds} folds need at least as many "
+                              f"adaptation examples, got {n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed))
+        masks = []
+        for part in torch.tensor_split(order, self.config.folds):
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[part] = True
+            masks.append(mask)
+        return masks
+
+
+def _span_basis(vectors: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
+    """Orthonormal columns spanning the rows of ``vectors`` [p, d]; the identity when p ≥ d."""
+    d = vectors.shape[1]
+    if vectors.shape[0] >= d:
+        return torch.eye(d, dtype=vectors.dtype)
+    u, s, _ = torch.linalg.svd(vectors.T, full_matrices=False)
+    return u[:, s > tol * s.max().clamp(min=1e-300)]
