@@ -225,6 +225,7 @@ class SetSelectionConfig:
     curvature: str = "gauss_newton"  # the per-example curvature C_i (bat.curvature)
     damping: float = 1e-6  # λ / the largest eigenvalue of D^A's summed curvature
     folds: int = 4  # oracle_free: cross-validation folds of D^A
+    every_fold: bool = True  # oracle_free: an addition must lower every fold's held-out loss
     reselect_every: int = 1  # steps between greedy selections (Algorithm 1's k)
     chunk_size: int | None = None  # examples per vmap chunk
     seed: int = 0  # the folds
@@ -259,10 +260,14 @@ class NewtonTargets:
     curvatures: torch.Tensor
     gradients: torch.Tensor
 
-    def value(self, step: torch.Tensor) -> torch.Tensor:
-        """Mean over folds of ½δᵀAδ + bᵀδ for steps [..., F, r]."""
+    def fold_values(self, step: torch.Tensor) -> torch.Tensor:
+        """½δ_fᵀA_fδ_f + b_fᵀδ_f for steps [..., F, r], shape [..., F]."""
         quadratic = torch.einsum("...fr,frs,...fs->...f", step, self.target_curvature, step)
-        return (quadratic / 2 + (step * self.target_gradient).sum(-1)).mean(-1)
+        return quadratic / 2 + (step * self.target_gradient).sum(-1)
+
+    def value(self, step: torch.Tensor) -> torch.Tensor:
+        """The target: mean over folds of :meth:`fold_values`."""
+        return self.fold_values(step).mean(-1)
 
     def dense_step(self, chosen: list[int]) -> torch.Tensor:
         """δ_f(S) [F, r] by a direct solve (the reference for the Woodbury updates)."""
@@ -282,11 +287,13 @@ def _factors(curvatures: torch.Tensor, tol: float = 1e-12) -> tuple[torch.Tensor
     return vectors, torch.where(torch.gather(keep, -1, order), sigma, torch.zeros_like(sigma))
 
 
-def greedy_newton_selection(targets: NewtonTargets, limit: int) -> tuple[list[int], list[float]]:
+def greedy_newton_selection(targets: NewtonTargets, limit: int, *, every_fold: bool = False,
+                            ) -> tuple[list[int], list[float]]:
     """Greedy forward selection of at most ``limit`` candidates minimising the predicted target.
 
     Starts from the empty set (a valid answer) and adds, one at a time, the candidate whose
-    addition gives the lowest target, while that is strictly below the current one. Each
+    addition gives the lowest target, while that is strictly below the current one; with
+    ``every_fold`` only candidates that lower the target of every fold are eligible. Each
     candidate's own curvature enters through a Woodbury update of the kept inverse
     K_f⁻¹ = (K_f + Σ_S C_j)⁻¹:
         (K + UΣUᵀ)⁻¹ v = K⁻¹v − W (I + ΣUᵀW)⁻¹ Σ Wᵀ v,   W = K⁻¹U,
@@ -297,8 +304,8 @@ def greedy_newton_selection(targets: NewtonTargets, limit: int) -> tuple[list[in
     inverse = torch.linalg.inv(targets.base_curvature)  # [F, r, r]
     gradient = targets.base_gradient.clone()
     vectors, sigma = _factors(targets.curvatures)  # [c, r, q], [c, q]
-    current = float(targets.value(-(inverse @ gradient[..., None])[..., 0]))
-    chosen, trace = [], [current]
+    current = targets.fold_values(-(inverse @ gradient[..., None])[..., 0])
+    chosen, trace = [], [float(current.mean())]
     remaining = torch.ones(len(targets.gradients), dtype=torch.bool)
     eye = torch.eye(sigma.shape[-1], dtype=sigma.dtype)
     while len(chosen) < limit and bool(remaining.any()):
@@ -309,10 +316,14 @@ def greedy_newton_selection(targets: NewtonTargets, limit: int) -> tuple[list[in
         correction = torch.linalg.solve(core, sigma[:, None] * (w.transpose(-1, -2)
                                                                  @ v[..., None])[..., 0])
         steps = -(base - (w @ correction[..., None])[..., 0])
-        values = targets.value(steps).masked_fill(~remaining, float("inf"))
-        best = int(torch.argmin(values))
-        if not float(values[best]) < current:
+        folds = targets.fold_values(steps)  # [c, F]
+        values = folds.mean(-1)
+        eligible = remaining & (values < current.mean())
+        if every_fold:
+            eligible &= (folds < current).all(-1)
+        if not bool(eligible.any()):
             break
+        best = int(torch.argmin(values.masked_fill(~eligible, float("inf"))))
         w_best = w[best]  # update the kept inverses with the same identity
         core_best = core[best]
         inverse = inverse - w_best @ torch.linalg.solve(
@@ -320,8 +331,8 @@ def greedy_newton_selection(targets: NewtonTargets, limit: int) -> tuple[list[in
         gradient = gradient + targets.gradients[best]
         remaining[best] = False
         chosen.append(best)
-        current = float(values[best])
-        trace.append(current)
+        current = folds[best]
+        trace.append(float(values[best]))
     return chosen, trace
 
 
@@ -335,8 +346,9 @@ class SetSelector:
 
     - ``oracle``: T(δ) = ½‖θ + δ − θ^{A*}‖² (``target`` = θ^{A*}, flat [d]); one fold, all of D^A;
     - ``oracle_free``: T(δ) = held-out loss of D^A to second order, ∇L_h ᵀδ + ½ δᵀ H_h δ, averaged
-      over ``folds`` cross-validation folds (each step from the other folds ∪ D^B'), so that
-      one small split does not decide alone.
+      over ``folds`` cross-validation folds (each step from the other folds ∪ D^B'), and with
+      ``every_fold`` a candidate must lower the held-out loss of every fold, so that one small
+      split does not decide alone.
 
     Everything lives in the span Q of the per-sample gradients of D^A and the candidates (and
     θ − θ^{A*}), or in all of θ_A when d is no larger: the step is the Newton step restricted to
@@ -368,7 +380,8 @@ class SetSelector:
         if stale and count > 0:
             start = time.perf_counter()
             targets = self.newton_targets(context)
-            chosen, trace = greedy_newton_selection(targets, count)
+            chosen, trace = greedy_newton_selection(targets, count,
+                                                    every_fold=self.config.every_fold)
             self.selected_ids = [context.candidate_ids[i] for i in chosen]
             self._count = count
             self.records.append({"step": context.step, "selected_ids": list(self.selected_ids),

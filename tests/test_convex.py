@@ -63,13 +63,45 @@ def test_smoke_run_has_every_method_and_json_ready_summary():
     results = run_convex(SMOKE)
     assert len(results) == 2 * 2 * 2 * len(METHODS)
     assert np.isfinite(results[["sq_error", "n_error", "k_error"]].to_numpy()).all()
-    augmented = results[results.method != "plain"]
-    assert augmented.condition_share.isin([True, False]).all()
-    assert (augmented.k == augmented.n + backbone_count(16, 0.5) * augmented.n // 16).all()
+    m = backbone_count(16, 0.5) * results.n // 16
+    fixed = results.method.isin(["random", "bat", "bat_oracle_free"])
+    assert results[fixed].condition_share.isin([True, False]).all()
+    assert (results[fixed].k == (results.n + m)[fixed]).all()
+    sets = results.method.str.startswith("bat_set")
+    assert (results[sets].k >= results[sets].n).all() and (results[sets].k <= (results.n + m)[sets]).all()
+    assert (results[results.method == "plain"].k == results[results.method == "plain"].n).all()
     summary = summarise(results)
     assert len(summary) == 2 * 2 * len(METHODS)
     assert summary[summary.method == "plain"].rho_le_rho_a.all()
     json.dumps(summary_records(summary), allow_nan=False)
+
+
+CONTROL = dict(sample_sizes=(16, 64), seeds=tuple(range(16)), population_samples=20_000,
+               methods=("plain", "random", "bat_set", "bat_set_oracle_free"))
+
+
+def paired_excess(results, method, reference):
+    """Mean and standard error over seeds of n·error(method) − n·error(reference), per model, n."""
+    wide = results.pivot_table(index=["model", "n", "seed"], columns="method", values="n_error")
+    difference = (wide[method] - wide[reference]).groupby(["model", "n"])
+    return difference.mean(), difference.sem()
+
+
+def test_random_augmentation_beats_plain_at_every_n_when_optima_agree():
+    """Positive control: at shift 0, D^B shares θ*, so more data must help."""
+    excess, _ = paired_excess(run_convex(ConvexConfig(shift=0.0, **CONTROL)), "random", "plain")
+    assert (excess < 0).all(), excess
+
+
+def test_set_level_rule_no_worse_than_random_when_optima_agree():
+    excess, _ = paired_excess(run_convex(ConvexConfig(shift=0.0, **CONTROL)), "bat_set", "random")
+    assert (excess <= 0).all(), excess
+
+
+@pytest.mark.parametrize("method", ["bat_set", "bat_set_oracle_free"])
+def test_set_level_rule_never_worse_than_plain_by_two_standard_errors_when_shifted(method):
+    excess, se = paired_excess(run_convex(ConvexConfig(shift=0.5, **CONTROL)), method, "plain")
+    assert (excess <= 2 * se).all(), (excess, se)
 
 
 def test_runs_are_deterministic():
@@ -84,6 +116,8 @@ def test_runs_are_deterministic():
     (dict(methods=("random",)), "methods"),
     (dict(gamma=1.0), "gamma"),
     (dict(weight="fisher"), "weight"),
+    (dict(folds=1), "folds"),
+    (dict(inequality="max"), "inequality"),
     (dict(sample_sizes=(0,)), "sample_sizes"),
     (dict(seeds=()), "seeds"),
 ])
