@@ -228,3 +228,42 @@ def summary_records(summary: pd.DataFrame) -> list[dict]:
     return [{key: (None if isinstance(value, float) and np.isnan(value) else
                    value.item() if isinstance(value, np.generic) else value)
              for key, value in row.items()} for row in summary.to_dict(orient="records")]
+
+
+def paired_excess(results: pd.DataFrame, method: str, reference: str
+                  ) -> tuple[pd.Series, pd.Series]:
+    """Mean and standard error over seeds of n·error(method) − n·error(reference), per model, n.
+
+    Paired by seed (both methods see the same D^A), so the standard error is the difference's.
+    """
+    wide = results.pivot_table(index=["model", "n", "seed"], columns="method", values="n_error")
+    difference = (wide[method] - wide[reference]).groupby(["model", "n"])
+    return difference.mean(), difference.sem()
+
+
+CONTROL_METHODS = ("plain", "random", "bat_set", "bat_set_oracle_free")
+
+
+def controls(agreeing: pd.DataFrame, shifted: pd.DataFrame) -> pd.DataFrame:
+    """The controls of a selection rule, one row per check, model and n.
+
+    ``agreeing``: results at shift 0 (D^B shares θ*); ``shifted``: at the configured shift.
+    Checks: random beats plain at shift 0 (positive control: augmentation must help); each
+    set-level method is no worse than random at shift 0; and no worse than plain by more than
+    two paired standard errors at the shift. ``passed`` is the verdict of each row.
+    """
+    rows = []
+    checks = [("random < plain at shift 0", agreeing, "random", "plain", 0.0)]
+    for method in ("bat_set", "bat_set_oracle_free"):
+        checks += [(f"{method} <= random at shift 0", agreeing, method, "random", 0.0),
+                   (f"{method} <= plain + 2 s.e. when shifted", shifted, method, "plain", 2.0)]
+    for check, results, method, reference, margin in checks:
+        if not {method, reference} <= set(results.method):
+            continue
+        excess, se = paired_excess(results, method, reference)
+        for (model, n), value in excess.items():
+            bound = margin * se[(model, n)]
+            passed = value < 0 if check.startswith("random") else value <= bound
+            rows.append(dict(check=check, model=model, n=n, excess_n_error=value,
+                             se=se[(model, n)], passed=bool(passed)))
+    return pd.DataFrame(rows)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bat import glm
-from bat.convex import (METHODS, ConvexConfig, backbone_count, laws, run_convex, summarise,
-                        summary_records)
+from bat.convex import (CONTROL_METHODS, METHODS, ConvexConfig, backbone_count, controls, laws,
+                        paired_excess, run_convex, summarise, summary_records)
 from bat.errors import ConfigError
 
 SMOKE = ConvexConfig(sample_sizes=(16, 32), seeds=(0, 1), population_samples=20_000)
@@ -76,15 +76,10 @@ def test_smoke_run_has_every_method_and_json_ready_summary():
     json.dumps(summary_records(summary), allow_nan=False)
 
 
+SMOKE_CONTROL = dict(sample_sizes=(16,), seeds=(0, 1, 2), population_samples=5_000,
+                     methods=CONTROL_METHODS)
 CONTROL = dict(sample_sizes=(16, 64), seeds=tuple(range(16)), population_samples=20_000,
-               methods=("plain", "random", "bat_set", "bat_set_oracle_free"))
-
-
-def paired_excess(results, method, reference):
-    """Mean and standard error over seeds of n·error(method) − n·error(reference), per model, n."""
-    wide = results.pivot_table(index=["model", "n", "seed"], columns="method", values="n_error")
-    difference = (wide[method] - wide[reference]).groupby(["model", "n"])
-    return difference.mean(), difference.sem()
+               methods=CONTROL_METHODS)
 
 
 def test_random_augmentation_beats_plain_at_every_n_when_optima_agree():
@@ -102,6 +97,16 @@ def test_set_level_rule_no_worse_than_random_when_optima_agree():
 def test_set_level_rule_never_worse_than_plain_by_two_standard_errors_when_shifted(method):
     excess, se = paired_excess(run_convex(ConvexConfig(shift=0.5, **CONTROL)), method, "plain")
     assert (excess <= 2 * se).all(), (excess, se)
+
+
+def test_control_table_has_each_check_and_its_verdict():
+    agreeing = run_convex(ConvexConfig(shift=0.0, **SMOKE_CONTROL))
+    shifted = run_convex(ConvexConfig(shift=0.5, **SMOKE_CONTROL))
+    table = controls(agreeing, shifted)
+    assert len(table) == 5 * 2 * 1  # five checks, two models, one n
+    excess, se = paired_excess(shifted, "bat_set", "plain")
+    row = table[(table.check == "bat_set <= plain + 2 s.e. when shifted") & (table.model == "ridge")]
+    assert row.passed.item() == (excess[("ridge", 16)] <= 2 * se[("ridge", 16)])
 
 
 def test_runs_are_deterministic():
