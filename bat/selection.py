@@ -279,6 +279,7 @@ class NewtonTargets:
 def _factors(curvatures: torch.Tensor, tol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
     """C_j = U_j diag(σ_j) U_jᵀ, truncated to the largest numerical rank; padding has σ = 0."""
     sigma, vectors = torch.linalg.eigh(curvatures)
+    # relative to each candidate's own scale; the clamp keeps a zero curvature at rank zero
     keep = sigma.abs() > tol * sigma.abs().amax(-1, keepdim=True).clamp(min=1e-300)
     rank = max(int(keep.sum(-1).max()), 1)
     order = torch.argsort(sigma.abs(), dim=-1, descending=True)[..., :rank]
