@@ -147,7 +147,7 @@ def bench_dreambooth_check(repeats):
         grads = grads_of(unet, task, batch)
         options = SolveOptions(solver="woodbury", damping=1e-3, indefinite="clip",
                                woodbury_precision=precision)
-        return Prop2Problem(unet, task, adaptation, backbone, "fisher", grads=grads).scores(options)
+        return Prop2Problem(unet, task, adaptation, backbone, "fisher", grads=grads).scores(options, gamma=0.5)
 
     now = check(per_sample_grads, "float64")
     fast = check(per_sample_grads_hooks, "float32")

@@ -7,11 +7,9 @@ import pytest
 import torch
 
 from bat.convex import glm
-from bat.convex.check import (METHODS, ConvexConfig, backbone_count, laws, run_convex, summarise,
-                        summary_records)
+from bat.convex.check import (CONTROL_METHODS, METHODS, ConvexConfig, backbone_count, controls, laws,
+                        paired_excess, run_convex, summarise, summary_records)
 from bat.errors import ConfigError
-from bat.core.prop2 import Prop2Problem
-from bat.core.solvers import SolveOptions
 
 SMOKE = ConvexConfig(sample_sizes=(16, 32), seeds=(0, 1), population_samples=20_000)
 
@@ -51,25 +49,6 @@ def test_fit_is_a_stationary_point_of_the_torch_loss(model):
     assert float(gradient.norm()) < 1e-10
 
 
-def test_prop2_scores_for_ridge_are_exact_newton_distances():
-    """For a quadratic loss, Score_A = k‖θ − θ̂^A‖ and Score_bat = k‖θ − θ̂^bat‖ (share)."""
-    sources, rng = laws(ConvexConfig()), np.random.default_rng(0)
-    x_a, y_a = glm.sample("ridge", sources["A"], 12, 1.0, rng)
-    x_b, y_b = glm.sample("ridge", sources["B"], 8, 1.0, rng)
-    theta = np.full(5, 0.2)
-    problem = Prop2Problem(glm.LinearModel(theta), glm.GLMTask("ridge", 0.01),
-                           glm.as_batch(x_a, y_a), glm.as_batch(x_b, y_b), "hessian",
-                           backbone_curvature="share")
-    options = SolveOptions(solver="dense", damping=1e-12)
-    k = 20
-    theta_a = glm.fit("ridge", x_a, y_a, 0.01)
-    theta_bat = glm.fit("ridge", np.concatenate([x_a, x_b]), np.concatenate([y_a, y_b]), 0.01)
-    assert problem.score_adaptation(options)[0] == pytest.approx(
-        k * np.linalg.norm(theta - theta_a), rel=1e-8)
-    assert problem.score_bat(options)[0] == pytest.approx(
-        k * np.linalg.norm(theta - theta_bat), rel=1e-8)
-
-
 def test_plain_and_random_errors_follow_their_predictions():
     plain = run_convex(ConvexConfig(models=("ridge",), methods=("plain",), sample_sizes=(200,),
                                     seeds=tuple(range(400))))
@@ -84,13 +63,50 @@ def test_smoke_run_has_every_method_and_json_ready_summary():
     results = run_convex(SMOKE)
     assert len(results) == 2 * 2 * 2 * len(METHODS)
     assert np.isfinite(results[["sq_error", "n_error", "k_error"]].to_numpy()).all()
-    augmented = results[results.method != "plain"]
-    assert augmented.condition_share.isin([True, False]).all()
-    assert (augmented.k == augmented.n + backbone_count(16, 0.5) * augmented.n // 16).all()
+    m = backbone_count(16, 0.5) * results.n // 16
+    fixed = results.method.isin(["random", "bat", "bat_oracle_free"])
+    assert results[fixed].condition_share.isin([True, False]).all()
+    assert (results[fixed].k == (results.n + m)[fixed]).all()
+    sets = results.method.str.startswith("bat_set")
+    assert (results[sets].k >= results[sets].n).all() and (results[sets].k <= (results.n + m)[sets]).all()
+    assert (results[results.method == "plain"].k == results[results.method == "plain"].n).all()
     summary = summarise(results)
     assert len(summary) == 2 * 2 * len(METHODS)
     assert summary[summary.method == "plain"].rho_le_rho_a.all()
     json.dumps(summary_records(summary), allow_nan=False)
+
+
+SMOKE_CONTROL = dict(sample_sizes=(16,), seeds=(0, 1, 2), population_samples=5_000,
+                     methods=CONTROL_METHODS)
+CONTROL = dict(sample_sizes=(16, 64), seeds=tuple(range(16)), population_samples=20_000,
+               methods=CONTROL_METHODS)
+
+
+def test_random_augmentation_beats_plain_at_every_n_when_optima_agree():
+    """Positive control: at shift 0, D^B shares θ*, so more data must help."""
+    excess, _ = paired_excess(run_convex(ConvexConfig(shift=0.0, **CONTROL)), "random", "plain")
+    assert (excess < 0).all(), excess
+
+
+def test_set_level_rule_no_worse_than_random_when_optima_agree():
+    excess, _ = paired_excess(run_convex(ConvexConfig(shift=0.0, **CONTROL)), "bat_set", "random")
+    assert (excess <= 0).all(), excess
+
+
+@pytest.mark.parametrize("method", ["bat_set", "bat_set_oracle_free"])
+def test_set_level_rule_never_worse_than_plain_by_two_standard_errors_when_shifted(method):
+    excess, se = paired_excess(run_convex(ConvexConfig(shift=0.5, **CONTROL)), method, "plain")
+    assert (excess <= 2 * se).all(), (excess, se)
+
+
+def test_control_table_has_each_check_and_its_verdict():
+    agreeing = run_convex(ConvexConfig(shift=0.0, **SMOKE_CONTROL))
+    shifted = run_convex(ConvexConfig(shift=0.5, **SMOKE_CONTROL))
+    table = controls(agreeing, shifted)
+    assert len(table) == 5 * 2 * 1  # five checks, two models, one n
+    excess, se = paired_excess(shifted, "bat_set", "plain")
+    row = table[(table.check == "bat_set <= plain + 2 s.e. when shifted") & (table.model == "ridge")]
+    assert row.passed.item() == (excess[("ridge", 16)] <= 2 * se[("ridge", 16)])
 
 
 def test_runs_are_deterministic():
@@ -105,6 +121,8 @@ def test_runs_are_deterministic():
     (dict(methods=("random",)), "methods"),
     (dict(gamma=1.0), "gamma"),
     (dict(weight="fisher"), "weight"),
+    (dict(folds=1), "folds"),
+    (dict(inequality="max"), "inequality"),
     (dict(sample_sizes=(0,)), "sample_sizes"),
     (dict(seeds=()), "seeds"),
 ])

@@ -31,7 +31,7 @@ def test_every_grid_of_each_profile_is_valid(smoke_params):
 
 @pytest.mark.parametrize("field, value, message", [
     ("datasets", ["openmoji"], r"grids.image.test.datasets: 'openmoji' is not allowed; choose one of \['noto', 'emojione'\]"),
-    ("datasets", "noto", r"datasets: 'noto' must be a non-empty list"),
+    ("datasets", "noto", r"datasets: 'noto' must be a list, e.g. \[noto\]"),
     ("adapters", ["lora"], r"adapters: 'lora' is not allowed"),
     ("seeds", [0, 0], r"seeds: \[0, 0\] lists an entry twice"),
     ("regimes", ["plain", "random_matched"], r"'random_matched' is matched to a 'bat' run"),
@@ -138,7 +138,7 @@ def test_sweeps_cover_every_setting(smoke_grids, smoke_params):
     batch = read_grid(smoke_grids / "batch_size").steps
     assert set(batch["batch_size"]) == set(smoke_params["grids"]["image"]["batch_size"]["batch_sizes"])
     out = read_grid(smoke_grids / "out_of_backbone")
-    assert set(out.steps["regime"]) == {"bat"} and out.info["config"]["pool"] == "out_of_backbone"
+    assert set(out.steps["regime"]) == {"plain", "bat"} and out.info["config"]["pool"] == "out_of_backbone"
 
 
 def test_text_grid_scores_final_models_on_the_benchmarks(smoke_grids, smoke_params):

@@ -10,7 +10,14 @@ the true parameter (θ_B = θ_A + shift·‖θ_A‖·u). For each model, adaptat
                        (oracle: θ* = θ^{A*} is the population optimum of A), standing at θ̂^A;
                        its benefit is first order in one sample's weight, while all m join
                        at once here and the fit runs to convergence;
-- ``bat_oracle_free``: chosen with a held-out quarter of D^A instead of θ*.
+- ``bat_oracle_free``: chosen with a held-out quarter of D^A instead of θ*;
+- ``bat_set``:         at most m chosen as a set by :class:`SetSelector` (greedy forward
+                       selection on one Newton step from θ̂^A, oracle θ*; may choose none);
+- ``bat_set_oracle_free``: the same with the cross-validated held-out loss of D^A as target.
+
+The oracle methods are told θ*, the very point the error is measured against: with the pool's
+freedom (4m candidates in dim 5) the set-level oracle can steer θ̂ onto θ*, so its error says
+how much a selection *could* gain, not what a method without θ* gains.
 
 Measured: ‖θ̂ − θ*‖²_S, reported as n·error (error at a given amount of adaptation data) and
 k·error (the normalisation of ρ_bat|A, eq. 9). Predicted from population moments:
@@ -18,7 +25,8 @@ n·E error → ρ_A = tr(S H_A⁻¹ C_A H_A⁻¹) for ``plain``; for ``random`` 
 mixture optimum θ_mix, so n·E error ≈ n‖θ_mix − θ*‖²_S + (n/k) ρ_mix. No prediction exists
 for data-dependent selection. Eq. 12 is evaluated at θ* on each augmented D^bat, under both
 readings of H^{bat} (``share`` and ``conditional``, see :mod:`bat.core.prop2`), with exact dense
-Hessians.
+Hessians, the configured γ and ``inequality`` (default ``mean_squares``: k‖err_bat‖² ≤ n‖err_A‖²
+under ``share``, the sample version of ρ_bat|A ≤ ρ_A).
 """
 
 from __future__ import annotations
@@ -32,12 +40,12 @@ import torch
 from bat import validate
 from bat.convex import glm
 from bat.errors import ConfigError
-from bat.core.prop2 import BACKBONE_CURVATURES, Prop2Problem
+from bat.core.prop2 import BACKBONE_CURVATURES, INEQUALITIES, Prop2Problem
 from bat.core.protocols import SelectionContext
-from bat.core.selection import Prop2Selector, SelectionConfig
+from bat.core.selection import Prop2Selector, SelectionConfig, SetSelectionConfig, SetSelector
 from bat.core.solvers import SolveOptions
 
-METHODS = ("plain", "random", "bat", "bat_oracle_free")
+METHODS = ("plain", "random", "bat", "bat_oracle_free", "bat_set", "bat_set_oracle_free")
 WEIGHTS = ("identity", "hessian")
 
 
@@ -50,12 +58,14 @@ class ConvexConfig:
     seeds: tuple[int, ...] = tuple(range(16))
     gamma: float = 0.5  # n/k
     pool_multiple: int = 4  # the selector sees pool_multiple·m backbone candidates
+    folds: int = 8  # cross-validation folds of bat_set_oracle_free (every one must improve)
     shift: float = 0.5  # ‖θ_B − θ_A‖ / ‖θ_A‖
     signal: float = 1.5  # ‖θ_A‖
     noise: float = 1.0  # ridge label noise σ
     ridge: float = 1e-2  # λ in every example's loss
     weight: str = "identity"  # S: identity, or the adaptation Hessian H_A
-    damping: float = 1e-8  # dense solves, so only to keep exact zeros invertible
+    damping: float = 1e-8  # × the top eigenvalue: dense solves, so only keeps zeros invertible
+    inequality: str = "mean_squares"  # eq. 12's reading that ρ_bat|A ≤ ρ_A needs (bat.core.prop2)
     population_samples: int = 200_000  # inputs per source for the logistic moments
     problem_seed: int = 0  # draws the laws; ``seeds`` draw the samples
 
@@ -76,12 +86,14 @@ class ConvexConfig:
             validate.non_negative("seeds", seed, integer=True)
         validate.open_interval("gamma", self.gamma, 0.0, 1.0)
         validate.positive("pool_multiple", self.pool_multiple, integer=True)
+        SetSelectionConfig(folds=self.folds)  # validates folds
         validate.non_negative("shift", self.shift)
         validate.positive("signal", self.signal)
         validate.positive("noise", self.noise)
         validate.positive("ridge", self.ridge)
         validate.choice("weight", self.weight, WEIGHTS)
         validate.positive("damping", self.damping)
+        validate.choice("inequality", self.inequality, INEQUALITIES)
         validate.positive("population_samples", self.population_samples, integer=True)
         validate.non_negative("problem_seed", self.problem_seed, integer=True)
 
@@ -127,9 +139,8 @@ def run_convex(config: ConvexConfig) -> pd.DataFrame:
             for seed in config.seeds:
                 rng = np.random.default_rng([config.problem_seed, 2, model_index, n, seed])
                 for row in _replicate(config, model, sources, theta_star, weight, n, m, rng):
-                    rows.append(dict(model=model, n=n, k=n if row["method"] == "plain" else k,
-                                     seed=seed, predicted_n_error=predicted.get(row["method"]),
-                                     **row))
+                    rows.append(dict(model=model, n=n, seed=seed,
+                                     predicted_n_error=predicted.get(row["method"]), **row))
     return pd.DataFrame(rows)
 
 
@@ -149,33 +160,40 @@ def _replicate(config, model, sources, theta_star, weight, n, m, rng):
             theta = glm.fit(model, np.concatenate([x_a, x_pool[chosen]]),
                             np.concatenate([y_a, y_pool[chosen]]), config.ridge)
         error = float((theta - theta_star) @ weight @ (theta - theta_star))
-        row = dict(method=method, sq_error=error, n_error=n * error,
-                   k_error=(n + (m if chosen is not None else 0)) * error)
-        if chosen is not None:
+        k = n + (len(chosen) if chosen is not None else 0)
+        row = dict(method=method, k=k, sq_error=error, n_error=n * error, k_error=k * error)
+        if chosen:  # eq. 12 needs a non-empty D^B' (Def. 1)
             row.update(_condition_at_optimum(config, task, theta_star, adaptation, pool, chosen))
         yield row
 
 
 def _select(config, method, task, theta_plain, theta_star, adaptation, pool, m) -> list[int]:
-    oracle = method == "bat"
-    selection = SelectionConfig(mode="oracle" if oracle else "oracle_free", curvature="hessian",
-                                solver="dense", indefinite="abs", damping=config.damping)
-    selector = Prop2Selector(selection, target=torch.as_tensor(theta_star) if oracle else None)
+    oracle = method in ("bat", "bat_set")
     context = SelectionContext(model=glm.LinearModel(theta_plain), task=task,
                                adaptation_batch=adaptation, candidate_batch=pool,
                                candidate_ids=list(range(len(pool["y"]))), step=0)
-    return selector.select(context, m)
+    target = torch.as_tensor(theta_star) if oracle else None
+    if method.startswith("bat_set"):
+        return SetSelector(SetSelectionConfig(mode="oracle" if oracle else "oracle_free",
+                                              curvature="hessian", damping=config.damping,
+                                              folds=config.folds, seed=0),
+                           target=target).select(context, m)
+    selection = SelectionConfig(mode="oracle" if oracle else "oracle_free", curvature="hessian",
+                                solver="dense", indefinite="abs", damping=config.damping,
+                                gamma=config.gamma)
+    return Prop2Selector(selection, target=target).select(context, m)
 
 
 def _condition_at_optimum(config, task, theta_star, adaptation, pool, chosen) -> dict:
-    """Eq. 12 at θ = θ*, with γ the measured n/k, for both readings of H^{bat}."""
+    """Eq. 12 at θ = θ*, with the configured γ and inequality, for both readings of H^{bat}."""
     model = glm.LinearModel(theta_star)
     backbone = {key: value[chosen] for key, value in pool.items()}
     options = SolveOptions(solver="dense", damping=config.damping, indefinite="abs")
     result = {}
     for reading in BACKBONE_CURVATURES:
         scores = Prop2Problem(model, task, adaptation, backbone, "hessian",
-                              backbone_curvature=reading).scores(options)
+                              backbone_curvature=reading).scores(
+            options, config.gamma, inequality=config.inequality, relative=True)
         result.update({f"score_adaptation_{reading}": scores.score_adaptation,
                        f"score_bat_{reading}": scores.score_bat,
                        f"condition_{reading}": scores.holds,
@@ -211,3 +229,42 @@ def summary_records(summary: pd.DataFrame) -> list[dict]:
     return [{key: (None if isinstance(value, float) and np.isnan(value) else
                    value.item() if isinstance(value, np.generic) else value)
              for key, value in row.items()} for row in summary.to_dict(orient="records")]
+
+
+def paired_excess(results: pd.DataFrame, method: str, reference: str
+                  ) -> tuple[pd.Series, pd.Series]:
+    """Mean and standard error over seeds of n·error(method) − n·error(reference), per model, n.
+
+    Paired by seed (both methods see the same D^A), so the standard error is the difference's.
+    """
+    wide = results.pivot_table(index=["model", "n", "seed"], columns="method", values="n_error")
+    difference = (wide[method] - wide[reference]).groupby(["model", "n"])
+    return difference.mean(), difference.sem()
+
+
+CONTROL_METHODS = ("plain", "random", "bat_set", "bat_set_oracle_free")
+
+
+def controls(agreeing: pd.DataFrame, shifted: pd.DataFrame) -> pd.DataFrame:
+    """The controls of a selection rule, one row per check, model and n.
+
+    ``agreeing``: results at shift 0 (D^B shares θ*); ``shifted``: at the configured shift.
+    Checks: random beats plain at shift 0 (positive control: augmentation must help); each
+    set-level method is no worse than random at shift 0; and no worse than plain by more than
+    two paired standard errors at the shift. ``passed`` is the verdict of each row.
+    """
+    rows = []
+    checks = [("random < plain at shift 0", agreeing, "random", "plain", 0.0)]
+    for method in ("bat_set", "bat_set_oracle_free"):
+        checks += [(f"{method} <= random at shift 0", agreeing, method, "random", 0.0),
+                   (f"{method} <= plain + 2 s.e. when shifted", shifted, method, "plain", 2.0)]
+    for check, results, method, reference, margin in checks:
+        if not {method, reference} <= set(results.method):
+            continue
+        excess, se = paired_excess(results, method, reference)
+        for (model, n), value in excess.items():
+            bound = margin * se[(model, n)]
+            passed = value < 0 if check.startswith("random") else value <= bound
+            rows.append(dict(check=check, model=model, n=n, excess_n_error=value,
+                             se=se[(model, n)], passed=bool(passed)))
+    return pd.DataFrame(rows)

@@ -35,7 +35,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, hessian, jacrev, vmap
 
 from bat.errors import ConfigError
 from bat.core.protocols import Batch, Task
@@ -149,6 +149,18 @@ class _TaskLoss(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.task.batch_losses(self.model, batch)
+
+
+class _TaskOutputs(nn.Module):
+    """``task.batch_outputs(model, ·)`` as a forward, for ``functional_call`` (Gauss-Newton)."""
+
+    def __init__(self, model: nn.Module, task: Task):
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.task.batch_outputs(self.model, batch)
 
 
 def batch_size(batch: Batch) -> int:
@@ -571,3 +583,58 @@ def curvature_operators(kind: str, model: nn.Module, task: Task, batch: Batch,
             operators.append(GaussNewtonOperator(params, outputs, dummy, jacobian_t_dummy,
                                                  leaf, output_grad))
         return operators
+
+
+# --- per-example curvature in a subspace ----------------------------------------------------
+
+def projected_curvatures(kind: str, model: nn.Module, task: Task, batch: Batch,
+                         basis: torch.Tensor, *, grads: torch.Tensor | None = None,
+                         chunk_size: int | None = None) -> torch.Tensor:
+    """Qᵀ C_i Q for every example i, shape [batch, r, r], Q = ``basis`` [d, r], orthonormal columns.
+
+    C_i is example i's ``hessian``, ``gauss_newton`` or ``fisher`` matrix (module docstring).
+    Computed as the curvature of α ↦ ℓ_i(θ + Qα) at α = 0 with ``vmap`` over the examples, so
+    the cost is r forward-over-reverse passes per example and d×d is never formed; with
+    Q = I this is C_i itself. ``fisher`` uses the rows of ``grads`` [batch, d] when given.
+    Raises ConfigError for an unknown ``kind`` or ``gauss_newton`` on a task without outputs.
+    """
+    if kind not in CURVATURES:
+        raise ConfigError(f"curvature: {kind!r} is not allowed; choose one of {list(CURVATURES)}")
+    if kind == "fisher":
+        projected = (grads if grads is not None
+                     else per_sample_grads(model, task, batch, chunk_size=chunk_size))
+        projected = projected.to(basis.dtype) @ basis
+        return projected[:, :, None] * projected[:, None, :]
+    if kind == "gauss_newton" and not isinstance(task, OutputTask):
+        raise ConfigError("curvature: 'gauss_newton' needs a task with batch_outputs() and "
+                          "output_losses() (bat.core.curvature.OutputTask); use 'fisher' or "
+                          "'hessian' for this task")
+    names, params = adapter_parameters(model)
+    keys = [f"model.{name}" for name in names]
+    theta = flat_parameters(model).to(basis.dtype)
+    wrapper = _TaskLoss(model, task)
+
+    def moved(alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(keys, unflatten(theta + basis @ alpha, params)))
+
+    def hessian_of_one(example: Batch) -> torch.Tensor:
+        single = {key: value.unsqueeze(0) for key, value in example.items()}
+        return hessian(lambda a: functional_call(wrapper, moved(a), (single,))[0])(
+            torch.zeros(basis.shape[1], dtype=basis.dtype))
+
+    outputs_wrapper = _TaskOutputs(model, task)
+
+    def gauss_newton_of_one(example: Batch) -> torch.Tensor:
+        single = {key: value.unsqueeze(0) for key, value in example.items()}
+        zero = torch.zeros(basis.shape[1], dtype=basis.dtype)
+        outputs = functional_call(outputs_wrapper, moved(zero), (single,))
+        jacobian = jacrev(lambda a: functional_call(outputs_wrapper, moved(a), (single,)))(zero)
+        jacobian = jacobian.reshape(-1, basis.shape[1]).to(basis.dtype)
+        curvature = hessian(lambda f: task.output_losses(f, single)[0])(outputs.detach())
+        curvature = curvature.reshape(jacobian.shape[0], jacobian.shape[0]).to(basis.dtype)
+        return jacobian.T @ curvature @ jacobian
+
+    with scoring_mode(model), math_attention():
+        if kind == "hessian":
+            return vmap(hessian_of_one, chunk_size=chunk_size)(batch)
+        return vmap(gauss_newton_of_one, chunk_size=chunk_size)(batch)

@@ -1,56 +1,96 @@
 """Proposition 2's scores, the candidate score that drives selection, and weight-difference metrics.
 
-With D^bat = D^A ∪ D^B' (n adaptation and m backbone examples, k = n + m) and γ = n/k,
+With D^bat = D^A ∪ D^B' (n adaptation and m backbone examples, k = n + m) and γ the configured
+share of D^A in D^bat (Def. 2; a parameter, never the measured n/k of the scoring sets),
 Proposition 2 asks for
 
     γ · Score_bat ≤ Score_A,                                                    (eq. 12)
     Score_A   = ‖(H^{bat|A} − H^{bat} + λI)⁻¹ Σ_{D^A}   ∇ℓ‖,
     Score_bat = ‖(H^{bat|A}           + λI)⁻¹ Σ_{D^bat} ∇ℓ‖,
 
-all at the current θ_A. H^{bat|A} is the mean curvature over D^bat. For H^{bat} the paper's
-statement reads as the curvature conditional on x ∈ D^B' (``backbone_curvature="conditional"``:
-the mean over D^B'), which makes the difference γ(H̄^A − H̄^{B'}) and so possibly indefinite;
-its proof (App. A.5) uses H^{bat|A} − H^{bat} = H^A, which holds when H^{bat} is D^B''s share of
-the D^bat mean (``"share"``: Σ_{D^B'} C_i / k, difference γ H̄^A). Both are offered; the
-difference is always formed from signed weights over the same examples, so one set of
-products serves it.
+all at the model's current θ. H^{bat|A} is the mean curvature over D^bat. Two readings of H^{bat}:
+
+- ``"share"`` (default): the proof's (App. A.5) H^{bat|A} − H^{bat} = H^A, the mean curvature
+  over D^A. Then, with Δ_D = (H̄_D + λI)⁻¹ mean_D ∇ℓ the Newton step of data D from θ,
+  Score_A = n‖Δ_A‖ and Score_bat = k‖Δ_bat‖: n and k times the distance from θ to the one-step
+  estimates θ̂_A, θ̂_bat (eqs. 24-25; exact for a quadratic loss, see tests/test_convex.py).
+  The mean over D^A, not D^B''s share Σ_{D^A} C_i / k = γ H̄^A of the D^bat mean, is what makes
+  Score_A / n the length of D^A's own Newton step; the share would test ‖Δ_bat‖ ≤ ‖Δ_A‖ / γ.
+- ``"conditional"``: the statement read literally, H^{bat} the mean over D^B', so the
+  difference is γ_m (H̄^A − H̄^{B'}) with γ_m = n/k, possibly indefinite (a solver policy decides).
+
+Which inequality is tested (``inequality``), under ``share`` and with γ = n/k:
+
+- ``"norms"``: γ·Score_bat ≤ Score_A  ⇔  ‖Δ_bat‖ ≤ ‖Δ_A‖, eq. 23 as the proof writes it;
+- ``"mean_squares"``: √γ·Score_bat ≤ Score_A  ⇔  k‖Δ_bat‖² ≤ n‖Δ_A‖², the sample version of
+  ρ_bat|A ≤ ρ_A (eq. 9 against ρ_A, S = I), which is the proposition's conclusion.
+
+Why these choices make the check discriminate:
+
+- **Curvature.** Use ``gauss_newton`` (or ``hessian`` for a convex loss). With the empirical
+  Fisher F̄ = mean g gᵀ the "Newton step" (F̄ + λI)⁻¹ Σ g depends only on the Gram matrix of the
+  gradients and shrinks as 1/‖g‖ when they grow, so a D^B' whose gradients are 100× larger than
+  D^A's makes Score_bat *smaller* and eq. 12 "holds" (tests/test_prop2.py shows it). With a
+  Gauss-Newton or Hessian curvature the curvature does not grow with the residuals, so large or
+  conflicting gradients give a long step and the check fails.
+- **Damping.** λ = ``damping`` × the largest eigenvalue of H^{bat|A} (:func:`relative_damping`),
+  the same λ in both scores: an absolute λ = 1e-3 is negligible for one model and dominant for
+  another (a direction dominated by D^B' gets multiplied by 1/λ when clipped to λ).
+- **Point.** The proof linearises at θ^{A*}: there Δ_A = θ^{A*} − θ̂_A and Δ_bat = θ^{A*} − θ̂_bat
+  are the two estimators' errors, and the check compares them. At any other θ it compares how far
+  the two Newton targets lie from θ, which a D^B' that cancels D^A's gradient sum passes with
+  Score_bat = 0; so evaluate it at (an estimate of) θ^{A*} when one exists (``bat.convex.check`` does).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from bat import validate
 from bat.core.curvature import CurvatureOperator, curvature_operators, per_sample_grads
-from bat.core.protocols import Batch, Task, concat_batches, take_examples
-from bat.core.solvers import CurvatureReport, SolveOptions, solve
+from bat.core.protocols import Batch, Task, concat_batches
+from bat.core.solvers import CurvatureReport, SolveOptions, _power_norm, solve
 
-BACKBONE_CURVATURES = ("conditional", "share")
+BACKBONE_CURVATURES = ("share", "conditional")
+INEQUALITIES = ("norms", "mean_squares")
 
 
 @dataclass
 class Prop2Scores:
     score_adaptation: float
     score_bat: float
-    gamma: float
+    gamma: float  # the configured γ of eq. 12
+    inequality: str  # "norms" or "mean_squares", see the module docstring
     reports: dict[str, dict]
 
     @property
     def holds(self) -> bool:
-        """Eq. 12 without its o_P(1) term."""
-        return self.gamma * self.score_bat <= self.score_adaptation
+        """Eq. 12 without its o_P(1) term: γ·Score_bat ≤ Score_A (norms), √γ·… (mean squares)."""
+        factor = self.gamma if self.inequality == "norms" else math.sqrt(self.gamma)
+        return factor * self.score_bat <= self.score_adaptation
+
+
+def relative_damping(operator: CurvatureOperator, options: SolveOptions) -> SolveOptions:
+    """``options`` with λ = options.damping × the largest |eigenvalue| of ``operator``.
+
+    The eigenvalue comes from 20 power iterations (within a few per cent, enough for a scale).
+    A zero operator keeps λ = options.damping, so the solve stays defined.
+    """
+    top = _power_norm(operator, 0.0, torch.zeros(operator.dim, dtype=torch.float64))
+    return replace(options, damping=options.damping * top if top > 0 else options.damping)
 
 
 class Prop2Problem:
-    """D^bat at the model's current θ_A, with the two curvatures and two sums of Proposition 2."""
+    """D^bat at the model's current θ, with the two curvatures and two sums of Proposition 2."""
 
     def __init__(self, model: nn.Module, task: Task, adaptation_batch: Batch,
-                 backbone_batch: Batch, curvature: str, *, backbone_curvature: str = "conditional",
+                 backbone_batch: Batch, curvature: str, *, backbone_curvature: str = "share",
                  chunk_size: int | None = None, grads: torch.Tensor | None = None):
-        """``grads``: per-sample gradients of D^A then D^B' at the current θ_A, if known."""
+        """``grads``: per-sample gradients of D^A then D^B' at the current θ, if known [k, d]."""
         validate.choice("backbone_curvature", backbone_curvature, BACKBONE_CURVATURES)
         self.model, self.task, self.curvature = model, task, curvature
         self.batch = concat_batches(adaptation_batch, backbone_batch)
@@ -61,41 +101,54 @@ class Prop2Problem:
                       else per_sample_grads(model, task, self.batch, chunk_size=chunk_size))
         is_backbone = torch.arange(k) >= self.n
         self.bat_weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        per_backbone = 1.0 / (self.m if backbone_curvature == "conditional" else k)
-        self.backbone_weights = is_backbone.to(torch.float64) * per_backbone
+        if backbone_curvature == "share":  # H^{bat|A} − H^{bat} = H^A, the mean over D^A
+            self.difference_weights = (~is_backbone).to(torch.float64) / self.n
+        else:  # H^{bat|A} − mean over D^B'
+            self.difference_weights = self.bat_weights - is_backbone.to(torch.float64) / self.m
+        self._operators: list[CurvatureOperator] | None = None
 
-    @property
-    def measured_gamma(self) -> float:
-        return self.n / (self.n + self.m)
+    def operators(self) -> tuple[CurvatureOperator, CurvatureOperator]:
+        """H^{bat|A} − H^{bat} and H^{bat|A}, from one forward pass (built once)."""
+        if self._operators is None:
+            self._operators = curvature_operators(
+                self.curvature, self.model, self.task, self.batch,
+                [self.difference_weights, self.bat_weights], grads=self.grads)
+        return self._operators[0], self._operators[1]
 
-    def _operator(self, weights: torch.Tensor) -> CurvatureOperator:
-        return curvature_operators(self.curvature, self.model, self.task, self.batch, [weights],
-                                   grads=self.grads)[0]
+    def solve_options(self, options: SolveOptions, relative: bool) -> SolveOptions:
+        """``options``, with λ scaled by the top eigenvalue of H^{bat|A} when ``relative``."""
+        return relative_damping(self.operators()[1], options) if relative else options
 
     def score_adaptation(self, options: SolveOptions) -> tuple[float, CurvatureReport]:
-        """‖(H^{bat|A} − H^{bat} + λI)⁻¹ Σ_{D^A} ∇ℓ‖."""
-        difference = self._operator(self.bat_weights - self.backbone_weights)
-        solution = solve(difference, self.grads[:self.n].sum(0), options)
+        """‖(H^{bat|A} − H^{bat} + λI)⁻¹ Σ_{D^A} ∇ℓ‖ with λ = options.damping."""
+        solution = solve(self.operators()[0], self.grads[:self.n].sum(0), options)
         return float(torch.linalg.vector_norm(solution.x)), solution.report
 
     def score_bat(self, options: SolveOptions) -> tuple[float, CurvatureReport]:
-        """‖(H^{bat|A} + λI)⁻¹ Σ_{D^bat} ∇ℓ‖."""
-        solution = solve(self._operator(self.bat_weights), self.grads.sum(0), options)
+        """‖(H^{bat|A} + λI)⁻¹ Σ_{D^bat} ∇ℓ‖ with λ = options.damping."""
+        solution = solve(self.operators()[1], self.grads.sum(0), options)
         return float(torch.linalg.vector_norm(solution.x)), solution.report
 
-    def scores(self, options: SolveOptions, gamma: float | None = None) -> Prop2Scores:
-        """Both sides of eq. 12; ``gamma`` None means the measured n/k."""
+    def scores(self, options: SolveOptions, gamma: float, *, inequality: str = "norms",
+               relative: bool = False) -> Prop2Scores:
+        """Both sides of eq. 12 with the configured ``gamma`` in (0, 1).
+
+        ``relative``: λ = options.damping × top eigenvalue of H^{bat|A}, the same in both scores.
+        Raises ConfigError for a γ outside (0, 1) or an unknown ``inequality``.
+        """
+        validate.open_interval("gamma", gamma, 0.0, 1.0)
+        validate.choice("inequality", inequality, INEQUALITIES)
+        options = self.solve_options(options, relative)
         score_a, report_a = self.score_adaptation(options)
         score_bat, report_bat = self.score_bat(options)
-        return Prop2Scores(score_a, score_bat,
-                           self.measured_gamma if gamma is None else gamma,
+        return Prop2Scores(score_a, score_bat, gamma, inequality,
                            {"adaptation": report_a.as_dict(), "bat": report_bat.as_dict()})
 
 
 def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
                        candidate_grads: torch.Tensor, target_gradient: torch.Tensor,
                        curvature: str, options: SolveOptions, *,
-                       training_grads: torch.Tensor | None = None,
+                       training_grads: torch.Tensor | None = None, relative: bool = False,
                        ) -> tuple[torch.Tensor, CurvatureReport]:
     """Predicted decrease of a target T(θ) when each candidate joins the training set.
 
@@ -110,12 +163,14 @@ def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
     step −(H + λI)⁻¹ g_j goes down T. The approximation is first order in the candidate's
     weight (1/k) and holds H fixed, which a single example changes by O(1/k) only.
     With T = ½‖θ − θ^{A*}‖², ∇T = θ − θ^{A*} (oracle); with T the loss on held-out
-    adaptation data, ∇T is its gradient (oracle-free).
+    adaptation data, ∇T is its gradient (oracle-free). ``relative``: λ scaled as in
+    :func:`relative_damping`.
     """
     k = len(next(iter(training_batch.values())))
     operator = curvature_operators(curvature, model, task, training_batch,
                                    [torch.full((k,), 1.0 / k, dtype=torch.float64)],
                                    grads=training_grads)[0]
+    options = relative_damping(operator, options) if relative else options
     solution = solve(operator, target_gradient, options)
     return candidate_grads @ solution.x.to(candidate_grads.dtype), solution.report
 

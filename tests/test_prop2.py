@@ -1,0 +1,102 @@
+"""Proposition 2's check discriminates: verdicts on constructed D^B' sets, and closed forms on ridge."""
+
+import numpy as np
+import pytest
+
+from bat.convex import glm
+from bat.errors import ConfigError
+from bat.core.prop2 import Prop2Problem
+from bat.core.solvers import SolveOptions
+
+D, N, M, RIDGE = 6, 8, 4, 1e-6
+GAMMA = N / (N + M)
+
+
+def setting(seed=0):
+    """D^A: N noisy samples around θ^{A*}; M backbone inputs; e = θ̂_A − θ^{A*}; u ⟂ e."""
+    rng = np.random.default_rng(seed)
+    theta_star = rng.standard_normal(D)
+    x_a = rng.standard_normal((N, D))
+    y_a = x_a @ theta_star + rng.standard_normal(N)
+    e = glm.fit("ridge", x_a, y_a, RIDGE) - theta_star
+    x_b = rng.standard_normal((M, D))
+    u = rng.standard_normal(D)
+    u -= (u @ e) / (e @ e) * e
+    return theta_star, x_a, y_a, x_b, e, np.linalg.norm(e) * u / np.linalg.norm(u)
+
+
+# D^B' labelled noise-free by its own optimum θ_B; at θ^{A*} its gradients are
+# x xᵀ(θ^{A*} − θ_B), so each kind below is a kind of gradient set relative to D^A's sum
+# Σ_A ∇ℓ = H_A (θ^{A*} − θ̂_A) = −H_A e.
+KINDS = {
+    "aligned": (lambda e, u: 0 * e, True),  # shares θ^{A*}: gradients ≈ 0, only curvature added
+    "small_unrelated": (lambda e, u: 0.1 * u, True),  # pulls ⟂ to D^A's error, weakly
+    "unrelated": (lambda e, u: 5 * u, False),  # the same direction, strongly
+    "opposed": (lambda e, u: -10 * e, False),  # gradients against Σ_A ∇ℓ, overshooting θ^{A*}
+    "huge": (lambda e, u: 100 * e, False),  # along Σ_A ∇ℓ and 100× D^A's mean gradient
+}
+
+
+def problem(kind, curvature="hessian", reading="share", seed=0):
+    theta_star, x_a, y_a, x_b, e, u = setting(seed)
+    theta_b = theta_star + KINDS[kind][0](e, u)
+    return Prop2Problem(glm.LinearModel(theta_star), glm.GLMTask("ridge", RIDGE),
+                        glm.as_batch(x_a, y_a), glm.as_batch(x_b, x_b @ theta_b), curvature,
+                        backbone_curvature=reading)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("inequality", ["norms", "mean_squares"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_check_holds_only_for_backbone_samples_that_agree_with_the_optimum(kind, inequality, seed):
+    scores = problem(kind, seed=seed).scores(SolveOptions(solver="dense", damping=1e-8), GAMMA,
+                                             inequality=inequality, relative=True)
+    assert scores.holds is KINDS[kind][1]
+
+
+def test_empirical_fisher_passes_what_it_should_fail():
+    """The previous grid setting: Fisher, Woodbury, clip at λ = 1e-3, conditional reading."""
+    options = SolveOptions(solver="woodbury", damping=1e-3, indefinite="clip")
+    for kind in ("huge", "opposed", "unrelated"):
+        scores = problem(kind, "fisher", "conditional").scores(options, GAMMA)
+        assert scores.holds  # (F̄ + λI)⁻¹ Σ g shrinks as the gradients grow
+
+
+@pytest.mark.parametrize("gamma", [GAMMA, 0.3])
+def test_ridge_scores_are_n_and_k_times_the_newton_errors(gamma):
+    """Quadratic loss: one Newton step is the fit, so at θ^{A*} (share reading)
+    Score_A = n‖θ^{A*} − θ̂_A‖, Score_bat = k‖θ^{A*} − θ̂_bat‖, and with γ = n/k
+    "norms" is ‖err_bat‖ ≤ ‖err_A‖ (eq. 23), "mean_squares" is k‖err_bat‖² ≤ n‖err_A‖²."""
+    theta_star, x_a, y_a, x_b, e, u = setting()
+    y_b = x_b @ (theta_star + 1.25 * u)  # err_bat / err_a ≈ 0.85, between √γ and 1
+    p = Prop2Problem(glm.LinearModel(theta_star), glm.GLMTask("ridge", RIDGE),
+                     glm.as_batch(x_a, y_a), glm.as_batch(x_b, y_b), "hessian")
+    err_a = np.linalg.norm(glm.fit("ridge", x_a, y_a, RIDGE) - theta_star)
+    err_bat = np.linalg.norm(glm.fit("ridge", np.concatenate([x_a, x_b]),
+                                     np.concatenate([y_a, y_b]), RIDGE) - theta_star)
+    options = SolveOptions(solver="dense", damping=1e-12)
+    norms = p.scores(options, gamma, relative=True)
+    squares = p.scores(options, gamma, inequality="mean_squares", relative=True)
+    assert norms.score_adaptation == pytest.approx(N * err_a, rel=1e-8)
+    assert norms.score_bat == pytest.approx((N + M) * err_bat, rel=1e-8)
+    assert norms.holds == (gamma * (N + M) * err_bat <= N * err_a)
+    assert squares.holds == (gamma * ((N + M) * err_bat) ** 2 <= (N * err_a) ** 2)
+    if gamma == GAMMA:
+        assert norms.holds == (err_bat <= err_a)
+        assert squares.holds == ((N + M) * err_bat ** 2 <= N * err_a ** 2)
+        assert norms.holds != squares.holds  # this D^B' lies between the two inequalities
+
+
+def test_relative_damping_scales_with_the_spectrum():
+    p = problem("aligned")
+    options = SolveOptions(solver="dense", damping=1e-3)
+    top = float(np.linalg.eigvalsh(p.operators()[1].dense().numpy()).max())
+    assert p.solve_options(options, relative=True).damping == pytest.approx(1e-3 * top, rel=0.05)
+    assert p.solve_options(options, relative=False).damping == 1e-3
+
+
+@pytest.mark.parametrize("kwargs, field", [(dict(gamma=1.0), "gamma"),
+                                           (dict(gamma=0.5, inequality="l1"), "inequality")])
+def test_bad_gamma_or_inequality_names_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        problem("aligned").scores(SolveOptions(solver="dense"), **kwargs)
