@@ -557,7 +557,7 @@ def curvature_operators(kind: str, model: nn.Module, task: Task, batch: Batch,
         raise ConfigError(f"curvature: {kind!r} is not allowed; choose one of {list(CURVATURES)}")
     if kind == "fisher":
         if grads is None:
-            grads = per_sample_grads(model, task, batch, chunk_size=chunk_size)
+            grads = per_sample_grads_hooks(model, task, batch, chunk_size=chunk_size)
         return [FisherOperator(grads, w) for w in weight_sets]
     params = adapter_parameters(model)[1]
     with scoring_mode(model), math_attention():
@@ -602,7 +602,7 @@ def projected_curvatures(kind: str, model: nn.Module, task: Task, batch: Batch,
         raise ConfigError(f"curvature: {kind!r} is not allowed; choose one of {list(CURVATURES)}")
     if kind == "fisher":
         projected = (grads if grads is not None
-                     else per_sample_grads(model, task, batch, chunk_size=chunk_size))
+                     else per_sample_grads_hooks(model, task, batch, chunk_size=chunk_size))
         projected = projected.to(basis.dtype) @ basis
         return projected[:, :, None] * projected[:, None, :]
     if kind == "gauss_newton" and not isinstance(task, OutputTask):

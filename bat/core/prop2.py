@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from bat import validate
-from bat.core.curvature import CurvatureOperator, curvature_operators, per_sample_grads
+from bat.core.curvature import CurvatureOperator, curvature_operators, per_sample_grads_hooks
 from bat.core.protocols import Batch, Task, concat_batches
 from bat.core.solvers import CurvatureReport, SolveOptions, _power_norm, solve
 
@@ -98,7 +98,7 @@ class Prop2Problem:
         self.m = len(next(iter(backbone_batch.values())))
         k = self.n + self.m
         self.grads = (grads if grads is not None
-                      else per_sample_grads(model, task, self.batch, chunk_size=chunk_size))
+                      else per_sample_grads_hooks(model, task, self.batch, chunk_size=chunk_size))
         is_backbone = torch.arange(k) >= self.n
         self.bat_weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
         if backbone_curvature == "share":  # H^{bat|A} − H^{bat} = H^A, the mean over D^A
@@ -185,7 +185,7 @@ def weight_difference(model: nn.Module, task: Task, batch: Batch, curvature: str
     It is k times the length of the Newton step that the data D asks of θ_A at this point.
     """
     k = len(next(iter(batch.values())))
-    grads = per_sample_grads(model, task, batch, chunk_size=chunk_size)
+    grads = per_sample_grads_hooks(model, task, batch, chunk_size=chunk_size)
     operator = curvature_operators(curvature, model, task, batch,
                                    [torch.full((k,), 1.0 / k, dtype=torch.float64)],
                                    grads=grads)[0]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from bat import validate
-from bat.core.curvature import (CURVATURES, flat_parameters, loss_gradient, per_sample_grads,
+from bat.core.curvature import (CURVATURES, flat_parameters, loss_gradient, per_sample_grads_hooks,
                            projected_curvatures)
 from bat.errors import ConfigError
 from bat.core.prop2 import (BACKBONE_CURVATURES, INEQUALITIES, Prop2Problem, Prop2Scores,
@@ -229,10 +229,10 @@ class Prop2Selector:
         training = (adaptation if self._selected_batch is None
                     else concat_batches(adaptation, self._selected_batch))
         # One pass per set at this θ serves the benefits, the Fisher and both scores below.
-        training_grads = per_sample_grads(context.model, context.task, training,
-                                          chunk_size=config.chunk_size)
-        candidate_grads = per_sample_grads(context.model, context.task,
-                                           context.candidate_batch, chunk_size=config.chunk_size)
+        training_grads = per_sample_grads_hooks(context.model, context.task, training,
+                                                chunk_size=config.chunk_size)
+        candidate_grads = per_sample_grads_hooks(context.model, context.task,
+                                                 context.candidate_batch, chunk_size=config.chunk_size)
         benefits, report = candidate_benefits(
             context.model, context.task, training, candidate_grads, target_gradient,
             config.curvature, config.solve_options, training_grads=training_grads,
@@ -436,8 +436,8 @@ class SetSelector:
         config, model, task = self.config, context.model, context.task
         adaptation, candidates = context.adaptation_batch, context.candidate_batch
         n = len(next(iter(adaptation.values())))
-        grads = per_sample_grads(model, task, concat_batches(adaptation, candidates),
-                                 chunk_size=config.chunk_size).to(torch.float64)
+        grads = per_sample_grads_hooks(model, task, concat_batches(adaptation, candidates),
+                                       chunk_size=config.chunk_size).to(torch.float64)
         theta = flat_parameters(model).to(torch.float64)
         extra = []
         if config.mode == "oracle":
