@@ -21,6 +21,7 @@ PREPARED = DATA / "prepared"
 MODELS = ROOT / "models"
 FIGURES = ROOT / "figures"
 METRICS = ROOT / "metrics"
+PLOTS = ROOT / "plots"  # curves and per-run tables behind the figures: DVC plots
 REPORTS = ROOT / "reports"
 
 
@@ -31,6 +32,11 @@ def figure(stem: str, suffix: str = ".png") -> Path:
 
 def metrics(stem: str) -> Path:
     return METRICS / f"{stem}.json"
+
+
+def plot(stem: str, name: str) -> Path:
+    """``plots/<stem>/<name>.csv``: one curve table of a figure, written by that figure only."""
+    return PLOTS / stem / f"{name}.csv"
 
 
 def report(stem: str) -> Path:
