@@ -226,9 +226,10 @@ class Result:
     def metrics(self) -> dict:
         """The flat DVC metrics of this comparison (``effect`` = mean ``regime − reference``,
         ``ci_low``/``ci_high`` its 95 % interval, ``mde``, ``seeds``, ``verdict`` as
-        :data:`VERDICT_CODES`); ``None`` where undefined, ``{}`` when not tested."""
+        :data:`VERDICT_CODES`); ``None`` where undefined, every value ``None`` when not tested
+        (so that every figure's metrics file has the same keys)."""
         if self.verdict is None:
-            return {}
+            return dict.fromkeys(("effect", "ci_low", "ci_high", "mde", "seeds", "verdict"))
         c = self.verdict.comparison
         return {"effect": c.mean, "ci_low": c.low, "ci_high": c.high, "mde": c.mde, "seeds": c.seeds,
                 "verdict": VERDICT_CODES[self.verdict.label]}
