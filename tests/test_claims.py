@@ -188,3 +188,15 @@ def test_figure_comparisons_and_flat_metrics(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "PLOTS", tmp_path / "plots")
     write_plot("s", "gap", curves)
     assert list(pd.read_csv(tmp_path / "plots" / "s" / "gap.csv").columns) == list(curves.columns)
+
+
+def test_gamma_selects_one_bat_run_and_keeps_the_gamma_free_reference(tmp_path):
+    # Two BAT runs per seed (γ 0.5 and 0.25) beside one plain run: where={"gamma": 0.25} pairs
+    # the γ = 0.25 run with plain, and D^A exposure is read from that run's own steps.
+    runs = synthetic_runs(tmp_path)
+    (tmp_path / "runs" / "g").rename(tmp_path / "runs" / "old")
+    other = runs[runs["regime"] == "bat"].assign(gamma=0.25, heldout_loss=lambda f: f["heldout_loss"] + 1.0)
+    write_grid(tmp_path, "g", pd.concat([runs, other]).to_dict("records"))
+    [low, high] = classify((claim(where={"gamma": 0.5}), claim(where={"gamma": 0.25}, align="exposure")), tmp_path)
+    assert low.verdict.comparison.mean == pytest.approx(scipy_interval(runs, 4, 4)[0], abs=1e-12)
+    assert high.step == "bat 6 / plain 4" and high.label == "contradicted"

@@ -34,6 +34,7 @@ import pandas as pd
 from bat import paths
 from bat.errors import ConfigError
 from bat.io import read_json
+from bat.analysis.runs import RUN_KEYS
 from bat.analysis.statistics import PairedComparison, Verdict, compare, paired_differences, verdict
 
 START, END = "<!-- claims:start -->", "<!-- claims:end -->"
@@ -116,7 +117,7 @@ def _side(root: Path, grid: str, table: str, measure: str, where: dict, regime: 
         raise ConfigError(f"where: {where} leaves {regime!r} runs of several {varying} in runs/{grid}; fix them")
     if table == "evaluations" and "n_adaptation" not in rows:
         steps = pd.read_csv(folder / "steps.csv")
-        keys = ["dataset", "adapter", "seed", "batch_size", "regime", "step"]
+        keys = [*RUN_KEYS, "step"]  # γ too: one seed's BAT runs at several γ share the rest (pandas pairs NaN γ)
         exposure = steps[steps["regime"] == regime][[*keys, "n_adaptation"]]
         rows = rows.merge(exposure, on=keys, how="left")
     return rows.dropna(subset=[measure])

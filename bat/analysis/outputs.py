@@ -84,7 +84,7 @@ def difference_curves(frame: pd.DataFrame, value: str, regimes, reference: str =
 
 
 def _curves(summary: pd.DataFrame, by, low, high) -> pd.DataFrame:
-    series = summary[list(by)].astype(str).agg("/".join, axis=1) if len(summary) else pd.Series(dtype=str)
+    series = ["/".join(map(str, values)) for values in zip(*(summary[name] for name in by))]
     return pd.DataFrame({"series": series, "step": summary["step"], "mean": summary["mean"],
                          "low": low, "high": high, "seeds": summary["count"]})[list(CURVE_COLUMNS)]
 
