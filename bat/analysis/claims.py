@@ -83,13 +83,16 @@ class RunComparison:
         regime = _side(root, self.grid, self.table, self.measure, self.where, claim.regime)
         reference = _side(root, self.reference_grid or self.grid, self.table, self.measure, self.where,
                           claim.reference)
-        chosen = _align(regime, reference, self.measure, self.align, claim)
-        differences = paired_differences(chosen, self.measure, claim.regime, claim.reference)
+        # Label the sides, not the regimes: Tab. 2 compares "bat" of one grid with "bat" of another.
+        chosen = _align(regime.assign(side="regime"), reference.assign(side="reference"), self.measure,
+                        self.align, claim)
+        differences = paired_differences(chosen.drop(columns="regime").rename(columns={"side": "regime"}),
+                                         self.measure, "regime", "reference")
         if differences.empty:
             raise NotTested(f"{claim.regime} and {claim.reference} share no seed")
-        steps = chosen.groupby("regime")["step"].agg(lambda s: "–".join(map(str, sorted(set(s)))))
-        label = (steps[claim.regime] if steps[claim.regime] == steps[claim.reference]
-                 else f"{claim.regime} {steps[claim.regime]} / {claim.reference} {steps[claim.reference]}")
+        steps = chosen.groupby("side")["step"].agg(lambda s: "–".join(map(str, sorted(set(s)))))
+        label = (steps["regime"] if steps["regime"] == steps["reference"]
+                 else f"{claim.regime} {steps['regime']} / {claim.reference} {steps['reference']}")
         return compare(differences.to_numpy()), label
 
 
@@ -331,14 +334,16 @@ def comparison_metrics(claim_id: str, root: str | Path = paths.ROOT) -> dict:
 
 def compare_regimes(grid: str, measure: str, regimes, reference: str = "plain", settings=({},),
                     direction: str = "lower", table: str = "evaluations", align: str = "steps",
-                    root: str | Path = paths.ROOT) -> list[Result]:
-    """Each of ``regimes`` against ``reference`` on ``measure`` of ``runs/<grid>``, once per setting
-    (a ``where`` dict, e.g. ``{"dataset": "noto"}``): the figures' comparison tables, built by the
-    same pairing as :data:`CLAIMS`. Raises :class:`ConfigError` for a bad table, align or where."""
+                    reference_grid: str | None = None, root: str | Path = paths.ROOT) -> list[Result]:
+    """Each of ``regimes`` against ``reference`` (of ``reference_grid``, default the same grid) on
+    ``measure`` of ``runs/<grid>``, once per setting (a ``where`` dict, e.g. ``{"dataset": "noto"}``):
+    the figures' comparison tables, built by the same pairing as :data:`CLAIMS`. Raises
+    :class:`ConfigError` for a bad table, align or where."""
     claims = tuple(Claim(f"{grid}-{regime}-{reference}-{i}", "", ", ".join(f"{k} {v}" for k, v in where.items()),
                          measure, regime, reference, direction,
-                         RunComparison(grid, measure, table, dict(where), align=align))
-                   for i, where in enumerate(settings) for regime in regimes if regime != reference)
+                         RunComparison(grid, measure, table, dict(where), reference_grid, align))
+                   for i, where in enumerate(settings) for regime in regimes
+                   if regime != reference or reference_grid not in (None, grid))
     return classify(claims, root)
 
 

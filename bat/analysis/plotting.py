@@ -88,6 +88,7 @@ def table_figure(tables, width: float = 9.0):
                            cellLoc="center")
         table.auto_set_font_size(False)
         table.set_fontsize(7)
+        table.auto_set_column_width(list(range(len(frame.columns))))  # long labels stay readable
         table.scale(1.0, 1.25)
         axis.set_title(title, fontsize=9)
     return fig
