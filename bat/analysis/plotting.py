@@ -30,7 +30,8 @@ plt.rcParams.update(STYLE)
 
 # One colour per training regime, the same in every figure.
 REGIME_COLORS = {"plain": "tab:red", "random": "tab:gray", "random_matched": "tab:olive",
-                 "bat": "tab:blue", "bat_oracle_free": "tab:cyan", "compute_matched": "tab:orange"}
+                 "bat": "tab:blue", "bat_oracle_free": "tab:cyan", "compute_matched": "tab:orange",
+                 "prior_preservation": "tab:purple"}
 
 _PNG_METADATA = {"Software": None}
 _PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}
