@@ -84,8 +84,13 @@ for measure in measures:
 comparisons = pd.concat(rows, ignore_index=True)
 comparisons
 
+# %% [markdown]
+# ## DVC metrics
+# Headline: BAT − random in held-out loss, first style, equal steps. Secondary: BAT − random in
+# image-feature cosine (claimed higher), same style and step.
+
 # %%
 headline = compare_regimes(grid, "heldout_loss", ["bat"], reference="random", settings=settings[:1])[0]
-bat_scores = comparisons[(comparisons["compared"] == "bat − random") & (comparisons["measure"] != "heldout_loss")]
-write_metrics("fig01_metrics_vs_random", headline.metrics(),
-              scores_held=int(bat_scores["verdict"].eq("held").sum()), scores_compared=len(bat_scores))
+secondary = compare_regimes(grid, "cosine", ["bat"], reference="random", settings=settings[:1],
+                            direction="higher")[0]
+write_metrics("fig01_metrics_vs_random", headline.metrics(), secondary.metrics())

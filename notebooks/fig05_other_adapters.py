@@ -85,9 +85,16 @@ for grid, adapter, dataset in panels:
 comparisons = pd.concat(rows, ignore_index=True)
 comparisons
 
+# %% [markdown]
+# ## DVC metrics
+# Headline: LoCon BAT − plain in held-out loss, equal steps. Secondary: the first text adapter's
+# BAT − plain in held-out LM loss at equal D^A exposure.
+
 # %%
 exposure = comparisons[(comparisons["align"] == "exposure") & (comparisons["measure"] == "held-out loss")]
 headline = compare_regimes(image_grid, "heldout_loss", ["bat"],
                            settings=[{"dataset": panels[0][2], "adapter": panels[0][1]}])[0]
-write_metrics("fig05_other_adapters", headline.metrics(),
-              **{f"{row.adapter}_exposure_effect": row.effect for row in exposure.itertuples()})
+text_panel = [panel for panel in panels if panel[0] == text_grid][0]
+secondary = compare_regimes(text_grid, "heldout_loss", ["bat"], align="exposure",
+                            settings=[{"dataset": text_panel[2], "adapter": text_panel[1]}])[0]
+write_metrics("fig05_other_adapters", headline.metrics(), secondary.metrics())

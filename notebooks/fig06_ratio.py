@@ -95,6 +95,12 @@ save_figure(fig, "fig06_ratio")
 # %%
 pd.concat([heldout.assign(measure="held-out loss"), movement.assign(measure="movement")], ignore_index=True)
 
+# %% [markdown]
+# ## DVC metrics
+# Headline: BAT − plain in held-out loss at the smallest γ (the most backbone data), first style,
+# equal steps. Secondary: the same in movement.
+
 # %%
 headline = compare_regimes(grid, "heldout_loss", ["bat"], settings=settings[:1])[0]
-write_metrics("fig06_ratio", headline.metrics(), gamma=float(gammas[0]))
+secondary = compare_regimes(grid, "weight_difference", ["bat"], settings=settings[:1], table="steps")[0]
+write_metrics("fig06_ratio", headline.metrics(), secondary.metrics())

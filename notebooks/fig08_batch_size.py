@@ -98,6 +98,12 @@ save_figure(fig, "fig08_batch_size")
 # %%
 pd.concat([heldout.assign(measure="held-out loss"), movement.assign(measure="movement")], ignore_index=True)
 
+# %% [markdown]
+# ## DVC metrics
+# Headline: BAT − plain in held-out loss at the largest batch size, first style, equal steps.
+# Secondary: the same in movement.
+
 # %%
 headline = compare_regimes(grid, "heldout_loss", ["bat"], settings=settings[-1:])[0]
-write_metrics("fig08_batch_size", headline.metrics(), batch_size=int(batch_sizes[-1]))
+secondary = compare_regimes(grid, "weight_difference", ["bat"], settings=settings[-1:], table="steps")[0]
+write_metrics("fig08_batch_size", headline.metrics(), secondary.metrics())

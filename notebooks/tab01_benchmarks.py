@@ -140,11 +140,15 @@ for measure in text_columns:
 comparisons = pd.concat(rows, ignore_index=True)
 comparisons
 
+# %% [markdown]
+# ## DVC metrics
+# Headline: DreamBooth BAT − prior preservation in held-out loss, first style, equal steps.
+# Secondary: the first text adapter's BAT − plain in held-out LM loss at equal D^A exposure.
+
 # %%
 headline = compare_regimes(image_grids[0], "heldout_loss", ["bat"], reference="prior_preservation",
                            settings=[{"dataset": read_grid(paths.ROOT / "runs" / image_grids[0])
                                       .info["config"]["datasets"][0]}])[0]
 text_heldout = compare_regimes(text_grid, "heldout_loss", ["bat"], settings=text_settings[:1],
                                align="exposure")[0].metrics()
-write_metrics("tab01_benchmarks", headline.metrics(), text_exposure_effect=text_heldout["effect"],
-              text_exposure_verdict=text_heldout["verdict"])
+write_metrics("tab01_benchmarks", headline.metrics(), text_heldout)

@@ -165,8 +165,8 @@ def test_controls_come_first_and_are_counted():
     assert [c.control for c in CLAIMS] == sorted((c.control for c in CLAIMS), reverse=True)
     results = classify(tuple(c for c in CLAIMS if c.control), paths.ROOT)
     counts = summary_metrics(results)
-    assert counts["controls"] == len(results) and sum(counts[k] for k in
-                                                      ("held", "inconclusive", "contradicted", "not_tested")) == len(results)
+    assert sum(counts[k] for k in ("held", "inconclusive", "contradicted", "not_tested")) == len(results)
+    assert counts["controls_held"] == sum(r.label == "held" for r in results)
 
 
 def test_figure_comparisons_and_flat_metrics(tmp_path, monkeypatch):
@@ -174,13 +174,16 @@ def test_figure_comparisons_and_flat_metrics(tmp_path, monkeypatch):
     frame = results_frame(compare_regimes("g", "heldout_loss", ["bat"], root=tmp_path,
                                           settings=[{"dataset": "noto"}]))
     assert frame.loc[0, "step"] == "4" and frame.loc[0, "verdict"] == "held"
-    metrics = flat_metrics(classify((claim(),), tmp_path)[0].metrics(), checks=np.int64(3))
-    assert metrics["verdict"] == 1 and metrics["seeds"] == 4 and metrics["checks"] == 3
-    assert all(isinstance(v, (int, float)) for v in metrics.values())
-    with pytest.raises(ConfigError, match="curve"):
-        flat_metrics({}, curve=[1.0, 2.0])
+    [result] = classify((claim(),), tmp_path)
+    metrics = flat_metrics(result.metrics(), {"effect": np.float64(0.5), "verdict": np.int64(-1)})
+    assert metrics["verdict"] == 1 and metrics["seeds"] == 4 and metrics["secondary_verdict"] == -1
+    assert all(type(v) in (int, float) for v in metrics.values())
+    untested = classify((claim(where={"dataset": "emojione"}),), tmp_path)[0].metrics()
+    assert flat_metrics(untested) == dict.fromkeys(untested)  # same keys, every value None
     with pytest.raises(ConfigError, match="schema"):
-        flat_metrics({"final": 1.0})
+        flat_metrics({**result.metrics(), "curve": 1.0})
+    with pytest.raises(ConfigError, match="effect"):
+        flat_metrics({**result.metrics(), "effect": [1.0, 2.0]})
     # The plotted interval at step 4 is the claim's interval.
     curves = difference_curves(runs, "heldout_loss", ["bat"])
     at4 = curves[curves["step"] == 4].iloc[0]

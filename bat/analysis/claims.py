@@ -362,12 +362,12 @@ def results_frame(results: list[Result]) -> pd.DataFrame:
 
 
 def summary_metrics(results: list[Result]) -> dict:
-    """Counts for ``metrics/claims.json``: claims per verdict, and positive controls held of all."""
+    """Counts for ``metrics/claims.json``: claims per verdict, and how many positive controls held."""
     counts = {label: sum(r.label == label for r in results) for label in (*VERDICT_CODES, NOT_TESTED)}
     controls = [r for r in results if r.claim.control]
     return {"held": counts["held"], "inconclusive": counts["inconclusive"],
             "contradicted": counts["contradicted"], "not_tested": counts[NOT_TESTED],
-            "controls_held": sum(r.label == "held" for r in controls), "controls": len(controls)}
+            "controls_held": sum(r.label == "held" for r in controls)}
 
 
 def _number(value: float) -> str:

@@ -2,8 +2,8 @@
 
 ``metrics/<stem>.json`` holds flat scalars only, in one schema shared by every figure
 (:data:`SCHEMA`: the figure's headline paired comparison, :meth:`bat.analysis.claims.Result.metrics`)
-plus at most :data:`MAX_EXTRA` figure-specific scalars, so that ``dvc metrics show`` reads as one
-results table. Curves go to ``plots/<stem>/<name>.csv`` in one long format (:data:`CURVE_COLUMNS`)
+and, where the figure has one, the effect and verdict of its second comparison (:data:`SECONDARY`,
+named in the notebook's last cell), so that ``dvc metrics show`` reads as one narrow results table. Curves go to ``plots/<stem>/<name>.csv`` in one long format (:data:`CURVE_COLUMNS`)
 that the ``series`` template of ``.dvc/plots`` draws as one line per ``series`` with a band from
 ``low`` to ``high``.
 
@@ -24,37 +24,35 @@ from bat.analysis.statistics import compare
 from bat.errors import ConfigError
 
 SCHEMA = ("effect", "ci_low", "ci_high", "mde", "seeds", "verdict")
-MAX_EXTRA = 3
+SECONDARY = ("secondary_effect", "secondary_verdict")  # the figure's second comparison, named in its notebook
 CURVE_COLUMNS = ("series", "step", "mean", "low", "high", "seeds")
 
 
-def flat_metrics(headline: dict, **extra) -> dict:
-    """``headline`` (the keys of :data:`SCHEMA`, or ``{}`` when the comparison was not tested)
-    merged with ``extra``; every value a finite number, a bool or ``None``.
+def flat_metrics(headline: dict, secondary: dict | None = None) -> dict:
+    """The keys of :data:`SCHEMA` from ``headline`` and of :data:`SECONDARY` from ``secondary``'s
+    ``effect`` and ``verdict`` (both as :meth:`bat.analysis.claims.Result.metrics` gives them);
+    every value a finite number or ``None``.
 
-    Raises :class:`ConfigError` for a headline key outside :data:`SCHEMA`, more than
-    :data:`MAX_EXTRA` extra keys, or a value that is not a scalar (a list, a dict, a string).
+    Raises :class:`ConfigError` when ``headline`` lacks or adds keys, or a value is not a number.
     """
-    unknown = sorted(set(headline) - set(SCHEMA))
-    if unknown:
-        raise ConfigError(f"headline: keys {unknown} are not in the shared schema {SCHEMA}")
-    if len(extra) > MAX_EXTRA:
-        raise ConfigError(f"extra: {len(extra)} figure-specific metrics; at most {MAX_EXTRA} keep "
-                          "`dvc metrics show` readable")
-    merged = {**headline, **extra}
+    if set(headline) != set(SCHEMA):
+        raise ConfigError(f"headline: keys {sorted(headline)} differ from the shared schema {SCHEMA}")
+    merged = dict(headline)
+    if secondary is not None:
+        merged.update(secondary_effect=secondary.get("effect"), secondary_verdict=secondary.get("verdict"))
     for key, value in merged.items():
-        if isinstance(value, (np.integer, np.floating, np.bool_)):
+        if isinstance(value, (np.integer, np.floating)):
             value = merged[key] = value.item()
-        if value is not None and not isinstance(value, (numbers.Real, bool)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
             raise ConfigError(f"{key}: {type(value).__name__} is not allowed in metrics; use a number")
         if isinstance(value, float) and not math.isfinite(value):
             merged[key] = None  # JSON has no NaN; DVC shows "-"
     return merged
 
 
-def write_metrics(stem: str, headline: dict, **extra) -> dict:
+def write_metrics(stem: str, headline: dict, secondary: dict | None = None) -> dict:
     """Write :func:`flat_metrics` to ``metrics/<stem>.json`` and return it."""
-    metrics = flat_metrics(headline, **extra)
+    metrics = flat_metrics(headline, secondary)
     io.write_json(paths.metrics(stem), metrics)
     return metrics
 
