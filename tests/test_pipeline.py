@@ -112,7 +112,7 @@ def test_each_grid_is_a_stage_writing_its_runs_folder():
         stage = STAGES[f"grid_{track}"]
         assert stage["foreach"] == f"${{grids.{track}}}"
         assert stage["do"]["cmd"] == "python -m bat.stages.grid ${key}"
-        assert stage["do"]["outs"] == ["runs/${key}"]
+        assert stage["do"]["outs"] == [{"runs/${key}": {"cache": False}}]  # in git: the reviewer's path
 
 
 def test_figure_curves_are_dvc_plots_in_git():
