@@ -6,10 +6,10 @@
 # variety, the augmented backbone data included.
 #
 # Here the runs are the `grid_image@batch_size` stage (`bat.stages.grid`) on the tiny diffusion model: for
-# each batch size (D^A examples per step) a plain run and a BAT run of the same seed. Left: the
-# weight difference ‖θ − θ^{A*}‖ to the oracle over the steps, one colour per batch size. Middle
-# and right: at the last step, BAT minus plain (paired by seed) in weight distance and in the task
-# metric (held-out loss), against the batch size.
+# each batch size (D^A examples per step) a plain run and a BAT run of the same seed. The primary
+# measure is the **held-out loss**; ‖θ − θ^{A*}‖ is **movement** (lower: moved less, not converged).
+# Every comparison is BAT − plain of the same seed at **equal steps** (the last step both were
+# evaluated at), with its 95 % t-interval and the MDE.
 
 # %% tags=["parameters"]
 grid = "batch_size"
