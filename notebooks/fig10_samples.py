@@ -7,10 +7,10 @@
 #
 # Here the runs are the `grid_image@dreambooth` stage (`bat.stages.grid`), shared with Fig. 1, 3, 4 and 9.
 # Shown is the evaluation step closest to half of the grid's `steps`: for every style, first the
-# backbone's samples (step 0, seed 0), then for every seed the plain and the BAT run of that seed,
-# one row each. The columns are the first held-out concepts of the style, titled with their
-# captions, in the order the evaluation prompted them; the first row of each style holds the real
-# renders the scores compare against. The notebook closes with the per-seed differences BAT − plain
+# real renders the scores compare against, then the backbone's samples (step 0, seed 0), then for
+# every seed the plain and the BAT run of that seed, one row each. The columns are the first
+# held-out concepts of the style, titled with their captions, in the order the evaluation prompted
+# them. The notebook closes with the per-seed differences BAT − plain
 # of the held-out loss and of the cosine and CLIP scores **at the step shown** (equal steps), each
 # with its 95 % t-interval and MDE.
 
