@@ -159,6 +159,9 @@ def test_convex_control_holds_only_when_it_holds_at_every_n(tmp_path, shift, lab
         assert result.step == step
     (tmp_path / "metrics" / "prop2_convex.json").write_text(json.dumps({"summary": []}))
     assert "per-seed rows" in classify((control,), tmp_path)[0].reason
+    (tmp_path / "plots" / "prop2_convex").mkdir(parents=True)  # the flat-metrics home of the rows
+    pd.DataFrame(convex_rows(shift)).to_csv(tmp_path / "plots" / "prop2_convex" / "seeds.csv", index=False)
+    assert classify((control,), tmp_path)[0].label == label
 
 
 def test_controls_come_first_and_are_counted():

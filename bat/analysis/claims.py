@@ -160,9 +160,10 @@ def _align(regime: pd.DataFrame, reference: pd.DataFrame, measure: str, align: s
 
 @dataclass(frozen=True)
 class ConvexControl:
-    """Positive control (i): per-seed rows of the convex check, ``rows`` of
-    ``metrics/prop2_convex.json`` (``model``, ``n``, ``method``, ``seed``, ``measure``). Compared at
-    every ``n``; the ``n`` whose interval is least favourable to the claim is reported, so the
+    """Positive control (i): per-seed rows of the convex check (``model``, ``n``, ``method``,
+    ``seed``, ``measure``), read from ``plots/prop2_convex/seeds.csv`` (flat metrics keep tables
+    out of ``metrics/``) or else from the list ``rows`` of ``metrics/prop2_convex.json``. Compared
+    at every ``n``; the ``n`` whose interval is least favourable to the claim is reported, so the
     verdict is *held* only if it holds at every ``n``."""
 
     model: str
@@ -170,14 +171,15 @@ class ConvexControl:
     measure: str = "n_error"
 
     def read(self, root: Path, claim: Claim) -> tuple[PairedComparison, str]:
-        path = root / "metrics" / "prop2_convex.json"
-        if not path.is_file():
-            raise NotTested("metrics/prop2_convex.json is not in this checkout")
-        stored = read_json(path)
-        if not isinstance(stored, dict) or not isinstance(stored.get(self.rows), list):
-            raise NotTested(f"metrics/prop2_convex.json holds no per-seed rows {self.rows!r} (set-level "
-                            "summaries only)")
-        frame = pd.DataFrame(stored[self.rows])
+        table, path = root / "plots" / "prop2_convex" / f"{self.rows}.csv", root / "metrics" / "prop2_convex.json"
+        if table.is_file():
+            frame = pd.read_csv(table)
+        else:
+            stored = read_json(path) if path.is_file() else None
+            if not isinstance(stored, dict) or not isinstance(stored.get(self.rows), list):
+                raise NotTested(f"neither plots/prop2_convex/{self.rows}.csv nor a list {self.rows!r} in "
+                                "metrics/prop2_convex.json holds per-seed rows (set-level summaries only)")
+            frame = pd.DataFrame(stored[self.rows])
         frame = frame[frame["model"] == self.model].rename(columns={"method": "regime"})
         sign = -1.0 if claim.direction == "lower" else 1.0
         worst = None
@@ -189,7 +191,7 @@ class ConvexControl:
             if worst is None or bound < worst[0]:
                 worst = (bound, comparison, f"n = {n}")
         if worst is None:
-            raise NotTested(f"metrics/prop2_convex.json has no {self.model!r} rows")
+            raise NotTested(f"the convex check's per-seed rows have no {self.model!r} rows")
         return worst[1], worst[2]
 
 
