@@ -24,6 +24,7 @@ MODELS = ROOT / "models"
 RUNS = ROOT / "runs"  # what stages measured, for the notebooks: grids and training results
 FIGURES = ROOT / "figures"
 METRICS = ROOT / "metrics"
+PLOTS = ROOT / "plots"  # curves and per-run tables behind the figures: DVC plots
 REPORTS = ROOT / "reports"
 
 
@@ -34,6 +35,11 @@ def figure(stem: str, suffix: str = ".png") -> Path:
 
 def metrics(stem: str) -> Path:
     return METRICS / f"{stem}.json"
+
+
+def plot(stem: str, name: str) -> Path:
+    """``plots/<stem>/<name>.csv``: one curve table of a figure, written by that figure only."""
+    return PLOTS / stem / f"{name}.csv"
 
 
 def report(stem: str) -> Path:

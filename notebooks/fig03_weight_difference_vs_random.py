@@ -7,18 +7,19 @@
 # ---
 
 # %% [markdown]
-# # Fig. 3: weight difference over the full run, BAT vs random augmented training
+# # Fig. 3: movement over the full run, BAT vs random augmented training, with the held-out loss first
 #
 # Paper Fig. 3: the weight difference ‖θ − θ^{A*}‖ to the adaptation optimum over the entire
-# DreamBooth training, for BAT and for random augmented training, on deliberately small adaptation
-# sets; in the paper, when BAT meets the condition of Proposition 2, its weight difference stays
-# below that of random augmented training throughout.
+# DreamBooth training, for BAT and for random augmented training; in the paper, when BAT meets the
+# condition of Proposition 2, its weight difference stays below that of random augmented training.
 #
-# Here the runs are the `grid_image@dreambooth` stage (`bat.stages.grid`), shared with Fig. 1, 4, 9 and
-# 10, over all of their `steps`; θ^{A*} is the `oracle_image@<style>_dreambooth` stage (see Fig. 4).
-# Beside the paper's two curves: `random_matched`, random backbone samples from the pool BAT was
-# offered, as many at every step as the BAT run took. Every curve is the mean over seeds, with the
-# min–max band over seeds.
+# Here the runs are the `grid_image@dreambooth` stage (`bat.stages.grid`), shared with Fig. 1, 4, 9
+# and 10; θ^{A*} is the `oracle_image@<style>_dreambooth` stage (see Fig. 4). ‖θ − θ^{A*}‖ rises from
+# step 0 in every regime, so it is read as **movement** (lower: moved less), not convergence; the
+# **held-out loss** (noise prediction on the style's held-out concepts) is shown first. Beside the
+# paper's two curves: `random_matched` (random samples of the pool BAT was offered, as many at every
+# step as BAT took). Every curve is regime − random of the same seed, mean over seeds with its 95 %
+# t-interval; the table compares at **equal steps** (the last step both have) and prints the MDE.
 
 # %% tags=["parameters"]
 grid = "dreambooth"
@@ -29,52 +30,69 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.analysis.runs import (band_summary, compare_final, paired_difference, read_grid, records,
-                              selection_summary)
-from bat.io import write_json
+from bat.analysis.claims import compare_regimes, results_frame
+from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plot
+from bat.analysis.plotting import REGIME_COLORS, save_figure
+from bat.analysis.runs import read_grid, selection_summary
 from bat.stages.notebook import check_kernel_parameters
-from bat.analysis.plotting import plot_bands, save_figure
 
 check_kernel_parameters("fig03_weight_difference_vs_random", globals())
 result = read_grid(paths.ROOT / "runs" / grid)
 steps = result.steps[result.steps["regime"].isin(regimes)]
+evaluations = result.evaluations[result.evaluations["regime"].isin(regimes)]
 datasets = list(result.info["config"]["datasets"])
 seeds = result.info["config"]["seeds"]
-distance = band_summary(steps, "weight_difference")
-gaps = []
-for regime in regimes:
-    if regime != "random":
-        gaps.append(band_summary(paired_difference(steps, "weight_difference", regime, reference="random")
-                                 .assign(regime=regime), "difference"))
-gaps = pd.concat(gaps, ignore_index=True)
+others = [r for r in regimes if r != "random"]
+curves = {
+    "heldout_loss_minus_random": difference_curves(evaluations, "heldout_loss", others, reference="random"),
+    "movement": level_curves(steps, "weight_difference"),
+    "movement_minus_random": difference_curves(steps, "weight_difference", others, reference="random"),
+}
+for name, table in curves.items():
+    write_plot("fig03_weight_difference_vs_random", name, table)
 
 # %% [markdown]
-# ## Weight difference to θ^{A*} over training
-# Top: ‖θ − θ^{A*}‖ (mean over seeds, band min–max). Bottom: the same, minus the `random` run of the
-# same seed (below zero: closer to θ^{A*} than random augmented training).
+# ## Held-out loss and movement, against random augmented training
+# Row 1: held-out loss − random of the same seed (95 % t-interval). Row 2: movement ‖θ − θ^{A*}‖
+# (mean over seeds, band min–max). Row 3: movement − random of the same seed (95 % t-interval).
+# Below zero: lower than random augmented training.
 
 # %%
-fig, axes = plt.subplots(2, len(datasets), figsize=(4.2 * len(datasets), 5.6), squeeze=False,
+rows = [("heldout_loss_minus_random", "held-out loss − random"), ("movement", "movement"),
+        ("movement_minus_random", "movement − random")]
+fig, axes = plt.subplots(len(rows), len(datasets), figsize=(4.2 * len(datasets), 7.5), squeeze=False,
                          sharex="col")
 for column, dataset in enumerate(datasets):
-    plot_bands(axes[0, column], distance[distance["dataset"] == dataset])
-    plot_bands(axes[1, column], gaps[gaps["dataset"] == dataset])
-    axes[1, column].axhline(0, color="black", linewidth=0.8)
+    for row, (name, label) in enumerate(rows):
+        table = curves[name]
+        for series, curve in table[table["series"].str.startswith(f"{dataset}/")].groupby("series"):
+            regime = series.split("/")[-1]
+            color = REGIME_COLORS.get(regime)
+            axes[row, column].plot(curve["step"], curve["mean"], color=color, label=regime)
+            axes[row, column].fill_between(curve["step"], curve["low"], curve["high"], color=color,
+                                           alpha=0.2, linewidth=0)
+        if "minus" in name:
+            axes[row, column].axhline(0, color="black", linewidth=0.8)
+        axes[row, column].set_ylabel(label)
     axes[0, column].set_title(f"{dataset} (dreambooth, {len(seeds)} seeds)")
-    axes[0, column].set_ylabel(r"$\|\theta - \theta^{A*}\|$")
-    axes[1, column].set_ylabel("minus random, same seed")
-    axes[1, column].set_xlabel("step")
-axes[0, 0].legend()
+    axes[-1, column].set_xlabel("step")
+axes[1, 0].legend(fontsize=7)
 save_figure(fig, "fig03_weight_difference_vs_random")
 
 # %% [markdown]
-# ## The last step, per style and regime (over seeds)
-# `weight_difference_better_share`: the share of seeds where the regime ends closer to θ^{A*} than
-# the `random` run of the same seed.
+# ## The comparisons with random augmentation at equal steps: held-out loss first
+# `effect`: mean over seeds of regime − random; `ci_low`/`ci_high`: its 95 % t-interval; `mde`: the
+# smallest true difference this many seeds detect (α = 0.05, power 0.8); `step`: the step compared.
+# Verdicts for "lower than random".
 
 # %%
-final = compare_final(steps, ("weight_difference",), reference="random", by=("dataset", "regime"))
-final
+settings = [{"dataset": dataset} for dataset in datasets]
+pd.concat([
+    results_frame(compare_regimes(grid, "heldout_loss", others, reference="random", settings=settings))
+    .assign(measure="held-out loss"),
+    results_frame(compare_regimes(grid, "weight_difference", others, reference="random", settings=settings,
+                                  table="steps")).assign(measure="movement"),
+], ignore_index=True)
 
 # %% [markdown]
 # ## How often Algorithm 1 checked Proposition 2 in the BAT runs, and how often it held
@@ -83,10 +101,13 @@ final
 selection = selection_summary(steps)
 selection
 
+# %% [markdown]
+# ## DVC metrics
+# Headline: BAT − random in held-out loss, first style, equal steps. Secondary: BAT − random in
+# movement, same style, equal steps.
+
 # %%
-write_json(paths.metrics("fig03_weight_difference_vs_random"), {
-    "weight_difference": records(distance),
-    "minus_random": records(gaps),
-    "final": records(final),
-    "selection": records(selection),
-})
+headline = compare_regimes(grid, "heldout_loss", ["bat"], reference="random", settings=settings[:1])[0]
+movement = compare_regimes(grid, "weight_difference", ["bat"], reference="random", settings=settings[:1],
+                           table="steps")[0]
+write_metrics("fig03_weight_difference_vs_random", headline.metrics(), movement.metrics())

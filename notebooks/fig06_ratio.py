@@ -15,9 +15,10 @@
 # convergence rate of backbone augmented training, as Proposition 2 suggests.
 #
 # Here the runs are the `grid_image@ratio` stage (`bat.stages.grid`) on the tiny diffusion model: one BAT
-# run per γ and the plain DreamBooth run of the same seed (plain does not depend on γ). Left: the
-# weight difference ‖θ − θ^{A*}‖ to the oracle over the steps. Middle and right: the value at the
-# last step against γ, for the weight distance and for the task metric (held-out loss).
+# run per γ and the plain DreamBooth run of the same seed (plain does not depend on γ). The primary
+# measure is the **held-out loss**; ‖θ − θ^{A*}‖ is **movement** (lower: moved less, not converged).
+# Every comparison is BAT − plain of the same seed at **equal steps** (the last step both were
+# evaluated at), with its 95 % t-interval and the MDE.
 
 # %% tags=["parameters"]
 grid = "ratio"
@@ -27,10 +28,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.analysis.runs import (band_summary, compare_final, matching, paired_difference, read_grid,
-                              records)
-from bat.io import write_json
-from bat.analysis.plotting import REGIME_COLORS, plot_bands, save_figure
+from bat.analysis.claims import compare_regimes, results_frame
+from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plot
+from bat.analysis.plotting import save_figure
+from bat.analysis.runs import read_grid
 
 result = read_grid(paths.ROOT / "runs" / grid)
 steps = result.steps[result.steps["regime"].isin(["plain", "bat"])]
@@ -40,79 +41,75 @@ seeds = result.info["config"]["seeds"]
 gammas = sorted(steps["gamma"].dropna().unique())
 colormap = plt.get_cmap("viridis")
 colors = {gamma: colormap(0.85 * index / max(len(gammas) - 1, 1)) for index, gamma in enumerate(gammas)}
-bat_distance = band_summary(matching(steps, regime="bat"), "weight_difference", by=("dataset", "gamma"))
-plain_distance = band_summary(matching(steps, regime="plain"), "weight_difference")
+curves = {
+    "heldout_loss": level_curves(evaluations, "heldout_loss", by=("dataset", "gamma", "regime")),
+    "heldout_loss_minus_plain": difference_curves(evaluations, "heldout_loss", ["bat"], by=("dataset", "gamma")),
+    "movement_minus_plain": difference_curves(steps, "weight_difference", ["bat"], by=("dataset", "gamma")),
+}
+for name, table in curves.items():
+    write_plot("fig06_ratio", name, table)
+settings = [{"dataset": dataset, "gamma": gamma} for dataset in datasets for gamma in gammas]
+heldout = results_frame(compare_regimes(grid, "heldout_loss", ["bat"], settings=settings)).assign(
+    gamma=[s["gamma"] for s in settings], dataset=[s["dataset"] for s in settings])
+movement = results_frame(compare_regimes(grid, "weight_difference", ["bat"], settings=settings,
+                                         table="steps")).assign(
+    gamma=[s["gamma"] for s in settings], dataset=[s["dataset"] for s in settings])
 gammas
 
 # %% [markdown]
-# ## The final values per γ (mean and sd over seeds)
-# `plain` has no γ (its row has an empty `gamma`). `heldout_loss`: noise-prediction loss on the
-# style's held-out concepts. Lower is better for every column.
-
-# %%
-final_distance = compare_final(steps, ("weight_difference", "loss"), by=("dataset", "gamma", "regime"))
-final_heldout = compare_final(evaluations, ("heldout_loss",), by=("dataset", "gamma", "regime"))
-final = (final_heldout.merge(final_distance, on=["dataset", "gamma", "regime", "seeds", "step"])
-         .filter(regex="^(?!.*_better_share$)").sort_values(["dataset", "regime", "gamma"]))
-final
-
-# %% [markdown]
-# ## Weight difference to θ^{A*} against the steps and against γ
-# Left: one line per γ (colour from small to large γ, band min–max over seeds), the plain run
-# dashed. Middle: ‖θ − θ^{A*}‖ at the last step against γ; right: the held-out loss at the last
-# step against γ. The horizontal line is the plain run (no backbone data), error bars are the sd
-# over seeds. A faster convergence shows as a lower weight distance; the held-out loss says
-# whether that also helps the task.
+# ## BAT − plain per γ, paired by seed, at equal steps
+# Left: BAT − plain in held-out loss over the steps, one line per γ (colour from small to large γ),
+# mean with its 95 % t-interval over seeds. Middle: the same at the last step both were evaluated
+# at, against γ, with the 95 % interval (bars) and the MDE printed beside each point. Right: the
+# same for ‖θ − θ^{A*}‖ (**movement**: below zero means BAT moved less, not that it converged).
+# Below zero: BAT lower than the plain run of the same seed.
 
 # %%
 fig, axes = plt.subplots(len(datasets), 3, figsize=(13, 3.6 * len(datasets)), squeeze=False,
                          layout="constrained")
 for row, dataset in enumerate(datasets):
-    plot_bands(axes[row, 0], matching(bat_distance, dataset=dataset), hue="gamma", colors=colors,
-               label="bat, γ = {}")
-    plain = matching(plain_distance, dataset=dataset)
-    axes[row, 0].plot(plain["step"], plain["mean"], color=REGIME_COLORS["plain"], linestyle="--",
-                      label="plain")
-    axes[row, 0].fill_between(plain["step"], plain["min"], plain["max"], color=REGIME_COLORS["plain"],
-                              alpha=0.15, linewidth=0)
-    axes[row, 0].set_title(f"{dataset} (dreambooth, seeds: {len(seeds)})")
+    table = curves["heldout_loss_minus_plain"]
+    for gamma in gammas:
+        curve = table[table["series"] == f"{dataset}/{gamma}/bat"]
+        axes[row, 0].plot(curve["step"], curve["mean"], color=colors[gamma], label=f"γ = {gamma}")
+        axes[row, 0].fill_between(curve["step"], curve["low"], curve["high"], color=colors[gamma],
+                                  alpha=0.15, linewidth=0)
+    axes[row, 0].set_title(f"{dataset} (dreambooth, {len(seeds)} seeds)")
     axes[row, 0].set_xlabel("step")
-    axes[row, 0].set_ylabel(r"$\|\theta - \theta^{A*}\|$")
-    axes[row, 0].legend()
-    for column, score in ((1, "weight_difference"), (2, "heldout_loss")):
-        bat = matching(final, dataset=dataset, regime="bat")
-        axes[row, column].errorbar(bat["gamma"], bat[f"{score}_mean"], yerr=bat[f"{score}_sd"],
-                                   color=REGIME_COLORS["bat"], marker="o", capsize=3, label="bat")
-        axes[row, column].axhline(matching(final, dataset=dataset, regime="plain")[f"{score}_mean"].iloc[0],
-                                  color=REGIME_COLORS["plain"], linestyle="--", label="plain")
+    axes[row, 0].set_ylabel("held-out loss, bat − plain")
+    axes[row, 0].legend(fontsize=7)
+    for column, (frame, label) in ((1, (heldout, "held-out loss, bat − plain")),
+                                   (2, (movement, "movement, bat − plain"))):
+        mine = frame[(frame["dataset"] == dataset) & (frame["seeds"] > 0)]
+        low = (mine["effect"] - mine["ci_low"].fillna(mine["effect"])).to_numpy(dtype=float)
+        high = (mine["ci_high"].fillna(mine["effect"]) - mine["effect"]).to_numpy(dtype=float)
+        axes[row, column].errorbar(mine["gamma"], mine["effect"], yerr=[low, high], color="black",
+                                   marker="o", capsize=3)
+        for _, point in mine.iterrows():
+            axes[row, column].annotate(f"MDE {point['mde']:.2g}" if pd.notna(point["mde"]) else "1 seed",
+                                       (point["gamma"], point["effect"]), fontsize=6,
+                                       textcoords="offset points", xytext=(4, 4))
+        axes[row, column].axhline(0, color="black", linewidth=0.8)
         axes[row, column].set_xlabel("γ = n/k (share of D^A per batch)")
         axes[row, column].set_xticks(gammas)
-        axes[row, column].ticklabel_format(axis="y", useOffset=False)
-    axes[row, 1].set_ylabel(r"last step $\|\theta - \theta^{A*}\|$")
-    axes[row, 2].set_ylabel("last step held-out loss")
-    axes[row, 1].legend()
+        axes[row, column].set_ylabel(label)
 save_figure(fig, "fig06_ratio")
 
 # %% [markdown]
-# ## BAT minus plain at the last step, per γ (paired by seed)
-# Below zero: the BAT run with that γ ends closer to θ^{A*} (or with a lower held-out loss) than
-# the plain run of the same seed.
+# ## The comparisons per γ: held-out loss first, then movement
+# `effect`: mean over seeds of BAT − plain; `ci_low`/`ci_high`: its 95 % t-interval; `mde`: the
+# smallest true difference this many seeds detect (α = 0.05, power 0.8); `step`: the step compared
+# (equal steps). Verdicts for the claim "lower than plain".
 
 # %%
-distance_gap = paired_difference(steps, "weight_difference", "bat")
-distance_gap = distance_gap[distance_gap["step"] == distance_gap["step"].max()]
-heldout_gap = paired_difference(evaluations, "heldout_loss", "bat")
-heldout_gap = heldout_gap[heldout_gap["step"] == heldout_gap["step"].max()]
-gaps = pd.concat([band_summary(distance_gap.assign(score="weight_difference"), "difference",
-                               by=("dataset", "score", "gamma")),
-                  band_summary(heldout_gap.assign(score="heldout_loss"), "difference",
-                               by=("dataset", "score", "gamma"))], ignore_index=True)
-gaps
+pd.concat([heldout.assign(measure="held-out loss"), movement.assign(measure="movement")], ignore_index=True)
+
+# %% [markdown]
+# ## DVC metrics
+# Headline: BAT − plain in held-out loss at the smallest γ (the most backbone data), first style,
+# equal steps. Secondary: the same in movement.
 
 # %%
-write_json(paths.metrics("fig06_ratio"), {
-    "weight_difference_bat": records(bat_distance),
-    "weight_difference_plain": records(plain_distance),
-    "final": records(final),
-    "final_bat_minus_plain": records(gaps),
-})
+headline = compare_regimes(grid, "heldout_loss", ["bat"], settings=settings[:1])[0]
+secondary = compare_regimes(grid, "weight_difference", ["bat"], settings=settings[:1], table="steps")[0]
+write_metrics("fig06_ratio", headline.metrics(), secondary.metrics())

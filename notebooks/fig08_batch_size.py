@@ -14,10 +14,10 @@
 # variety, the augmented backbone data included.
 #
 # Here the runs are the `grid_image@batch_size` stage (`bat.stages.grid`) on the tiny diffusion model: for
-# each batch size (D^A examples per step) a plain run and a BAT run of the same seed. Left: the
-# weight difference ‖θ − θ^{A*}‖ to the oracle over the steps, one colour per batch size. Middle
-# and right: at the last step, BAT minus plain (paired by seed) in weight distance and in the task
-# metric (held-out loss), against the batch size.
+# each batch size (D^A examples per step) a plain run and a BAT run of the same seed. The primary
+# measure is the **held-out loss**; ‖θ − θ^{A*}‖ is **movement** (lower: moved less, not converged).
+# Every comparison is BAT − plain of the same seed at **equal steps** (the last step both were
+# evaluated at), with its 95 % t-interval and the MDE.
 
 # %% tags=["parameters"]
 grid = "batch_size"
@@ -27,10 +27,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.analysis.runs import (band_summary, compare_final, final_rows, matching, paired_difference,
-                              read_grid, records)
-from bat.io import write_json
+from bat.analysis.claims import compare_regimes, results_frame
+from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plot
 from bat.analysis.plotting import save_figure
+from bat.analysis.runs import read_grid
 
 result = read_grid(paths.ROOT / "runs" / grid)
 steps = result.steps[result.steps["regime"].isin(["plain", "bat"])]
@@ -39,46 +39,56 @@ datasets = list(result.info["config"]["datasets"])
 seeds = result.info["config"]["seeds"]
 batch_sizes = sorted(steps["batch_size"].unique())
 colormap = plt.get_cmap("plasma")
-colors = {size: colormap(0.8 * index / max(len(batch_sizes) - 1, 1))
-          for index, size in enumerate(batch_sizes)}
-distance = band_summary(steps, "weight_difference", by=("dataset", "batch_size", "regime"))
-distance_gap = band_summary(final_rows(paired_difference(steps, "weight_difference", "bat")),
-                            "difference", by=("dataset", "batch_size")).assign(score="weight_difference")
-heldout_gap = band_summary(final_rows(paired_difference(evaluations, "heldout_loss", "bat",
-                                                        on=("dataset", "adapter", "seed", "batch_size"))),
-                           "difference", by=("dataset", "batch_size")).assign(score="heldout_loss")
-gaps = pd.concat([distance_gap, heldout_gap], ignore_index=True)
-gaps
+colors = {size: colormap(0.8 * index / max(len(batch_sizes) - 1, 1)) for index, size in enumerate(batch_sizes)}
+curves = {
+    "heldout_loss": level_curves(evaluations, "heldout_loss", by=("dataset", "batch_size", "regime")),
+    "heldout_loss_minus_plain": difference_curves(evaluations, "heldout_loss", ["bat"],
+                                                  by=("dataset", "batch_size")),
+    "movement_minus_plain": difference_curves(steps, "weight_difference", ["bat"], by=("dataset", "batch_size")),
+}
+for name, table in curves.items():
+    write_plot("fig08_batch_size", name, table)
+settings = [{"dataset": dataset, "batch_size": size} for dataset in datasets for size in batch_sizes]
+heldout = results_frame(compare_regimes(grid, "heldout_loss", ["bat"], settings=settings)).assign(
+    batch_size=[s["batch_size"] for s in settings], dataset=[s["dataset"] for s in settings])
+movement = results_frame(compare_regimes(grid, "weight_difference", ["bat"], settings=settings,
+                                         table="steps")).assign(
+    batch_size=[s["batch_size"] for s in settings], dataset=[s["dataset"] for s in settings])
 
 # %% [markdown]
-# ## Weight difference against the steps, and BAT minus plain against the batch size
-# Left: ‖θ − θ^{A*}‖, BAT solid and plain dashed, one colour per batch size (band min–max over
-# seeds). Middle: BAT minus plain in ‖θ − θ^{A*}‖ at the last step; right: the same for the
-# held-out loss. Below the zero line BAT is ahead of plain at that batch size; the error bars are
-# the min–max over seeds.
+# ## BAT − plain per batch size, paired by seed, at equal steps
+# Left: held-out loss, BAT solid and plain dashed, one colour per batch size (band min–max over
+# seeds). Middle: BAT − plain in held-out loss at the last step both were evaluated at, against the
+# batch size, with the 95 % t-interval (bars) and the MDE beside each point. Right: the same for
+# ‖θ − θ^{A*}‖ (**movement**: below zero means BAT moved less, not that it converged).
 
 # %%
 fig, axes = plt.subplots(len(datasets), 3, figsize=(13, 3.6 * len(datasets)), squeeze=False,
                          layout="constrained")
 for row, dataset in enumerate(datasets):
+    levels = curves["heldout_loss"]
     for size in batch_sizes:
         for regime, style in (("bat", "-"), ("plain", "--")):
-            curve = matching(distance, dataset=dataset, batch_size=size, regime=regime)
+            curve = levels[levels["series"] == f"{dataset}/{size}/{regime}"]
             axes[row, 0].plot(curve["step"], curve["mean"], color=colors[size], linestyle=style,
                               label=f"{regime}, batch {size}")
-            axes[row, 0].fill_between(curve["step"], curve["min"], curve["max"], color=colors[size],
+            axes[row, 0].fill_between(curve["step"], curve["low"], curve["high"], color=colors[size],
                                       alpha=0.15, linewidth=0)
-    axes[row, 0].set_title(f"{dataset} (dreambooth, seeds: {len(seeds)})")
+    axes[row, 0].set_title(f"{dataset} (dreambooth, {len(seeds)} seeds)")
     axes[row, 0].set_xlabel("step")
-    axes[row, 0].set_ylabel(r"$\|\theta - \theta^{A*}\|$")
+    axes[row, 0].set_ylabel("held-out loss")
     axes[row, 0].legend(ncols=2, fontsize=7)
-    panels = ((1, "weight_difference", r"bat − plain, last step $\|\theta - \theta^{A*}\|$"),
-              (2, "heldout_loss", "bat − plain, last step held-out loss"))
-    for column, score, label in panels:
-        gap = matching(gaps, dataset=dataset, score=score)
-        axes[row, column].errorbar(gap["batch_size"], gap["mean"],
-                                   yerr=[gap["mean"] - gap["min"], gap["max"] - gap["mean"]],
-                                   color="black", marker="o", capsize=3)
+    for column, (frame, label) in ((1, (heldout, "held-out loss, bat − plain")),
+                                   (2, (movement, "movement, bat − plain"))):
+        mine = frame[(frame["dataset"] == dataset) & (frame["seeds"] > 0)]
+        low = (mine["effect"] - mine["ci_low"].fillna(mine["effect"])).to_numpy(dtype=float)
+        high = (mine["ci_high"].fillna(mine["effect"]) - mine["effect"]).to_numpy(dtype=float)
+        axes[row, column].errorbar(mine["batch_size"], mine["effect"], yerr=[low, high], color="black",
+                                   marker="o", capsize=3)
+        for _, point in mine.iterrows():
+            axes[row, column].annotate(f"MDE {point['mde']:.2g}" if pd.notna(point["mde"]) else "1 seed",
+                                       (point["batch_size"], point["effect"]), fontsize=6,
+                                       textcoords="offset points", xytext=(4, 4))
         axes[row, column].axhline(0, color="black", linewidth=0.8)
         axes[row, column].set_xscale("log", base=2)
         axes[row, column].set_xticks(batch_sizes, [str(size) for size in batch_sizes])
@@ -88,21 +98,20 @@ for row, dataset in enumerate(datasets):
 save_figure(fig, "fig08_batch_size")
 
 # %% [markdown]
-# ## The last step, per batch size and regime (over seeds)
-# `heldout_loss`: noise-prediction loss on the style's held-out concepts; `loss`: training loss of
-# the last batch. `*_better_share`: the share of seeds where BAT beats the plain run of the same
-# seed and batch size (lower is better for every column). The training loss is taken on different
-# batches (BAT's also hold backbone examples), so its share is not a like-for-like comparison.
+# ## The comparisons per batch size: held-out loss first, then movement
+# `effect`: mean over seeds of BAT − plain; `ci_low`/`ci_high`: its 95 % t-interval; `mde`: the
+# smallest true difference this many seeds detect (α = 0.05, power 0.8); `step`: the step compared
+# (equal steps). Verdicts for the claim "lower than plain".
 
 # %%
-final_heldout = compare_final(evaluations, ("heldout_loss",), by=("dataset", "batch_size", "regime"))
-final_distance = compare_final(steps, ("weight_difference", "loss"), by=("dataset", "batch_size", "regime"))
-final = final_heldout.merge(final_distance, on=["dataset", "batch_size", "regime", "seeds", "step"])
-final
+pd.concat([heldout.assign(measure="held-out loss"), movement.assign(measure="movement")], ignore_index=True)
+
+# %% [markdown]
+# ## DVC metrics
+# Headline: BAT − plain in held-out loss at the largest batch size, first style, equal steps.
+# Secondary: the same in movement.
 
 # %%
-write_json(paths.metrics("fig08_batch_size"), {
-    "weight_difference": records(distance),
-    "final_bat_minus_plain": records(gaps),
-    "final": records(final),
-})
+headline = compare_regimes(grid, "heldout_loss", ["bat"], settings=settings[-1:])[0]
+secondary = compare_regimes(grid, "weight_difference", ["bat"], settings=settings[-1:], table="steps")[0]
+write_metrics("fig08_batch_size", headline.metrics(), secondary.metrics())

@@ -9,17 +9,21 @@
 # %% [markdown]
 # # Fig. 9: BAT minus plain across seeds, image vs text adaptation
 #
-# Paper Fig. 9 (App. D.5): the difference in convergence between BAT and the plain adaptation,
-# run after run with varying seeds; the paper reads it as "as language models have more
-# parameters, the effect of non-deterministic feature reduces" compared with diffusion adaptations.
+# Paper Fig. 9 (App. D.5): the difference between BAT and the plain adaptation, run after run with
+# varying seeds; the paper reads it as "as language models have more parameters, the effect of
+# non-deterministic feature reduces" compared with diffusion adaptations.
 #
-# Here: for each seed, ‖θ − θ^{A*}‖ of the BAT run minus that of the plain run of the same seed,
-# over the steps, for the image grid (`grid_image@dreambooth`, DreamBooth on the UNet, every style)
-# and for the text grid (`grid_text@lora_dora`, LoRA on the language model). The two models'
-# distances live on different scales, so the difference is also divided by the plain run's
-# distance at step 0 of the same seed (its distance from the backbone to θ^{A*}): the relative
-# difference is the share of the starting distance that BAT gains (below zero) or loses. Read the
-# spread of the lines within a panel as the seed-to-seed variability of BAT's effect.
+# Here, for each seed, the BAT run minus the plain run of the same seed (same data order, noise and
+# initialisation), for the image grid (`grid_image@dreambooth`, DreamBooth on the UNet, every style)
+# and the text grid (`grid_text@lora_dora`, LoRA on the language model). The primary measure is the
+# **held-out loss** (image: noise prediction on the style's held-out concepts; text: the LM loss on
+# the task's test split); ‖θ − θ^{A*}‖ is shown below it as **movement** (lower: moved less).
+# The spread of the lines within a panel is the seed-to-seed variability of BAT's effect.
+#
+# Which step is "the same step": the image runs are compared at **equal steps**. The text runs mix
+# D^A and D^B inside each batch, so at equal steps BAT has seen fewer D^A examples than plain; the
+# table gives the text comparison both at equal steps and at **equal D^A exposure** (plain at its
+# first evaluated step with at least as many D^A examples as BAT at its end).
 
 # %% tags=["parameters"]
 image_grid = "dreambooth"
@@ -32,69 +36,79 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
-from bat.analysis.runs import final_rows, paired_difference, read_grid, records
-from bat.io import write_json
+from bat.analysis.claims import compare_regimes, results_frame
+from bat.analysis.outputs import difference_curves, write_metrics, write_plot
 from bat.analysis.plotting import save_figure
+from bat.analysis.runs import paired_difference, read_grid
 
 tracks = {"image": (image_grid, image_adapter), "text": (text_grid, text_adapter)}
-run_keys = ["dataset", "adapter", "seed", "batch_size"]
-differences = {}
+tables = {}
 for track, (grid, adapter) in tracks.items():
-    steps = read_grid(paths.ROOT / "runs" / grid).steps
-    steps = steps[steps["adapter"] == adapter]
-    start = (steps[(steps["regime"] == "plain") & (steps["step"] == 0)]
-             .dropna(subset=["weight_difference"])[[*run_keys, "weight_difference"]]
-             .rename(columns={"weight_difference": "start"}))
-    difference = paired_difference(steps, "weight_difference", "bat").merge(start, on=run_keys)
-    difference["relative"] = difference["difference"] / difference["start"]
-    differences[track] = difference.assign(track=track)
+    result = read_grid(paths.ROOT / "runs" / grid)
+    tables[track] = {"heldout_loss": result.evaluations[result.evaluations["adapter"] == adapter],
+                     "weight_difference": result.steps[result.steps["adapter"] == adapter]}
+    for measure, frame in tables[track].items():
+        name = "heldout_loss" if measure == "heldout_loss" else "movement"
+        write_plot("fig09_seeds", f"{track}_{name}_minus_plain",
+                   difference_curves(frame, measure, ["bat"], by=("dataset", "adapter")))
 
 # %% [markdown]
 # ## BAT minus plain, seed by seed
-# Top: ‖θ_BAT − θ^{A*}‖ − ‖θ_plain − θ^{A*}‖ (each panel on its own scale). Bottom: the same divided by
-# the plain run's distance at step 0, on a shared scale. One colour per seed, one line style per
-# dataset; below zero, BAT is closer to θ^{A*} than plain.
+# Top: held-out loss of BAT − plain, one line per seed (one line style per dataset); bottom: the
+# same for movement. Each panel on its own scale; below zero, BAT is lower than plain.
 
 # %%
 linestyles = ["-", "--", ":", "-."]
-fig, axes = plt.subplots(2, 2, figsize=(9, 5.6), squeeze=False)
-axes[1, 1].sharey(axes[1, 0])  # the relative differences on one scale
+rows = [("heldout_loss", "held-out loss\nbat − plain, same seed"),
+        ("weight_difference", "movement\nbat − plain, same seed")]
+fig, axes = plt.subplots(len(rows), len(tracks), figsize=(9, 5.6), squeeze=False)
 for column, (track, (grid, adapter)) in enumerate(tracks.items()):
-    difference = differences[track]
-    datasets = list(difference["dataset"].unique())
-    for (dataset, seed), run in difference.groupby(["dataset", "seed"], sort=True):
-        style = linestyles[datasets.index(dataset) % len(linestyles)]
-        label = f"{dataset}, seed {seed}"
-        axes[0, column].plot(run["step"], run["difference"], color=f"C{seed % 10}", linestyle=style,
-                             label=label)
-        axes[1, column].plot(run["step"], run["relative"], color=f"C{seed % 10}", linestyle=style,
-                             label=label)
-    for row in range(2):
+    for row, (measure, label) in enumerate(rows):
+        difference = paired_difference(tables[track][measure], measure, "bat")
+        datasets = list(difference["dataset"].unique())
+        for (dataset, seed), run in difference.groupby(["dataset", "seed"], sort=True):
+            style = linestyles[datasets.index(dataset) % len(linestyles)]
+            axes[row, column].plot(run["step"], run["difference"], color=f"C{seed % 10}", linestyle=style,
+                                   marker=".", label=f"{dataset}, seed {seed}")
         axes[row, column].axhline(0, color="black", linewidth=0.8)
+        axes[row, 0].set_ylabel(label)
     axes[0, column].set_title(f"{track}: {adapter} ({grid} grid)")
-    axes[1, column].set_xlabel("step")
+    axes[-1, column].set_xlabel("step")
     axes[0, column].legend(fontsize=6)
-axes[0, 0].set_ylabel("BAT minus plain,\nsame seed")
-axes[1, 0].set_ylabel("BAT minus plain,\n/ plain at step 0")
 save_figure(fig, "fig09_seeds")
 
 # %% [markdown]
-# ## The last step, over seeds
-# Per grid and dataset: mean and sd over seeds of the difference and of the relative difference
-# (sd is empty with a single seed). A smaller sd of `relative` means BAT's effect depends less on
-# the seed.
+# ## The comparisons over seeds
+# `effect`: mean over seeds of BAT − plain; `ci_low`/`ci_high`: its 95 % t-interval; `mde`: the
+# smallest true difference this many seeds detect (α = 0.05, power 0.8); `step`: the step(s)
+# compared; `align`: equal steps or equal D^A exposure. Verdicts for the claim "lower than plain".
 
 # %%
-final = pd.concat([final_rows(differences[track]) for track in tracks], ignore_index=True)
-final = (final.groupby(["track", "dataset", "adapter"], sort=False)
-         .agg(seeds=("seed", "nunique"), step=("step", "max"),
-              difference_mean=("difference", "mean"), difference_sd=("difference", "std"),
-              relative_mean=("relative", "mean"), relative_sd=("relative", "std"))
-         .reset_index())
-final
+image_settings = [{"dataset": d, "adapter": image_adapter}
+                  for d in tables["image"]["heldout_loss"]["dataset"].unique()]
+text_settings = [{"dataset": d, "adapter": text_adapter}
+                 for d in tables["text"]["heldout_loss"]["dataset"].unique()]
+comparisons = pd.concat([
+    results_frame(compare_regimes(image_grid, "heldout_loss", ["bat"], settings=image_settings)).assign(
+        track="image", measure="held-out loss", align="equal steps"),
+    results_frame(compare_regimes(text_grid, "heldout_loss", ["bat"], settings=text_settings)).assign(
+        track="text", measure="held-out loss", align="equal steps"),
+    results_frame(compare_regimes(text_grid, "heldout_loss", ["bat"], settings=text_settings,
+                                  align="exposure")).assign(
+        track="text", measure="held-out loss", align="equal D^A exposure"),
+    results_frame(compare_regimes(image_grid, "weight_difference", ["bat"], settings=image_settings,
+                                  table="steps")).assign(track="image", measure="movement", align="equal steps"),
+    results_frame(compare_regimes(text_grid, "weight_difference", ["bat"], settings=text_settings,
+                                  table="steps")).assign(track="text", measure="movement", align="equal steps"),
+], ignore_index=True)
+comparisons
+
+# %% [markdown]
+# ## DVC metrics
+# Headline: image BAT − plain in held-out loss, first style, equal steps. Secondary: text BAT −
+# plain in held-out LM loss at equal D^A exposure.
 
 # %%
-write_json(paths.metrics("fig09_seeds"), {
-    "differences": {track: records(differences[track]) for track in tracks},
-    "final": records(final),
-})
+headline = compare_regimes(image_grid, "heldout_loss", ["bat"], settings=image_settings[:1])[0]
+text = compare_regimes(text_grid, "heldout_loss", ["bat"], settings=text_settings[:1], align="exposure")[0]
+write_metrics("fig09_seeds", headline.metrics(), text.metrics())

@@ -21,8 +21,11 @@
 # SIQA, wiki_next_sentence ~ HellaSwag, example_cloze ~ WinoGrande, definition_hard ~ ARC-c,
 # definition_easy ~ ARC-e, wiki_field ~ OBQA), scored like lm-evaluation-harness (`acc`,
 # `acc_norm`). Beside the paper's rows: the backbone before training (step 0), the held-out loss
-# as the task metric, and in the DreamBooth grid the baselines `random` (random examples of all of
-# D^B) and `random_matched` (random examples of BAT's pool, as many as BAT took).
+# as the task metric, and in the DreamBooth grid DreamBooth with its prior-preservation loss (the
+# paper's DreamBooth baseline), oracle-free BAT, `random` (random examples of all of D^B),
+# `random_matched` (random examples of BAT's pool, as many as BAT took) and `compute_matched`.
+# The mean ± sd tables describe each regime; the comparisons are the per-seed differences with
+# their 95 % intervals and MDE at the end.
 
 # %% tags=["parameters"]
 image_grids = ["dreambooth", "locon"]
@@ -33,10 +36,11 @@ image_scores = ["cosine", "centroid_distance", "clip_cosine", "vendi"]
 import pandas as pd
 
 from bat import paths
-from bat.analysis.runs import compare_final, matching, mean_sd_table, read_grid, records
-from bat.io import write_json
+from bat.analysis.claims import compare_regimes, results_frame
+from bat.analysis.outputs import write_metrics
 from bat.stages.notebook import check_kernel_parameters
 from bat.analysis.plotting import save_figure, table_figure
+from bat.analysis.runs import HIGHER_IS_BETTER, compare_final, matching, mean_sd_table, read_grid
 
 check_kernel_parameters("tab01_benchmarks", globals())
 image_columns = ["heldout_loss", *image_scores]
@@ -106,23 +110,55 @@ fig = table_figure(frames, width=12)
 save_figure(fig, "tab01_benchmarks")
 
 # %% [markdown]
-# ## How often each regime beats plain, per score
-# The share of seeds where the regime's final model scores better than the plain run of the same
-# seed (by the arrows above); one row per trained regime other than plain.
+# ## Per-seed differences against plain (and against prior preservation), at equal steps
+# Every trained regime minus plain of the same seed, per style or adapter and score: `effect` is the
+# mean over seeds, `ci_low`/`ci_high` its 95 % t-interval, `mde` the smallest true difference this
+# many seeds detect (α = 0.05, power 0.8), `claimed` the better direction (the arrows above), and
+# `step` the step compared: **equal steps** (the last step both runs were evaluated at), except
+# `compute_matched`, compared at each run's last step (**equal wall time**). BAT is also compared
+# with DreamBooth's prior-preservation baseline. Text: the held-out LM loss also at **equal D^A
+# exposure** (plain at its first evaluated step with at least as many D^A examples as BAT).
 
 # %%
-image_shares = image_comparison.loc[~image_comparison["regime"].isin(["plain", "backbone"]),
-                                    ["grid", "adapter", "regime", "seeds",
-                                     *[f"{score}_better_share" for score in image_columns]]]
-text_shares = text_comparison.loc[~text_comparison["regime"].isin(["plain", "backbone"]),
-                                  ["grid", "adapter", "regime", "seeds",
-                                   *[f"{score}_better_share" for score in text_columns]]]
-image_shares, text_shares
+rows = []
+for grid in image_grids:
+    evaluations = read_grid(paths.ROOT / "runs" / grid).evaluations
+    regimes = [r for r in evaluations["regime"].unique() if r != "plain"]
+    settings = [{"dataset": d, "adapter": a} for d, a in
+                evaluations[["dataset", "adapter"]].drop_duplicates().itertuples(index=False)]
+    for measure in image_columns:
+        direction = "higher" if HIGHER_IS_BETTER.get(measure, True) else "lower"
+        for regime in regimes:
+            align = "final" if regime == "compute_matched" else "steps"
+            rows.append(results_frame(compare_regimes(grid, measure, [regime], settings=settings,
+                                                      direction=direction, align=align))
+                        .assign(grid=grid, measure=measure, claimed=direction))
+        if {"bat", "prior_preservation"} <= set(regimes):
+            rows.append(results_frame(compare_regimes(grid, measure, ["bat"], reference="prior_preservation",
+                                                      settings=settings, direction=direction))
+                        .assign(grid=grid, measure=measure, claimed=direction))
+text_settings = [{"dataset": d, "adapter": a} for d, a in
+                 text.evaluations[["dataset", "adapter"]].drop_duplicates().itertuples(index=False)]
+text_regimes = [r for r in text.evaluations["regime"].unique() if r != "plain"]
+for measure in text_columns:
+    direction = "lower" if measure == "heldout_loss" else "higher"
+    alignments = ["steps", "exposure"] if measure == "heldout_loss" else ["steps"]
+    for align in alignments:
+        rows.append(results_frame(compare_regimes(text_grid, measure, text_regimes, settings=text_settings,
+                                                  direction=direction, align=align))
+                    .assign(grid=text_grid, measure=measure, claimed=direction, align=align))
+comparisons = pd.concat(rows, ignore_index=True)
+comparisons
+
+# %% [markdown]
+# ## DVC metrics
+# Headline: DreamBooth BAT − prior preservation in held-out loss, first style, equal steps.
+# Secondary: the first text adapter's BAT − plain in held-out LM loss at equal D^A exposure.
 
 # %%
-write_json(paths.metrics("tab01_benchmarks"), {
-    "image": records(image_comparison),
-    "text": records(text_comparison),
-    "image_table": records(image_table),
-    "text_table": records(text_table),
-})
+headline = compare_regimes(image_grids[0], "heldout_loss", ["bat"], reference="prior_preservation",
+                           settings=[{"dataset": read_grid(paths.ROOT / "runs" / image_grids[0])
+                                      .info["config"]["datasets"][0]}])[0]
+text_heldout = compare_regimes(text_grid, "heldout_loss", ["bat"], settings=text_settings[:1],
+                               align="exposure")[0].metrics()
+write_metrics("tab01_benchmarks", headline.metrics(), text_heldout)

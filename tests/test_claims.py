@@ -1,5 +1,5 @@
-"""The claims table: README matches what the committed metrics give, and each kind of source
-reads the same per-seed differences as computing them another way."""
+"""The claims table: README matches what the committed run tables give, each alignment pairs the
+steps it says, and the verdicts agree with scipy's paired t-test on hand-built run tables."""
 
 from __future__ import annotations
 
@@ -11,93 +11,198 @@ import pytest
 from scipy import stats
 
 from bat import paths
-from bat.analysis.claims import (CLAIMS, END, START, Claim, PerSeed, SeedDifferences, Summary, classify, render,
-                        replace_block)
+from bat.analysis.claims import (CLAIMS, END, START, Claim, ConvexControl, RunComparison, classify,
+                                 compare_regimes, render, replace_block, results_frame, summary_metrics)
+from bat.analysis.outputs import difference_curves, flat_metrics, write_plot
 from bat.errors import ConfigError
-from bat.analysis.runs import band_summary, paired_difference, records
+
+KEYS = {"dataset": "noto", "adapter": "dreambooth", "batch_size": 2}
 
 
-def test_readme_claims_block_is_generated_from_committed_metrics():
+def write_grid(root, name, rows):
+    """``runs/<name>/steps.csv`` and ``evaluations.csv`` from rows holding both tables' columns."""
+    folder = root / "runs" / name
+    folder.mkdir(parents=True)
+    frame = pd.DataFrame(rows)
+    frame[[c for c in frame if c != "heldout_loss"]].to_csv(folder / "steps.csv", index=False)
+    frame.drop(columns=["n_adaptation", "weight_difference"]).to_csv(folder / "evaluations.csv", index=False)
+
+
+def synthetic_runs(root, seeds=(0, 1, 2, 3), effect=-0.05, plain_steps=(0, 2, 4), bat_steps=(0, 2, 4, 6)):
+    """A grid where BAT's held-out loss is plain's plus ``effect`` plus seed noise at every step
+    after 0; BAT sees one D^A example a step, plain two (regular-interval mixing)."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for seed in seeds:
+        for step in sorted(set(plain_steps) | set(bat_steps)):
+            base = 1.0 - 0.01 * step + rng.normal(0, 0.01)
+            for regime, steps, per_step in (("plain", plain_steps, 2), ("bat", bat_steps, 1)):
+                if step in steps:
+                    shift = effect + rng.normal(0, 0.01) if regime == "bat" and step else 0.0
+                    rows.append({**KEYS, "seed": seed, "gamma": 0.5 if regime == "bat" else None,
+                                 "regime": regime, "step": step, "heldout_loss": base + shift,
+                                 "weight_difference": 0.1 * step, "n_adaptation": per_step * step})
+    write_grid(root, "g", rows)
+    return pd.DataFrame(rows)
+
+
+def claim(align="steps", **source):
+    return Claim("c", "Fig. 4", "BAT lowers held-out loss", "held-out loss", "bat", "plain", "lower",
+                 RunComparison("g", "heldout_loss", align=align, **source))
+
+
+def scipy_interval(runs, bat_step, plain_step):
+    bat = runs[(runs["regime"] == "bat") & (runs["step"] == bat_step)].set_index("seed")["heldout_loss"]
+    plain = runs[(runs["regime"] == "plain") & (runs["step"] == plain_step)].set_index("seed")["heldout_loss"]
+    interval = stats.ttest_rel(bat, plain.loc[bat.index]).confidence_interval(0.95)
+    return (bat - plain.loc[bat.index]).mean(), (interval.low, interval.high)
+
+
+def test_readme_claims_block_is_generated_from_committed_run_tables():
     readme = (paths.ROOT / "README.md").read_text(encoding="utf-8")
     expected = replace_block(readme, render(classify()))
     assert readme == expected, "README's claims table is stale: run python -m bat.analysis.claims"
 
 
-def test_fig04_rows_match_scipy_on_the_stored_distances():
-    # The stored per-seed "difference" against weight_difference − weight_difference_reference,
-    # the two distances it was computed from, through scipy's paired t-test.
-    rows = pd.DataFrame(json.loads((paths.METRICS / "fig09_seeds.json").read_text())["differences"]["image"])
-    results = {r.claim.id: r for r in classify(tuple(c for c in CLAIMS if c.id.startswith("fig04")))}
-    for style in ("noto", "emojione"):
-        last = rows[(rows["dataset"] == style) & (rows["step"] == rows["step"].max())]
-        expected = stats.ttest_rel(last["weight_difference"], last["weight_difference_reference"])
-        interval = expected.confidence_interval(0.95)
-        comparison = results[f"fig04-{style}"].verdict.comparison
-        assert comparison.seeds == len(last)
-        assert (comparison.low, comparison.high) == pytest.approx((interval.low, interval.high), abs=1e-9)
+def test_equal_steps_is_the_last_step_both_regimes_measured(tmp_path):
+    # BAT ran to step 6, plain to 4: the comparison is at 4, matching scipy's paired t-test.
+    runs = synthetic_runs(tmp_path)
+    [result] = classify((claim(),), tmp_path)
+    mean, interval = scipy_interval(runs, 4, 4)
+    comparison = result.verdict.comparison
+    assert result.step == "4" and comparison.seeds == 4
+    assert comparison.mean == pytest.approx(mean, abs=1e-12)
+    assert (comparison.low, comparison.high) == pytest.approx(interval, abs=1e-12)
+    assert result.label == "held"
 
 
-def synthetic_metrics(root, seeds):
-    """A run table of two regimes, stored per run, as per-seed differences, and as the notebooks'
-    band summary of the paired differences."""
-    rng = np.random.default_rng(3)
-    runs = pd.DataFrame([{"dataset": "noto", "adapter": "dreambooth", "batch_size": 4, "seed": seed,
-                          "regime": regime, "step": step, "heldout_loss": rng.normal(0.2, 0.01)}
-                         for seed in seeds for regime in ("plain", "bat") for step in (0, 8)])
-    gap = paired_difference(runs, "heldout_loss", "bat")
-    (root / "metrics").mkdir()
-    (root / "metrics" / "synthetic.json").write_text(json.dumps({
-        "runs": records(runs), "gap": records(gap),
-        "summary": records(band_summary(gap.assign(regime="bat"), "difference"))}))
-    return runs
+def test_equal_exposure_pairs_plain_where_it_saw_as_many_adaptation_examples(tmp_path):
+    # BAT ends at step 6 with 6 D^A examples; plain has seen 6 at step 3 (not measured), 8 at step 4.
+    runs = synthetic_runs(tmp_path, plain_steps=(0, 2, 4, 6), bat_steps=(0, 2, 4, 6))
+    [result] = classify((claim("exposure"),), tmp_path)
+    mean, interval = scipy_interval(runs, 6, 4)
+    assert result.step == "bat 6 / plain 4"
+    assert result.verdict.comparison.mean == pytest.approx(mean, abs=1e-12)
+    assert (result.verdict.comparison.low, result.verdict.comparison.high) == pytest.approx(interval, abs=1e-12)
 
 
-@pytest.mark.parametrize("seeds", [[0, 1, 2, 3, 4], [7]])
-def test_every_source_kind_gives_the_same_comparison(tmp_path, seeds):
-    runs = synthetic_metrics(tmp_path, seeds)
-    sources = [PerSeed("synthetic", "runs", "heldout_loss"), SeedDifferences("synthetic", "gap"),
-               Summary("synthetic", "summary")]
-    claims = tuple(Claim(f"c{i}", "Fig. 4", "BAT lowers held-out loss", "held-out loss", "bat", "plain",
-                         "lower", source) for i, source in enumerate(sources))
-    results = classify(claims, root=tmp_path)
-    last = runs[runs["step"] == 8].pivot(index="seed", columns="regime", values="heldout_loss")
-    differences = (last["bat"] - last["plain"]).to_numpy()
-    for result in results:
-        comparison = result.verdict.comparison
-        assert result.step == 8 and comparison.seeds == len(seeds)
-        assert comparison.mean == pytest.approx(differences.mean(), abs=1e-9)  # records() keeps 10 decimals
-        if len(seeds) > 1:
-            interval = stats.t.interval(0.95, len(seeds) - 1, loc=differences.mean(),
-                                        scale=stats.sem(differences))
-            assert (comparison.low, comparison.high) == pytest.approx(interval, abs=1e-9)  # records() keeps 10 decimals
-        else:
-            assert result.label == "inconclusive" and not comparison.defined
-    assert len({r.label for r in results}) == 1
+def test_final_alignment_takes_each_runs_last_step(tmp_path):
+    runs = synthetic_runs(tmp_path)
+    [result] = classify((claim("final"),), tmp_path)
+    assert result.step == "bat 6 / plain 4"
+    assert result.verdict.comparison.mean == pytest.approx(scipy_interval(runs, 6, 4)[0], abs=1e-12)
 
 
-def test_untested_claims_render_with_their_reason():
-    results = classify(tuple(c for c in CLAIMS if c.source is None))
+@pytest.mark.parametrize("effect, label", [(-0.05, "held"), (0.05, "contradicted"), (0.0, "inconclusive")])
+def test_verdict_follows_the_sign_of_a_known_effect(tmp_path, effect, label):
+    synthetic_runs(tmp_path, seeds=tuple(range(8)), effect=effect)
+    assert classify((claim(),), tmp_path)[0].label == label
+
+
+def test_what_is_missing_is_not_tested_with_the_reason(tmp_path):
+    synthetic_runs(tmp_path)
+    absent = [claim(), Claim("r", "", "", "", "random", "plain", "lower", RunComparison("g", "heldout_loss")),
+              Claim("m", "", "", "", "bat", "plain", "lower", RunComparison("g", "retention_loss")),
+              Claim("x", "", "", "", "bat", "plain", "lower", RunComparison("nowhere", "heldout_loss")),
+              Claim("d", "", "", "", "bat", "plain", "lower",
+                    RunComparison("g", "heldout_loss", where={"dataset": "emojione"}))]
+    results = classify(tuple(absent), tmp_path / "empty")
+    assert {r.label for r in results} == {"not tested"}
+    results = classify(tuple(absent), tmp_path)
+    assert [r.label == "not tested" for r in results] == [False, True, True, True, True]
+    reasons = [r.reason for r in results[1:]]
+    assert "no 'random' runs" in reasons[0] and "no 'retention_loss'" in reasons[1]
+    assert "runs/nowhere" in reasons[2] and "emojione" in reasons[3]
     table = render(results)
-    assert all(r.label == "not tested" for r in results)
-    for result in results:
-        assert result.claim.untested in table
-    # Header, separator and one row per claim, each with the header's nine cells.
-    widths = {line.count("|") for line in table.splitlines()}
-    assert widths == {10}
+    assert all(reason in table for reason in reasons)
+    assert {line.count("|") for line in table.splitlines()} == {10}
 
 
-def test_bad_sources_and_readme_markers_name_the_field(tmp_path):
-    synthetic_metrics(tmp_path, [0, 1])
-    claim = Claim("c", "Fig. 4", "s", "m", "bat", "plain", "lower", None)
-    with pytest.raises(ConfigError, match="table"):
-        Summary("synthetic", "nothing").read(tmp_path, claim)
-    with pytest.raises(ConfigError, match="stem"):
-        Summary("absent", "summary").read(tmp_path, claim)
+def test_claims_that_cannot_pin_one_run_per_seed_or_name_bad_fields_raise(tmp_path):
+    rows = synthetic_runs(tmp_path).to_dict("records")
+    (tmp_path / "runs" / "g").rename(tmp_path / "runs" / "old")
+    write_grid(tmp_path, "g", rows + [{**row, "batch_size": 4} for row in rows])
     with pytest.raises(ConfigError, match="where"):
-        Summary("synthetic", "summary", where={"dataset": "emojione"}).read(tmp_path, claim)
-    with pytest.raises(ConfigError, match="regime"):
-        PerSeed("synthetic", "runs", "heldout_loss").read(tmp_path, Claim("c", "", "", "", "random", "plain",
-                                                                         "lower", None))
+        classify((claim(),), tmp_path)
+    with pytest.raises(ConfigError, match="where"):
+        RunComparison("g", "heldout_loss", where={"step": 4})
+    with pytest.raises(ConfigError, match="table"):
+        RunComparison("g", "heldout_loss", table="samples")
+    with pytest.raises(ConfigError, match="align"):
+        RunComparison("g", "heldout_loss", align="wall")
     with pytest.raises(ConfigError, match="README"):
         replace_block(f"text {END} {START}", "x")
     assert replace_block(f"a\n{START}\nold\n{END}\nb", "new\n") == f"a\n{START}\nnew\n{END}\nb"
+
+
+def convex_rows(random_shift):
+    rng = np.random.default_rng(2)
+    rows = []
+    for n in (16, 64):
+        for seed in range(6):
+            plain = 5 + rng.normal(0, 0.1)
+            rows += [{"model": "ridge", "n": n, "seed": seed, "method": "plain", "n_error": plain},
+                     {"model": "ridge", "n": n, "seed": seed, "method": "random",
+                      "n_error": plain + random_shift[n] + rng.normal(0, 0.1)}]
+    return rows
+
+
+@pytest.mark.parametrize("shift, label, step", [({16: -1.0, 64: -1.0}, "held", None),
+                                                ({16: -1.0, 64: 1.0}, "contradicted", "n = 64")])
+def test_convex_control_holds_only_when_it_holds_at_every_n(tmp_path, shift, label, step):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "prop2_convex.json").write_text(json.dumps({"seeds": convex_rows(shift)}))
+    control = Claim("k", "control (i)", "", "", "random", "plain", "lower", ConvexControl("ridge"), control=True)
+    [result] = classify((control,), tmp_path)
+    assert result.label == label
+    if step:
+        assert result.step == step
+    (tmp_path / "metrics" / "prop2_convex.json").write_text(json.dumps({"summary": []}))
+    assert "per-seed rows" in classify((control,), tmp_path)[0].reason
+    (tmp_path / "plots" / "prop2_convex").mkdir(parents=True)  # the flat-metrics home of the rows
+    pd.DataFrame(convex_rows(shift)).to_csv(tmp_path / "plots" / "prop2_convex" / "seeds.csv", index=False)
+    assert classify((control,), tmp_path)[0].label == label
+
+
+def test_controls_come_first_and_are_counted():
+    assert [c.control for c in CLAIMS] == sorted((c.control for c in CLAIMS), reverse=True)
+    results = classify(tuple(c for c in CLAIMS if c.control), paths.ROOT)
+    counts = summary_metrics(results)
+    assert sum(counts[k] for k in ("held", "inconclusive", "contradicted", "not_tested")) == len(results)
+    assert counts["controls_held"] == sum(r.label == "held" for r in results)
+
+
+def test_figure_comparisons_and_flat_metrics(tmp_path, monkeypatch):
+    runs = synthetic_runs(tmp_path)
+    frame = results_frame(compare_regimes("g", "heldout_loss", ["bat"], root=tmp_path,
+                                          settings=[{"dataset": "noto"}]))
+    assert frame.loc[0, "step"] == "4" and frame.loc[0, "verdict"] == "held"
+    [result] = classify((claim(),), tmp_path)
+    metrics = flat_metrics(result.metrics(), {"effect": np.float64(0.5), "verdict": np.int64(-1)})
+    assert metrics["verdict"] == 1 and metrics["seeds"] == 4 and metrics["secondary_verdict"] == -1
+    assert all(type(v) in (int, float) for v in metrics.values())
+    untested = classify((claim(where={"dataset": "emojione"}),), tmp_path)[0].metrics()
+    assert flat_metrics(untested) == dict.fromkeys(untested)  # same keys, every value None
+    with pytest.raises(ConfigError, match="schema"):
+        flat_metrics({**result.metrics(), "curve": 1.0})
+    with pytest.raises(ConfigError, match="effect"):
+        flat_metrics({**result.metrics(), "effect": [1.0, 2.0]})
+    # The plotted interval at step 4 is the claim's interval.
+    curves = difference_curves(runs, "heldout_loss", ["bat"])
+    at4 = curves[curves["step"] == 4].iloc[0]
+    assert (at4["low"], at4["high"]) == pytest.approx(scipy_interval(runs, 4, 4)[1], abs=1e-12)
+    monkeypatch.setattr(paths, "PLOTS", tmp_path / "plots")
+    write_plot("s", "gap", curves)
+    assert list(pd.read_csv(tmp_path / "plots" / "s" / "gap.csv").columns) == list(curves.columns)
+
+
+def test_gamma_selects_one_bat_run_and_keeps_the_gamma_free_reference(tmp_path):
+    # Two BAT runs per seed (γ 0.5 and 0.25) beside one plain run: where={"gamma": 0.25} pairs
+    # the γ = 0.25 run with plain, and D^A exposure is read from that run's own steps.
+    runs = synthetic_runs(tmp_path)
+    (tmp_path / "runs" / "g").rename(tmp_path / "runs" / "old")
+    other = runs[runs["regime"] == "bat"].assign(gamma=0.25, heldout_loss=lambda f: f["heldout_loss"] + 1.0)
+    write_grid(tmp_path, "g", pd.concat([runs, other]).to_dict("records"))
+    [low, high] = classify((claim(where={"gamma": 0.5}), claim(where={"gamma": 0.25}, align="exposure")), tmp_path)
+    assert low.verdict.comparison.mean == pytest.approx(scipy_interval(runs, 4, 4)[0], abs=1e-12)
+    assert high.step == "bat 6 / plain 4" and high.label == "contradicted"

@@ -1,6 +1,7 @@
 """Every notebook: house rules, parameters in step with params.yaml, and a smoke-sized run."""
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -100,6 +101,11 @@ def test_notebook_runs_at_smoke_size(stem, smoke_root, smoke_params, monkeypatch
     assert "git_commit" in executed  # the provenance cell ran last
     assert re.search(r'"ename"', executed) is None
     assert (smoke_root / "figures" / f"{stem}.png").stat().st_size > 0
+    if stem.startswith(("fig", "tab")):  # the shared flat schema of bat.analysis.outputs
+        from bat.analysis.outputs import SCHEMA, SECONDARY
+        metrics = json.loads((smoke_root / "metrics" / f"{stem}.json").read_text())
+        assert set(SCHEMA) <= set(metrics) <= {*SCHEMA, *SECONDARY}
+        assert all(value is None or type(value) in (int, float) for value in metrics.values())
 
 
 def parameters_notebook(source: str) -> nbformat.NotebookNode:

@@ -117,7 +117,7 @@ def test_each_grid_is_a_stage_writing_its_runs_folder():
         stage = STAGES[f"grid_{track}"]
         assert stage["foreach"] == f"${{grids.{track}}}"
         assert stage["do"]["cmd"] == "python -m bat.stages.grid ${key}"
-        assert stage["do"]["outs"] == ["runs/${key}"]
+        assert stage["do"]["outs"] == [{"runs/${key}": {"cache": False}}]  # in git: the reviewer's path
 
 
 def test_dvc_exp_run_sets_a_float_parameter_end_to_end(tmp_path):
@@ -148,3 +148,38 @@ def test_dvc_exp_run_sets_a_float_parameter_end_to_end(tmp_path):
     run("dvc", "exp", "run", "prop2_convex", "-S", "prop2_convex.shift=0.000001")
     assert "shift: 1e-06" in (repo / "params.yaml").read_text()  # what PyYAML 1.1 reads as a str
     assert "shift=1e-06" in (repo / "reports" / "prop2_convex.ipynb").read_text()
+
+
+def test_figure_curves_are_dvc_plots_in_git():
+    """A notebook that writes plots/<stem>/*.csv declares the folder as DVC plots drawn by the
+    project's `series` template (x: step, y: mean, band low–high), kept in git like the figures."""
+    assert (PROJECT / ".dvc" / "plots" / "series.json").is_file()
+    for stem in NOTEBOOKS:
+        writes = "write_plot(" in (PROJECT / "notebooks" / f"{stem}.py").read_text()
+        declared = {next(iter(p)): next(iter(p.values())) for p in STAGES[stem].get("plots", [])}
+        assert (f"plots/{stem}" in declared) == writes, stem
+        if writes:
+            assert declared[f"plots/{stem}"] == {"cache": False, "template": "series", "x": "step", "y": "mean"}
+
+
+def test_claims_stage_reads_every_grid():
+    from bat.config import read_yaml
+
+    grids = read_yaml(PROJECT / "params.yaml")["grids"]
+    grids = {*grids["image"], *grids["text"]}
+    stage = STAGES["claims"]
+    assert stage["cmd"] == "python -m bat.stages.claims"
+    assert {f"runs/{grid}" for grid in grids} <= dep_paths(stage)
+    assert out_paths(stage, "metrics") == {"metrics/claims.json"}
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT / "metrics").glob("*.json")), ids=lambda p: p.stem)
+def test_committed_metrics_are_flat_scalars(path):
+    """`dvc metrics show` reads as one table only if every metrics file maps names to numbers."""
+    import json
+
+    metrics = json.loads(path.read_text())
+    assert isinstance(metrics, dict)
+    nested = {key: type(value).__name__ for key, value in metrics.items()
+              if value is not None and (isinstance(value, (bool, str)) or not isinstance(value, (int, float)))}
+    assert not nested, f"{path.name}: not scalars: {nested}"

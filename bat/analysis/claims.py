@@ -1,20 +1,26 @@
-"""The paper's claims, each classified from the committed metrics by :mod:`bat.analysis.statistics`.
+"""The paper's claims, each computed from the committed run tables by :mod:`bat.analysis.statistics`.
 
-:data:`CLAIMS` is declarative: one :class:`Claim` per claim and setting (style, adapter), naming
-the two regimes compared, the claimed sign of ``regime − reference``, and a source in
-``metrics/<stem>.json`` from which the per-seed differences are read. Three kinds of source
-cover what the notebooks write:
+:data:`CLAIMS` is declarative: one :class:`Claim` per claim and setting (style, adapter, γ...),
+naming the two regimes, the claimed sign of ``regime − reference`` and a :class:`RunComparison`:
+which grid and table (``runs/<grid>/evaluations.csv`` or ``steps.csv``), which measure, which
+setting (``where``) and at which step the two regimes meet (``align``, :data:`ALIGNMENTS`):
 
-- :class:`PerSeed`: a table with one row per run (``regime``, ``seed``, the measure), paired by
-  seed here;
-- :class:`SeedDifferences`: a table that already holds one difference per seed;
-- :class:`Summary`: a row with the mean, sd (ddof = 1) and count of per-seed differences, as
-  ``grid_results.band_summary(paired_difference(...))`` stores them.
+- ``"steps"``: equal steps, the last step at which both regimes have the measure for every seed
+  (the backbone's step 0 does not count: every regime starts there);
+- ``"exposure"``: equal D^A exposure, the regime at its last measured step and the reference at
+  its first measured step that has seen at least as many D^A examples (``n_adaptation`` in
+  ``steps.csv``; with regular-interval mixing BAT sees fewer D^A examples per step than plain);
+- ``"final"``: each run's last measured step, i.e. equal wall time for ``compute_matched``, whose
+  extra steps are the seconds BAT spent selecting.
 
-Unless ``where`` names a ``step``, each source reads the last step its rows hold, so the mapping
-survives a change of run length. A claim with ``source=None`` is listed as *not tested*, with the
-reason. ``python -m bat.analysis.claims`` rewrites README's block between :data:`START` and :data:`END`;
-``tests/test_claims.py`` fails when README differs from :func:`render`.
+The two sides are paired by seed (:func:`bat.analysis.statistics.paired_differences`): a 95 %
+t-interval, the MDE and a verdict (held / contradicted / inconclusive). Positive controls come
+first. A claim whose grid, regime, measure or common step is missing is *not tested*, with the
+reason; a malformed claim (unknown ``where`` key, table or alignment) raises :class:`ConfigError`.
+
+``python -m bat.analysis.claims`` rewrites README's block between :data:`START` and :data:`END`;
+``tests/test_claims.py`` fails when README differs from :func:`render`. ``bat.stages.claims``
+writes the flat counts to ``metrics/claims.json``.
 """
 
 from __future__ import annotations
@@ -28,91 +34,165 @@ import pandas as pd
 from bat import paths
 from bat.errors import ConfigError
 from bat.io import read_json
-from bat.analysis.statistics import PairedComparison, Verdict, compare, paired_differences, summarize, verdict
+from bat.analysis.runs import RUN_KEYS
+from bat.analysis.statistics import PairedComparison, Verdict, compare, paired_differences, verdict
 
 START, END = "<!-- claims:start -->", "<!-- claims:end -->"
 NOT_TESTED = "not tested"
 MOVEMENT = "‖θ − θ^{A*}‖ (movement)"
+HELDOUT = "held-out loss"
+TABLES = ("evaluations", "steps")
+ALIGNMENTS = {"steps": "equal steps", "exposure": "equal D^A exposure", "final": "each run's last step"}
+WHERE_KEYS = ("dataset", "adapter", "gamma", "batch_size")
+VERDICT_CODES = {"held": 1, "inconclusive": 0, "contradicted": -1}  # metrics/*.json: numbers only
 
 
-def _table(root: Path, stem: str, table: str) -> pd.DataFrame:
-    """``metrics/<stem>.json`` at the dotted key ``table`` (``"differences.image"``) as a frame."""
-    path = root / "metrics" / f"{stem}.json"
-    if not path.is_file():
-        raise ConfigError(f"stem: metrics/{stem}.json does not exist; run its stage (dvc repro {stem})")
-    node = read_json(path)
-    for key in table.split("."):
-        if not isinstance(node, dict) or key not in node:
-            keys = sorted(node) if isinstance(node, dict) else []
-            raise ConfigError(f"table: {table!r} is not in metrics/{stem}.json; at {key!r} it has {keys}")
-        node = node[key]
-    return pd.DataFrame(node)
+class NotTested(Exception):
+    """Raised while reading a claim's tables when what it compares is not there (the message says what)."""
 
 
-def _select(frame: pd.DataFrame, where: dict, what: str) -> pd.DataFrame:
-    missing = [name for name in where if name not in frame]
-    if missing:
-        raise ConfigError(f"where: columns {missing} are not in {what}; it has {list(frame.columns)}")
+@dataclass(frozen=True)
+class RunComparison:
+    """Where a claim's per-seed values are: ``runs/<grid>/<table>.csv`` column ``measure``.
+
+    ``where`` fixes the setting by :data:`WHERE_KEYS` (``gamma`` selects the runs at that γ and
+    the γ-free ones, plain and prior preservation, whose γ is empty); ``reference_grid`` reads the
+    reference regime from another grid (Tab. 2: plain runs live in ``dreambooth``); ``align``
+    is one of :data:`ALIGNMENTS`.
+    """
+
+    grid: str
+    measure: str
+    table: str = "evaluations"
+    where: dict = field(default_factory=dict)
+    reference_grid: str | None = None
+    align: str = "steps"
+
+    def __post_init__(self):
+        if self.table not in TABLES:
+            raise ConfigError(f"table: {self.table!r} is not allowed; use one of {TABLES}")
+        if self.align not in ALIGNMENTS:
+            raise ConfigError(f"align: {self.align!r} is not allowed; use one of {tuple(ALIGNMENTS)}")
+        unknown = sorted(set(self.where) - set(WHERE_KEYS))
+        if unknown:
+            raise ConfigError(f"where: keys {unknown} are not allowed; use {WHERE_KEYS} (the step comes "
+                              "from align)")
+
+    def read(self, root: Path, claim: Claim) -> tuple[PairedComparison, str]:
+        """The paired comparison and the step(s) compared, as text ("12", or "bat 4 / plain 2")."""
+        regime = _side(root, self.grid, self.table, self.measure, self.where, claim.regime)
+        reference = _side(root, self.reference_grid or self.grid, self.table, self.measure, self.where,
+                          claim.reference)
+        # Label the sides, not the regimes: Tab. 2 compares "bat" of one grid with "bat" of another.
+        chosen = _align(regime.assign(side="regime"), reference.assign(side="reference"), self.measure,
+                        self.align, claim)
+        differences = paired_differences(chosen.drop(columns="regime").rename(columns={"side": "regime"}),
+                                         self.measure, "regime", "reference")
+        if differences.empty:
+            raise NotTested(f"{claim.regime} and {claim.reference} share no seed")
+        steps = chosen.groupby("side")["step"].agg(lambda s: "–".join(map(str, sorted(set(s)))))
+        label = (steps["regime"] if steps["regime"] == steps["reference"]
+                 else f"{claim.regime} {steps['regime']} / {claim.reference} {steps['reference']}")
+        return compare(differences.to_numpy()), label
+
+
+def _side(root: Path, grid: str, table: str, measure: str, where: dict, regime: str) -> pd.DataFrame:
+    """One regime's rows of ``runs/<grid>/<table>.csv`` in the setting ``where``, with the
+    ``n_adaptation`` of each row's step (from ``steps.csv``) and only the steps that have ``measure``."""
+    folder = root / "runs" / grid
+    if not (folder / f"{table}.csv").is_file():
+        raise NotTested(f"runs/{grid}/{table}.csv is not in this checkout")
+    frame = pd.read_csv(folder / f"{table}.csv")
+    if measure not in frame:
+        raise NotTested(f"runs/{grid}/{table}.csv has no {measure!r}")
+    rows = frame[frame["regime"] == regime]
+    if rows.empty:
+        raise NotTested(f"runs/{grid} has no {regime!r} runs")
     for name, wanted in where.items():
-        frame = frame[frame[name].isna() if wanted is None else frame[name] == wanted]
-    if frame.empty:
-        raise ConfigError(f"where: no rows of {what} match {where}")
-    if "step" in frame and "step" not in where:
-        frame = frame[frame["step"] == frame["step"].max()]
-    return frame
+        if name == "gamma":
+            rows = rows[rows["gamma"].isna() | (rows["gamma"] == wanted)]
+        else:
+            rows = rows[rows[name] == wanted]
+    if rows.empty:
+        raise NotTested(f"runs/{grid} has no {regime!r} runs where {where}")
+    varying = [k for k in WHERE_KEYS if k in rows and rows[k].nunique(dropna=False) > 1]
+    if varying:
+        raise ConfigError(f"where: {where} leaves {regime!r} runs of several {varying} in runs/{grid}; fix them")
+    if table == "evaluations" and "n_adaptation" not in rows:
+        steps = pd.read_csv(folder / "steps.csv")
+        keys = [*RUN_KEYS, "step"]  # γ too: one seed's BAT runs at several γ share the rest (pandas pairs NaN γ)
+        exposure = steps[steps["regime"] == regime][[*keys, "n_adaptation"]]
+        rows = rows.merge(exposure, on=keys, how="left")
+    return rows.dropna(subset=[measure])
+
+
+def _align(regime: pd.DataFrame, reference: pd.DataFrame, measure: str, align: str,
+           claim: Claim) -> pd.DataFrame:
+    """One row per seed and side, at the steps ``align`` pairs (see the module docstring)."""
+    seeds = sorted(set(regime["seed"]) & set(reference["seed"]))
+    if not seeds:
+        raise NotTested(f"{claim.regime} and {claim.reference} share no seed")
+    regime, reference = regime[regime["seed"].isin(seeds)], reference[reference["seed"].isin(seeds)]
+
+    def steps_of(rows):  # the steps measured for every paired seed
+        return set.intersection(*(set(group["step"]) for _, group in rows.groupby("seed")))
+
+    if align == "steps":
+        common = (steps_of(regime) & steps_of(reference)) - {0}
+        if not common:
+            raise NotTested(f"{claim.regime} and {claim.reference} have no common measured step after 0")
+        last = max(common)
+        return pd.concat([regime[regime["step"] == last], reference[reference["step"] == last]])
+    if align == "final":
+        return pd.concat([rows.loc[rows.groupby("seed")["step"].idxmax()] for rows in (regime, reference)])
+    # exposure: the reference where it has seen as many D^A examples as the regime at its end
+    ends = regime.loc[regime.groupby("seed")["step"].idxmax()]
+    matched = []
+    for _, end in ends.iterrows():
+        candidates = reference[(reference["seed"] == end["seed"])
+                               & (reference["n_adaptation"] >= end["n_adaptation"])]
+        if candidates.empty:
+            raise NotTested(f"{claim.reference} has no measured step with ≥ {end['n_adaptation']:g} D^A "
+                            f"examples (seed {end['seed']}); evaluate it more often")
+        matched.append(candidates.loc[candidates["step"].idxmin()])
+    return pd.concat([ends, pd.DataFrame(matched)])
 
 
 @dataclass(frozen=True)
-class PerSeed:
-    """Rows per run in ``metrics/<stem>.json[table]``; ``value`` of the claim's two regimes is
-    paired by ``seed`` (:func:`bat.analysis.statistics.paired_differences`) after ``where`` selects the
-    setting; seeds run in only one regime drop out."""
+class ConvexControl:
+    """Positive control (i): per-seed rows of the convex check (``model``, ``n``, ``method``,
+    ``seed``, ``measure``), read from ``plots/prop2_convex/seeds.csv`` (flat metrics keep tables
+    out of ``metrics/``) or else from the list ``rows`` of ``metrics/prop2_convex.json``. Compared
+    at every ``n``; the ``n`` whose interval is least favourable to the claim is reported, so the
+    verdict is *held* only if it holds at every ``n``."""
 
-    stem: str
-    table: str
-    value: str
-    where: dict = field(default_factory=dict)
+    model: str
+    rows: str = "seeds"
+    measure: str = "n_error"
 
-    def read(self, root: Path, claim: Claim) -> tuple[PairedComparison, int]:
-        frame = _select(_table(root, self.stem, self.table), self.where, f"{self.stem}.{self.table}")
-        differences = paired_differences(frame, self.value, claim.regime, claim.reference)
-        return compare(differences.to_numpy()), int(frame["step"].iloc[0])
-
-
-@dataclass(frozen=True)
-class SeedDifferences:
-    """One ``regime − reference`` difference per seed, in column ``column``."""
-
-    stem: str
-    table: str
-    column: str = "difference"
-    where: dict = field(default_factory=dict)
-
-    def read(self, root: Path, claim: Claim) -> tuple[PairedComparison, int]:
-        frame = _select(_table(root, self.stem, self.table), self.where, f"{self.stem}.{self.table}")
-        if frame["seed"].duplicated().any():
-            raise ConfigError(f"where: {self.where} leaves several rows per seed in {self.stem}.{self.table}")
-        return compare(frame[self.column].astype(float).to_numpy()), int(frame["step"].iloc[0])
-
-
-@dataclass(frozen=True)
-class Summary:
-    """One row holding the ``mean``, ``sd`` (ddof = 1) and ``count`` of per-seed differences."""
-
-    stem: str
-    table: str
-    where: dict = field(default_factory=dict)
-    mean: str = "mean"
-    sd: str = "std"
-    count: str = "count"
-
-    def read(self, root: Path, claim: Claim) -> tuple[PairedComparison, int]:
-        frame = _select(_table(root, self.stem, self.table), self.where, f"{self.stem}.{self.table}")
-        if len(frame) != 1:
-            raise ConfigError(f"where: {self.where} selects {len(frame)} rows of {self.stem}.{self.table}; "
-                              "a summary source needs exactly one")
-        row = frame.iloc[0]
-        return summarize(float(row[self.mean]), float(row[self.sd]), int(row[self.count])), int(row["step"])
+    def read(self, root: Path, claim: Claim) -> tuple[PairedComparison, str]:
+        table, path = root / "plots" / "prop2_convex" / f"{self.rows}.csv", root / "metrics" / "prop2_convex.json"
+        if table.is_file():
+            frame = pd.read_csv(table)
+        else:
+            stored = read_json(path) if path.is_file() else None
+            if not isinstance(stored, dict) or not isinstance(stored.get(self.rows), list):
+                raise NotTested(f"neither plots/prop2_convex/{self.rows}.csv nor a list {self.rows!r} in "
+                                "metrics/prop2_convex.json holds per-seed rows (set-level summaries only)")
+            frame = pd.DataFrame(stored[self.rows])
+        frame = frame[frame["model"] == self.model].rename(columns={"method": "regime"})
+        sign = -1.0 if claim.direction == "lower" else 1.0
+        worst = None
+        for n, rows in frame.groupby("n"):
+            comparison = compare(paired_differences(rows, self.measure, claim.regime, claim.reference).to_numpy())
+            # The bound nearest to "not as claimed", in the claimed orientation (positive: as claimed).
+            bound = sign * ((comparison.high if sign < 0 else comparison.low) if comparison.defined
+                            else comparison.mean)
+            if worst is None or bound < worst[0]:
+                worst = (bound, comparison, f"n = {n}")
+        if worst is None:
+            raise NotTested(f"the convex check's per-seed rows have no {self.model!r} rows")
+        return worst[1], worst[2]
 
 
 @dataclass(frozen=True)
@@ -121,7 +201,8 @@ class Claim:
 
     ``direction`` is the claimed sign of ``regime − reference`` on ``metric`` ("lower" or
     "higher"); ``paper_effect`` the paper's signed effect size where it states one; ``source``
-    where the per-seed differences are, or ``None`` with ``untested`` saying why.
+    where the per-seed values are, or ``None`` with ``untested`` saying why; ``control`` marks a
+    positive control (listed first, it must be *held* for the other claims to mean anything).
     """
 
     id: str
@@ -131,76 +212,164 @@ class Claim:
     regime: str
     reference: str
     direction: str
-    source: PerSeed | SeedDifferences | Summary | None
+    source: RunComparison | ConvexControl | None
     paper_effect: float | None = None
     untested: str = ""
+    control: bool = False
 
 
 @dataclass(frozen=True)
 class Result:
     claim: Claim
-    step: int | None
+    step: str | None
     verdict: Verdict | None  # None: not tested
+    reason: str = ""  # why not tested
 
     @property
     def label(self) -> str:
         return self.verdict.label if self.verdict else NOT_TESTED
 
+    def metrics(self) -> dict:
+        """The flat DVC metrics of this comparison (``effect`` = mean ``regime − reference``,
+        ``ci_low``/``ci_high`` its 95 % interval, ``mde``, ``seeds``, ``verdict`` as
+        :data:`VERDICT_CODES`); ``None`` where undefined, every value ``None`` when not tested
+        (so that every figure's metrics file has the same keys)."""
+        if self.verdict is None:
+            return dict.fromkeys(("effect", "ci_low", "ci_high", "mde", "seeds", "verdict"))
+        c = self.verdict.comparison
+        return {"effect": c.mean, "ci_low": c.low, "ci_high": c.high, "mde": c.mde, "seeds": c.seeds,
+                "verdict": VERDICT_CODES[self.verdict.label]}
 
-_DB = "fig09_seeds"  # per-seed BAT − plain distances of the DreamBooth and LoRA grids
+
+def _dreambooth(style: str, regime: str, reference: str, statement: str, item: str,
+                measure: str = "heldout_loss", metric: str = HELDOUT, align: str = "steps") -> Claim:
+    """A DreamBooth claim of one style, id ``dreambooth-<regime>-<reference>-<style>[-movement]``."""
+    suffix = "-movement" if measure == "weight_difference" else ""
+    return Claim(f"dreambooth-{regime}-{reference}-{style}{suffix}", item,
+                 f"{statement} ({style})", metric, regime, reference, "lower",
+                 RunComparison("dreambooth", measure, "evaluations" if measure != "weight_difference" else "steps",
+                               {"dataset": style}, align=align))
+
+
+STYLES = ("noto", "emojione")
 
 CLAIMS: tuple[Claim, ...] = (
-    *(Claim(f"fig04-{style}", "Fig. 4", f"BAT converges faster than DreamBooth in the initial steps ({style})",
-            MOVEMENT, "bat", "plain", "lower",
-            SeedDifferences(_DB, "differences.image", where={"dataset": style}))
-      for style in ("noto", "emojione")),
-    *(Claim(f"fig03-{style}", "Fig. 3", f"BAT stays closer to θ^{{A*}} than random augmentation ({style})",
-            MOVEMENT, "bat", "random", "lower",
-            Summary("fig03_weight_difference_vs_random", "minus_random",
-                    where={"dataset": style, "regime": "bat"}))
-      for style in ("noto", "emojione")),
-    *(Claim(f"fig05-{adapter}", "Fig. 5", f"BAT converges faster than plain {name} adaptation",
-            MOVEMENT, "bat", "plain", "lower",
-            Summary("fig05_other_adapters", "bat_minus_plain", where={"adapter": adapter}))
-      for adapter, name in (("locon", "LoCon"), ("lora", "LoRA"), ("dora", "DoRA"))),
-    *(Claim(f"tab01-{score}-{style}", "Tab. 1, Fig. 10",
-            f"BAT surpasses plain DreamBooth on {label} mid-training ({style})",
-            label, "bat", "plain", "higher",
-            PerSeed("fig10_samples", "scores", score, where={"dataset": style}))
-      for score, label in (("cosine", "cosine to the style"), ("clip_cosine", "CLIP cosine to the prompt"))
-      for style in ("noto", "emojione")),
-    Claim("tab01-text", "Tab. 1", "BAT surpasses plain LoRA / DoRA on the LM benchmarks",
-          "benchmark accuracy", "bat", "plain", "higher", None,
-          untested="the benchmarks are not scored on the adapted LMs"),
-    Claim("fig01", "Fig. 1", "BAT beats random augmentation on every personalization metric",
-          "cosine, CLIP cosine, centroid distance, Vendi", "bat", "random", "higher", None,
-          untested="metrics/fig01_metrics_vs_random.json keeps mean ± sd per regime, not per seed"),
-    Claim("tab02", "Tab. 2", "BAT from data outside the backbone's training set beats plain",
-          "held-out loss", "bat (out of D^B)", "plain", "lower", None,
-          untested="metrics/tab02_out_of_backbone.json keeps mean ± sd per regime, not per seed"),
-    Claim("fig06", "Fig. 6", "With the most backbone data (γ = 0.16) BAT converges faster than plain",
-          MOVEMENT, "bat", "plain", "lower",
-          Summary("fig06_ratio", "final_bat_minus_plain", where={"gamma": 0.16, "score": "weight_difference"})),
-    Claim("fig07", "Fig. 7", "BAT regularizes overfitting",
-          "held-out loss rise after its minimum", "bat", "plain", "lower", None,
-          untested="metrics/fig07_overfitting.json keeps one run per regime"),
-    Claim("fig08", "Fig. 8", "At the largest batch (8) BAT converges faster than plain",
-          MOVEMENT, "bat", "plain", "lower",
-          Summary("fig08_batch_size", "final_bat_minus_plain", where={"batch_size": 8, "score": "weight_difference"})),
+    # Positive controls first (DESIGN.md §6).
+    *(Claim(f"control-convex-{model}", "control (i)",
+            f"Convex model, D^B sharing D^A's optimum: random augmentation beats plain at every n ({model})",
+            "n·‖θ̂ − θ*‖²_S", "random", "plain", "lower", ConvexControl(model), control=True)
+      for model in ("ridge", "logistic")),
+    Claim("control-retention", "control (ii)",
+          "At a rate where plain DreamBooth forgets, random D^B augmentation keeps the backbone's concepts",
+          "retention loss (OpenMoji concepts held out of D^B)", "random", "plain", "lower",
+          RunComparison("overfitting", "retention_loss", where={"dataset": "noto"}), control=True),
+    # Headline: DreamBooth, per style, held-out loss at equal steps.
+    *(_dreambooth(style, "bat", "plain", "BAT lowers the held-out loss of DreamBooth", "Fig. 4")
+      for style in STYLES),
+    *(_dreambooth(style, "bat", "prior_preservation",
+                  "BAT lowers the held-out loss of DreamBooth with prior preservation", "Sec. 5.1")
+      for style in STYLES),
+    *(_dreambooth(style, "bat", "random", "BAT beats random augmentation on held-out loss", "Fig. 1")
+      for style in STYLES),
+    *(_dreambooth(style, "bat", "random_matched",
+                  "BAT beats random samples of its own pool, as many as it took", "Fig. 4")
+      for style in STYLES),
+    *(_dreambooth(style, "bat", "compute_matched",
+                  "BAT beats plain DreamBooth given BAT's selection time as extra steps", "Fig. 4",
+                  align="final")
+      for style in STYLES),
+    *(_dreambooth(style, "bat_oracle_free", "plain",
+                  "Oracle-free BAT lowers the held-out loss of DreamBooth", "Sec. 6")
+      for style in STYLES),
+    *(_dreambooth(style, "bat", "plain", "BAT moves DreamBooth less far from θ^{A*}", "Fig. 4",
+                  measure="weight_difference", metric=MOVEMENT)
+      for style in STYLES),
+    Claim("fig05-locon", "Fig. 5", "BAT lowers the held-out loss of LoCon", HELDOUT, "bat", "plain", "lower",
+          RunComparison("locon", "heldout_loss", where={"adapter": "locon"})),
+    *(Claim(f"fig05-{adapter}-{align}", "Fig. 5, Tab. 1",
+            f"BAT lowers the held-out LM loss of {name} ({ALIGNMENTS[align]})", "held-out LM loss",
+            "bat", "plain", "lower", RunComparison("lora_dora", "heldout_loss", where={"adapter": adapter},
+                                                    align=align))
+      for adapter, name in (("lora", "LoRA"), ("dora", "DoRA")) for align in ("steps", "exposure")),
+    *(Claim(f"tab02-{style}", "Tab. 2",
+            f"BAT from images outside the backbone's data lowers DreamBooth's held-out loss ({style})",
+            HELDOUT, "bat", "plain", "lower",
+            RunComparison("out_of_backbone", "heldout_loss", where={"dataset": style},
+                          reference_grid="dreambooth"))
+      for style in STYLES),
+    Claim("fig06", "Fig. 6", "With the most backbone data (γ = 0.16) BAT lowers the held-out loss",
+          HELDOUT, "bat", "plain", "lower", RunComparison("ratio", "heldout_loss", where={"gamma": 0.16})),
+    Claim("fig07", "Fig. 7", "BAT regularizes overfitting", HELDOUT, "bat", "plain", "lower",
+          RunComparison("overfitting", "heldout_loss", where={"dataset": "noto"})),
+    Claim("fig08", "Fig. 8", "At the largest batch (8) BAT lowers the held-out loss", HELDOUT,
+          "bat", "plain", "lower", RunComparison("batch_size", "heldout_loss", where={"batch_size": 8})),
 )
 
 
 def classify(claims: tuple[Claim, ...] = CLAIMS, root: str | Path = paths.ROOT) -> list[Result]:
-    """Each claim's verdict from ``<root>/metrics``. Raises :class:`ConfigError` when a source's
-    file, table, columns or rows are missing."""
+    """Each claim's verdict from ``<root>/runs`` (and ``<root>/metrics/prop2_convex.json``).
+
+    A claim whose tables lack what it compares is *not tested*, with the reason; raises
+    :class:`ConfigError` when a claim selects several runs per seed."""
     results = []
     for claim in claims:
         if claim.source is None:
-            results.append(Result(claim, None, None))
+            results.append(Result(claim, None, None, claim.untested))
             continue
-        comparison, step = claim.source.read(Path(root), claim)
+        try:
+            comparison, step = claim.source.read(Path(root), claim)
+        except NotTested as missing:
+            results.append(Result(claim, None, None, str(missing)))
+            continue
         results.append(Result(claim, step, verdict(comparison, claim.direction, claim.paper_effect)))
     return results
+
+
+def comparison_metrics(claim_id: str, root: str | Path = paths.ROOT) -> dict:
+    """The flat metrics (:meth:`Result.metrics`) of the claim ``claim_id``, for a figure's
+    ``metrics/<stem>.json``. Raises :class:`ConfigError` for an unknown id."""
+    claims = [c for c in CLAIMS if c.id == claim_id]
+    if not claims:
+        raise ConfigError(f"claim: {claim_id!r} is not in CLAIMS; known: {[c.id for c in CLAIMS]}")
+    return classify(tuple(claims), root)[0].metrics()
+
+
+def compare_regimes(grid: str, measure: str, regimes, reference: str = "plain", settings=({},),
+                    direction: str = "lower", table: str = "evaluations", align: str = "steps",
+                    reference_grid: str | None = None, root: str | Path = paths.ROOT) -> list[Result]:
+    """Each of ``regimes`` against ``reference`` (of ``reference_grid``, default the same grid) on
+    ``measure`` of ``runs/<grid>``, once per setting (a ``where`` dict, e.g. ``{"dataset": "noto"}``):
+    the figures' comparison tables, built by the same pairing as :data:`CLAIMS`. Raises
+    :class:`ConfigError` for a bad table, align or where."""
+    claims = tuple(Claim(f"{grid}-{regime}-{reference}-{i}", "", ", ".join(f"{k} {v}" for k, v in where.items()),
+                         measure, regime, reference, direction,
+                         RunComparison(grid, measure, table, dict(where), reference_grid, align))
+                   for i, where in enumerate(settings) for regime in regimes
+                   if regime != reference or reference_grid not in (None, grid))
+    return classify(claims, root)
+
+
+def results_frame(results: list[Result]) -> pd.DataFrame:
+    """One row per result: setting (the claim's statement), compared, step, seeds, ``effect``,
+    ``ci_low``, ``ci_high``, ``mde`` (units of the measure), verdict (label, or why not tested)."""
+    rows = []
+    for result in results:
+        claim, c = result.claim, result.verdict.comparison if result.verdict else None
+        rows.append({"setting": claim.statement, "compared": f"{claim.regime} − {claim.reference}",
+                     "step": result.step, "seeds": c.seeds if c else 0,
+                     "effect": c.mean if c else None, "ci_low": c.low if c else None,
+                     "ci_high": c.high if c else None, "mde": c.mde if c else None,
+                     "verdict": result.label if c else f"{NOT_TESTED}: {result.reason}"})
+    return pd.DataFrame(rows)
+
+
+def summary_metrics(results: list[Result]) -> dict:
+    """Counts for ``metrics/claims.json``: claims per verdict, and how many positive controls held."""
+    counts = {label: sum(r.label == label for r in results) for label in (*VERDICT_CODES, NOT_TESTED)}
+    controls = [r for r in results if r.claim.control]
+    return {"held": counts["held"], "inconclusive": counts["inconclusive"],
+            "contradicted": counts["contradicted"], "not_tested": counts[NOT_TESTED],
+            "controls_held": sum(r.label == "held" for r in controls)}
 
 
 def _number(value: float) -> str:
@@ -209,17 +378,20 @@ def _number(value: float) -> str:
 
 def render(results: list[Result]) -> str:
     """The claims table as Markdown: difference ``regime − reference`` (mean over seeds, 95 %
-    t-interval), MDE and verdict per claim."""
+    t-interval), MDE and verdict per claim, positive controls first."""
     lines = [
         "| claim | paper | measure | compared | step | seeds | mean difference [95 % interval] | MDE | verdict |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for result in results:
+    for result in sorted(results, key=lambda r: not r.claim.control):
         claim = result.claim
-        compared = f"{claim.regime} − {claim.reference} ({claim.direction} claimed)"
+        where = ""
+        if isinstance(claim.source, RunComparison):
+            where = f", {ALIGNMENTS[claim.source.align]}, `runs/{claim.source.grid}`"
+        compared = f"{claim.regime} − {claim.reference} ({claim.direction} claimed{where})"
         head = f"| {claim.statement} | {claim.item} | {claim.metric} | {compared} |"
         if result.verdict is None:
-            lines.append(f"{head} | | | | **{NOT_TESTED}**: {claim.untested} |")
+            lines.append(f"{head} | | | | **{NOT_TESTED}**: {result.reason} |")
             continue
         c = result.verdict.comparison
         interval = f" [{_number(c.low)}, {_number(c.high)}]" if c.defined else " (no interval)"
@@ -241,7 +413,7 @@ def replace_block(text: str, block: str) -> str:
 
 
 def update_readme(readme: str | Path = paths.ROOT / "README.md", root: str | Path = paths.ROOT) -> bool:
-    """Rewrite README's claims block from ``<root>/metrics``; whether anything changed."""
+    """Rewrite README's claims block from ``<root>/runs``; whether anything changed."""
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
     updated = replace_block(text, render(classify(root=root)))

@@ -31,7 +31,8 @@ plt.rcParams.update(STYLE)
 # One colour per training regime, the same in every figure.
 REGIME_COLORS = {"plain": "tab:red", "random": "tab:gray", "random_matched": "tab:olive",
                  "bat": "tab:blue", "bat_oracle_free": "tab:cyan", "compute_matched": "tab:orange",
-                 "bat_set": "tab:purple", "bat_set_oracle_free": "tab:pink"}
+                 "bat_set": "tab:purple", "bat_set_oracle_free": "tab:pink",
+                 "prior_preservation": "tab:olive"}
 
 _PNG_METADATA = {"Software": None}
 _PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}
@@ -89,6 +90,7 @@ def table_figure(tables, width: float = 9.0):
                            cellLoc="center")
         table.auto_set_font_size(False)
         table.set_fontsize(7)
+        table.auto_set_column_width(list(range(len(frame.columns))))  # long labels stay readable
         table.scale(1.0, 1.25)
         axis.set_title(title, fontsize=9)
     return fig

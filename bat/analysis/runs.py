@@ -50,11 +50,6 @@ def sample_key(run_key: dict, step: int) -> str:
     return "/".join(str(run_key[name]) for name in RUN_KEYS) + f"/{step}"
 
 
-def records(frame: pd.DataFrame) -> list[dict]:
-    """``frame`` as JSON-ready rows (NaN becomes null), for the notebooks' metrics files."""
-    return json.loads(frame.to_json(orient="records"))
-
-
 def read_grid(folder: str | Path) -> GridResult:
     folder = Path(folder)
     if not (folder / "grid.json").is_file():
@@ -150,11 +145,6 @@ def selection_summary(steps: pd.DataFrame, by: tuple[str, ...] = ("dataset",)) -
             .agg(checks=("condition", "size"), condition_held=("condition", "sum"),
                  reselections=("reselected", "sum"))
             .reset_index())
-
-
-def seconds_summary(steps: pd.DataFrame) -> pd.DataFrame:
-    """Training and selection seconds per regime, summed over runs."""
-    return steps.groupby("regime")[["seconds", "selection_seconds"]].sum().reset_index()
 
 
 def mean_sd_table(comparison: pd.DataFrame, scores: tuple[str, ...], keys: tuple[str, ...],
