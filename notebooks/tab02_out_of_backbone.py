@@ -38,8 +38,8 @@ from bat.stages.notebook import check_kernel_parameters
 from bat.analysis.plotting import save_figure, table_figure
 from bat.analysis.runs import HIGHER_IS_BETTER, read_grid
 
+check_kernel_parameters("tab02_out_of_backbone", globals())
 outside = read_grid(paths.ROOT / "runs" / grid).evaluations
-from bat.stages.notebook import check_kernel_parameters
 reference = read_grid(paths.ROOT / "runs" / reference_grid).evaluations
 datasets = sorted(set(reference["dataset"]) & set(outside["dataset"]))
 settings = [{"dataset": dataset} for dataset in datasets]
