@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 from bat import paths
-from bat.analysis.claims import (CLAIMS, END, START, Claim, ConvexControl, RunComparison, classify,
-                                 compare_regimes, render, replace_block, results_frame, summary_metrics)
+from bat.analysis.claims import (CLAIMS, Claim, ConvexControl, RunComparison, classify,
+                                 compare_regimes, render, results_frame, summary_metrics)
 from bat.analysis.outputs import difference_curves, flat_metrics, write_plot
 from bat.errors import ConfigError
 
@@ -56,12 +56,6 @@ def scipy_interval(runs, bat_step, plain_step):
     plain = runs[(runs["regime"] == "plain") & (runs["step"] == plain_step)].set_index("seed")["heldout_loss"]
     interval = stats.ttest_rel(bat, plain.loc[bat.index]).confidence_interval(0.95)
     return (bat - plain.loc[bat.index]).mean(), (interval.low, interval.high)
-
-
-def test_readme_claims_block_is_generated_from_committed_run_tables():
-    readme = (paths.ROOT / "README.md").read_text(encoding="utf-8")
-    expected = replace_block(readme, render(classify()))
-    assert readme == expected, "README's claims table is stale: run python -m bat.analysis.claims"
 
 
 def test_equal_steps_is_the_last_step_both_regimes_measured(tmp_path):
@@ -130,9 +124,6 @@ def test_claims_that_cannot_pin_one_run_per_seed_or_name_bad_fields_raise(tmp_pa
         RunComparison("g", "heldout_loss", table="samples")
     with pytest.raises(ConfigError, match="align"):
         RunComparison("g", "heldout_loss", align="wall")
-    with pytest.raises(ConfigError, match="README"):
-        replace_block(f"text {END} {START}", "x")
-    assert replace_block(f"a\n{START}\nold\n{END}\nb", "new\n") == f"a\n{START}\nnew\n{END}\nb"
 
 
 def convex_rows(random_shift):

@@ -18,7 +18,7 @@ t-interval, the MDE and a verdict (held / contradicted / inconclusive). Positive
 first. A claim whose grid, regime, measure or common step is missing is *not tested*, with the
 reason; a malformed claim (unknown ``where`` key, table or alignment) raises :class:`ConfigError`.
 
-``python -m bat.analysis.claims`` rewrites README's block between :data:`START` and :data:`END`;
+``python -m bat.analysis.readme`` rewrites README's claims block (:mod:`bat.analysis.readme`);
 ``tests/test_claims.py`` fails when README differs from :func:`render`. ``bat.stages.claims``
 writes the flat counts to ``metrics/claims.json``.
 """
@@ -37,7 +37,6 @@ from bat.io import read_json
 from bat.analysis.runs import RUN_KEYS
 from bat.analysis.statistics import PairedComparison, Verdict, compare, paired_differences, verdict
 
-START, END = "<!-- claims:start -->", "<!-- claims:end -->"
 NOT_TESTED = "not tested"
 MOVEMENT = "‖θ − θ^{A*}‖ (movement)"
 HELDOUT = "held-out loss"
@@ -399,29 +398,3 @@ def render(results: list[Result]) -> str:
         lines.append(f"{head} {result.step} | {c.seeds} | {_number(c.mean)}{interval} | {mde} | "
                      f"**{result.label}**: {result.verdict.reason} |")
     return "\n".join(lines) + "\n"
-
-
-def replace_block(text: str, block: str) -> str:
-    """``text`` with what lies between :data:`START` and :data:`END` replaced by ``block``.
-
-    Raises :class:`ConfigError` unless each marker occurs once, START before END."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ConfigError(f"README: needs one {START} line followed by one {END} line around the claims table")
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{block}{END}{tail}"
-
-
-def update_readme(readme: str | Path = paths.ROOT / "README.md", root: str | Path = paths.ROOT) -> bool:
-    """Rewrite README's claims block from ``<root>/runs``; whether anything changed."""
-    readme = Path(readme)
-    text = readme.read_text(encoding="utf-8")
-    updated = replace_block(text, render(classify(root=root)))
-    if updated != text:
-        readme.write_text(updated, encoding="utf-8")
-    return updated != text
-
-
-if __name__ == "__main__":
-    changed = update_readme()
-    print("README.md claims table " + ("updated" if changed else "unchanged"), file=sys.stderr)

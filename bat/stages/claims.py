@@ -4,7 +4,7 @@ Classifies every claim of :data:`bat.analysis.claims.CLAIMS` from the committed 
 writes the counts per verdict, flat, to ``metrics/claims.json`` (``held``, ``inconclusive``,
 ``contradicted``, ``not_tested``, ``controls_held``), so that ``dvc metrics diff``
 shows when a change of the runs moves a verdict. README's table is the per-claim view; it is
-rewritten by ``python -m bat.analysis.claims`` (README is not a stage output: people edit it), and
+rewritten by ``python -m bat.analysis.readme`` (README is not a stage output: people edit it), and
 this stage says on stderr when README's table is stale.
 """
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 
 from bat import paths
-from bat.analysis.claims import classify, render, replace_block, summary_metrics
+from bat.analysis.claims import classify, render, summary_metrics
+from bat.analysis.readme import replace_block
 from bat.config import run_cli
 from bat.io import write_json
 
@@ -23,8 +24,8 @@ def main() -> None:
     write_json(paths.metrics("claims"), summary_metrics(results))
     readme = paths.ROOT / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.is_file() else None  # a test's project root has none
-    if text is not None and replace_block(text, render(results)) != text:
-        print("README.md's claims table is stale: run python -m bat.analysis.claims", file=sys.stderr)
+    if text is not None and replace_block(text, "claims", render(results)) != text:
+        print("README.md's claims table is stale: run python -m bat.analysis.readme", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""README's generated blocks: the numbers README shows, written from the files the pipeline writes.
+
+Each block sits between ``<!-- <name>:start -->`` and ``<!-- <name>:end -->``; :func:`update`
+rewrites every block, and ``tests/test_readme.py`` fails when README differs from what the
+committed files give, so no number in those tables is typed by hand:
+
+- ``claims``: the claims table (:func:`bat.analysis.claims.render`, from ``runs/``);
+- ``budget``: wall minutes and peak memory per stage (``benchmarks/results/repro.json``, written
+  by ``benchmarks/bench_repro.py``);
+- ``stages``: the flat metrics of the training and pilot stages (``metrics/<stem>.json``).
+
+Usage: ``python -m bat.analysis.readme`` (after the pipeline, or after a benchmark run).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from bat import paths
+from bat.errors import ConfigError
+from bat.io import read_json
+
+STAGE_METRICS = ("backbone_image", "backbone_text", "encoders", "pilot_run_length")
+REPRO = Path("benchmarks") / "results" / "repro.json"
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def replace_block(text: str, name: str, block: str) -> str:
+    """``text`` with what lies between the markers of ``name`` replaced by ``block``.
+
+    Raises :class:`ConfigError` unless each marker occurs once, start before end."""
+    start, end = markers(name)
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ConfigError(f"README: needs one {start} line followed by one {end} line")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block}{end}{tail}"
+
+
+def _number(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(int(value))
+    return f"{value:.3g}"
+
+
+def budget_block(root: Path) -> str:
+    """Per stage (DVC's order): wall minutes and peak resident GiB; the total of the stages run."""
+    path = root / REPRO
+    if not path.exists():
+        return f"No timed run yet: `python {Path('benchmarks') / 'bench_repro.py'} --out {REPRO}`.\n"
+    run = read_json(path)
+    lines = ["| stage | minutes | peak memory (GiB) |", "|---|---|---|"]
+    for row in run["stages"]:
+        if row["ran"]:
+            lines.append(f"| `{row['stage']}` | {row['seconds'] / 60:.1f} | {_number(row['peak_rss_gib'])} |")
+    lines.append(f"| **all stages** | **{run['total_minutes']:.1f}** | **{_number(run['peak_rss_gib'])}** |")
+    return "\n".join(lines) + "\n"
+
+
+def stages_block(root: Path) -> str:
+    """The flat metrics of :data:`STAGE_METRICS`, one row per metric."""
+    lines = ["| stage | metric | value |", "|---|---|---|"]
+    for stem in STAGE_METRICS:
+        path = root / "metrics" / f"{stem}.json"
+        if not path.exists():
+            lines.append(f"| `{stem}` | not run yet | – |")
+            continue
+        for key, value in read_json(path).items():
+            if isinstance(value, (dict, list, str)):
+                raise ConfigError(f"{path}: {key!r} is not a flat number; re-run the {stem} stage")
+            lines.append(f"| `{stem}` | `{key}` | {_number(value)} |")
+    return "\n".join(lines) + "\n"
+
+
+def blocks(root: str | Path = paths.ROOT) -> dict[str, str]:
+    from bat.analysis.claims import classify, render
+
+    root = Path(root)
+    return {"claims": render(classify(root=root)), "budget": budget_block(root),
+            "stages": stages_block(root)}
+
+
+def update(readme: str | Path = paths.ROOT / "README.md", root: str | Path = paths.ROOT) -> bool:
+    """Rewrite every generated block of ``readme``; whether anything changed."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    updated = text
+    for name, block in blocks(root).items():
+        updated = replace_block(updated, name, block)
+    if updated != text:
+        readme.write_text(updated, encoding="utf-8")
+    return updated != text
+
+
+if __name__ == "__main__":
+    print("README updated" if update() else "README already up to date")
+    sys.exit(0)

@@ -1,0 +1,33 @@
+"""README's generated blocks equal what the committed files give (bat.analysis.readme)."""
+
+import pytest
+
+from bat.analysis import readme
+from bat.errors import ConfigError
+from tests.conftest import PROJECT
+
+
+def test_readme_blocks_are_generated_from_committed_files():
+    text = (PROJECT / "README.md").read_text(encoding="utf-8")
+    expected = text
+    for name, block in readme.blocks(PROJECT).items():
+        expected = readme.replace_block(expected, name, block)
+    assert text == expected, "README's generated tables are stale: run python -m bat.analysis.readme"
+
+
+def test_a_block_replaces_only_what_lies_between_its_markers():
+    start, end = readme.markers("x")
+    assert readme.replace_block(f"a\n{start}\nold\n{end}\nb", "x", "new\n") == f"a\n{start}\nnew\n{end}\nb"
+    with pytest.raises(ConfigError, match="README"):
+        readme.replace_block(f"text {end} {start}", "x", "new\n")
+    with pytest.raises(ConfigError, match="README"):
+        readme.replace_block("no markers", "x", "new\n")
+
+
+def test_budget_lists_the_stages_that_ran(tmp_path):
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / readme.REPRO).write_text('{"stages": [{"stage": "a", "seconds": 90, "peak_rss_gib": 1.5, '
+                                         '"ran": true}, {"stage": "b", "seconds": 1, "peak_rss_gib": 0.1, '
+                                         '"ran": false}], "total_minutes": 1.5, "peak_rss_gib": 1.5}')
+    block = readme.budget_block(tmp_path)
+    assert "| `a` | 1.5 | 1.5 |" in block and "`b`" not in block and "**1.5**" in block
