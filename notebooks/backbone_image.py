@@ -90,8 +90,15 @@ for row, measured in enumerate(result["prompt_fidelity"]):
 save_figure(fig, "backbone_image")
 
 # %%
-write_json(paths.metrics("backbone_image"), {
-    "prompt_fidelity": scores.to_dict(orient="index"),
-    "final_loss": None if log is None else {name: log[name][-1]["loss"] for name in ("vae", "unet")},
-    "timings": None if log is None else log["timings"],
-})
+# Flat scalars for `dvc metrics show`; the per-group table is above and in runs/backbone_image.
+# Final losses are 10-step means, as in the figure: one step's loss is too noisy to diff.
+metrics = {}
+for measured in result["prompt_fidelity"]:
+    group = measured["group"]
+    metrics.update({f"{group}_preference": measured["preference"], f"{group}_accuracy": measured["accuracy"],
+                    f"{group}_accuracy_chance": measured["accuracy_chance"]})
+for name in ("vae", "unet"):
+    metrics[f"{name}_loss_last10"] = None if log is None else pd.DataFrame(log[name])["loss"].tail(10).mean()
+metrics["seconds"] = None if log is None else log["timings"]["total_seconds"]
+write_json(paths.metrics("backbone_image"), metrics)
+pd.Series(metrics)

@@ -116,13 +116,16 @@ for axis, truth, guess in zip(example_axes, arrays["captions"], arrays["retrieve
 save_figure(fig, "encoders")
 
 # %%
-write_json(paths.metrics("encoders"), {
-    "source": result["source"],
-    "parameters": result["parameters"],
-    "retrieval": {report["group"]: {key: value for key, value in report.items() if key != "group"}
-                  for report in result["retrieval"]},
-    "training": None if log is None else {
-        "steps": len(log["steps"]), "seconds": log["seconds"],
-        "final_loss_10_step_mean": float(np.mean([row["loss"] for row in log["steps"][-10:]])),
-        "final_temperature": log["steps"][-1]["temperature"]},
-})
+# Flat scalars for `dvc metrics show`: each group's retrieval accuracies under a short key (its
+# row above), the final loss as a 10-step mean (as in the figure) and wall time.
+short = {"D^B, seen": "seen", "OpenMoji, held out of D^B": "heldout"} | {
+    f"{style}, held-out concepts": style for style in styles}
+metrics = {}
+for group, row in scores.iterrows():
+    metrics.update({f"{short[group]}_{column}": row[column]
+                    for column in ("chance", "image_to_text", "image_to_image", "pixels_image_to_image")
+                    if pd.notna(row[column])})
+metrics.update(loss_last10=None if log is None else float(np.mean([row["loss"] for row in log["steps"][-10:]])),
+               seconds=None if log is None else log["seconds"])
+write_json(paths.metrics("encoders"), metrics)
+pd.Series(metrics)

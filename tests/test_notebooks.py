@@ -101,11 +101,18 @@ def test_notebook_runs_at_smoke_size(stem, smoke_root, smoke_params, monkeypatch
     assert "git_commit" in executed  # the provenance cell ran last
     assert re.search(r'"ename"', executed) is None
     assert (smoke_root / "figures" / f"{stem}.png").stat().st_size > 0
+    metrics = json.loads((smoke_root / "metrics" / f"{stem}.json").read_text())
+    # Flat scalars only, so that `dvc metrics show` reads as one table.
+    assert all(value is None or type(value) in (int, float) for value in metrics.values()), metrics
     if stem.startswith(("fig", "tab")):  # the shared flat schema of bat.analysis.outputs
         from bat.analysis.outputs import SCHEMA, SECONDARY
-        metrics = json.loads((smoke_root / "metrics" / f"{stem}.json").read_text())
         assert set(SCHEMA) <= set(metrics) <= {*SCHEMA, *SECONDARY}
-        assert all(value is None or type(value) in (int, float) for value in metrics.values())
+    if stem == "prop2_convex":  # the rows bat.analysis.claims.ConvexControl reads, shift-0 run only
+        import pandas as pd
+
+        seeds = pd.read_csv(smoke_root / "plots" / stem / "seeds.csv")
+        assert list(seeds.columns) == ["model", "n", "method", "seed", "n_error"]
+        assert {"plain", "random"} <= set(seeds.method)
 
 
 def parameters_notebook(source: str) -> nbformat.NotebookNode:

@@ -151,15 +151,20 @@ def test_dvc_exp_run_sets_a_float_parameter_end_to_end(tmp_path):
 
 
 def test_figure_curves_are_dvc_plots_in_git():
-    """A notebook that writes plots/<stem>/*.csv declares the folder as DVC plots drawn by the
-    project's `series` template (x: step, y: mean, band low–high), kept in git like the figures."""
+    """A notebook that writes plots/<stem>/*.csv declares the folder as DVC plots with axes, kept
+    in git like the figures; curves over steps (write_plot) are drawn by the project's `series`
+    template (x: step, y: mean, band low–high)."""
     assert (PROJECT / ".dvc" / "plots" / "series.json").is_file()
     for stem in NOTEBOOKS:
-        writes = "write_plot(" in (PROJECT / "notebooks" / f"{stem}.py").read_text()
+        source = (PROJECT / "notebooks" / f"{stem}.py").read_text()
+        curves = "write_plot(" in source
+        writes = curves or "paths.plot(" in source
         declared = {next(iter(p)): next(iter(p.values())) for p in STAGES[stem].get("plots", [])}
         assert (f"plots/{stem}" in declared) == writes, stem
-        if writes:
+        if curves:
             assert declared[f"plots/{stem}"] == {"cache": False, "template": "series", "x": "step", "y": "mean"}
+        elif writes:
+            assert declared[f"plots/{stem}"]["cache"] is False and {"x", "y"} <= set(declared[f"plots/{stem}"]), stem
 
 
 def test_claims_stage_reads_every_grid():
@@ -170,6 +175,7 @@ def test_claims_stage_reads_every_grid():
     stage = STAGES["claims"]
     assert stage["cmd"] == "python -m bat.stages.claims"
     assert {f"runs/{grid}" for grid in grids} <= dep_paths(stage)
+    assert "plots/prop2_convex" in dep_paths(stage)  # control (i): bat.analysis.claims.ConvexControl
     assert out_paths(stage, "metrics") == {"metrics/claims.json"}
 
 

@@ -224,13 +224,6 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def summary_records(summary: pd.DataFrame) -> list[dict]:
-    """Rows as plain Python values, NaN as None, ready for :func:`bat.io.write_json`."""
-    return [{key: (None if isinstance(value, float) and np.isnan(value) else
-                   value.item() if isinstance(value, np.generic) else value)
-             for key, value in row.items()} for row in summary.to_dict(orient="records")]
-
-
 def paired_excess(results: pd.DataFrame, method: str, reference: str
                   ) -> tuple[pd.Series, pd.Series]:
     """Mean and standard error over seeds of n·error(method) − n·error(reference), per model, n.
@@ -251,20 +244,23 @@ def controls(agreeing: pd.DataFrame, shifted: pd.DataFrame) -> pd.DataFrame:
     ``agreeing``: results at shift 0 (D^B shares θ*); ``shifted``: at the configured shift.
     Checks: random beats plain at shift 0 (positive control: augmentation must help); each
     set-level method is no worse than random at shift 0; and no worse than plain by more than
-    two paired standard errors at the shift. ``passed`` is the verdict of each row.
+    two paired standard errors at the shift. ``passed`` is the verdict of each row; ``key`` names
+    the check in a metric name.
     """
     rows = []
-    checks = [("random < plain at shift 0", agreeing, "random", "plain", 0.0)]
+    checks = [("random < plain at shift 0", "random_below_plain_shift0", agreeing, "random", "plain", 0.0)]
     for method in ("bat_set", "bat_set_oracle_free"):
-        checks += [(f"{method} <= random at shift 0", agreeing, method, "random", 0.0),
-                   (f"{method} <= plain + 2 s.e. when shifted", shifted, method, "plain", 2.0)]
-    for check, results, method, reference, margin in checks:
+        checks += [(f"{method} <= random at shift 0", f"{method}_le_random_shift0", agreeing, method,
+                    "random", 0.0),
+                   (f"{method} <= plain + 2 s.e. when shifted", f"{method}_le_plain_shifted", shifted, method,
+                    "plain", 2.0)]
+    for check, key, results, method, reference, margin in checks:
         if not {method, reference} <= set(results.method):
             continue
         excess, se = paired_excess(results, method, reference)
         for (model, n), value in excess.items():
             bound = margin * se[(model, n)]
             passed = value < 0 if check.startswith("random") else value <= bound
-            rows.append(dict(check=check, model=model, n=n, excess_n_error=value,
+            rows.append(dict(check=check, key=key, model=model, n=n, excess_n_error=value,
                              se=se[(model, n)], passed=bool(passed)))
     return pd.DataFrame(rows)
