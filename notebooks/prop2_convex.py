@@ -69,6 +69,7 @@ from matplotlib.ticker import FormatStrFormatter
 
 from bat import io, paths
 from bat.convex.check import CONTROL_METHODS, ConvexConfig, controls, run_convex, summarise
+from bat.analysis.outputs import write_table
 from bat.analysis.plotting import REGIME_COLORS, save_figure
 from bat.stages.notebook import check_kernel_parameters
 
@@ -141,9 +142,8 @@ control_table.round(3)
 
 # %%
 seeds = agreeing[["model", "n", "method", "seed", "n_error"]].sort_values(["model", "n", "method", "seed"])
-io.write_with(paths.plot("prop2_convex", "seeds"), lambda tmp: seeds.to_csv(tmp, index=False, float_format="%.6g"))
-io.write_with(paths.plot("prop2_convex", "summary"),
-              lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6g"))
+write_table("prop2_convex", "seeds", seeds)
+write_table("prop2_convex", "summary", summary)
 metrics = {f"{key}_passed": rows.passed.mean() for key, rows in control_table.groupby("key")}
 metrics.update(controls_passed=int(control_table.passed.sum()), controls=len(control_table))
 io.write_json(paths.metrics("prop2_convex"), metrics)

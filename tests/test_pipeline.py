@@ -158,7 +158,7 @@ def test_figure_curves_are_dvc_plots_in_git():
     for stem in NOTEBOOKS:
         source = (PROJECT / "notebooks" / f"{stem}.py").read_text()
         curves = "write_plot(" in source
-        writes = curves or "paths.plot(" in source
+        writes = curves or "write_table(" in source
         declared = {next(iter(p)): next(iter(p.values())) for p in STAGES[stem].get("plots", [])}
         assert (f"plots/{stem}" in declared) == writes, stem
         if curves:

@@ -94,5 +94,11 @@ def write_plot(stem: str, name: str, curves: pd.DataFrame) -> None:
     missing = [c for c in CURVE_COLUMNS if c not in curves]
     if missing:
         raise ConfigError(f"curves: columns {missing} are missing; a plot table has {CURVE_COLUMNS}")
-    table = curves[list(CURVE_COLUMNS)].sort_values(["series", "step"]).reset_index(drop=True)
+    write_table(stem, name, curves[list(CURVE_COLUMNS)].sort_values(["series", "step"]))
+
+
+def write_table(stem: str, name: str, table: pd.DataFrame) -> None:
+    """Write ``table`` to ``plots/<stem>/<name>.csv`` as it is ordered, floats to 6 significant
+    digits, so that the same numbers give the same bytes (a DVC plot, or a table claims read)."""
+    table = table.reset_index(drop=True)
     io.write_with(paths.plot(stem, name), lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
