@@ -5,8 +5,8 @@
 Runs ``dvc repro --single-item`` for every stage in the pipeline's dependency order (or for the
 given stages and everything upstream of them), each under ``/usr/bin/time -v``, and writes one
 row per stage: ``seconds`` (wall), ``peak_rss_gib`` (the largest process, as ``time -v`` reports)
-and ``ran`` (False when DVC found it up to date). The JSON is rewritten after every stage, so an
-interrupted run keeps what it measured. Stages of a ``foreach`` are timed one item at a time.
+and ``ran`` (False when DVC found it up to date: a row measured earlier is then kept). The JSON
+is rewritten after every stage, so an interrupted run keeps what it measured. Stages of a ``foreach`` are timed one item at a time.
 """
 
 from __future__ import annotations
@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(args.out.read_text())["stages"] if args.out.exists() else []
     rows = {row["stage"]: row for row in previous}
     for name in stage_order(args.stages):
-        rows[name] = run_stage(name)
-        print(json.dumps(rows[name]), flush=True)
+        row = run_stage(name)
+        if row["ran"] or name not in rows:  # an up-to-date stage keeps the time it was measured at
+            rows[name] = row
+        print(json.dumps(row), flush=True)
         ran = [row for row in rows.values() if row["ran"]]
         summary = {"stages": list(rows.values()),
                    "total_minutes": round(sum(row["seconds"] for row in ran) / 60, 1),
