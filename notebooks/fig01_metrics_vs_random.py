@@ -36,7 +36,7 @@ import pandas as pd
 from bat import paths
 from bat.analysis.claims import compare_regimes, results_frame
 from bat.analysis.outputs import difference_curves, write_metrics, write_plot
-from bat.analysis.plotting import REGIME_COLORS, save_figure
+from bat.analysis.plotting import plot_series, save_figure
 from bat.analysis.runs import HIGHER_IS_BETTER, read_grid
 from bat.stages.notebook import check_kernel_parameters
 
@@ -64,12 +64,7 @@ fig, axes = plt.subplots(len(datasets), len(measures), figsize=(3.4 * len(measur
 for row, dataset in enumerate(datasets):
     for column, measure in enumerate(measures):
         table = curves[measure]
-        for series, curve in table[table["series"].str.startswith(f"{dataset}/")].groupby("series"):
-            regime = series.split("/")[-1]
-            color = REGIME_COLORS.get(regime)
-            axes[row, column].plot(curve["step"], curve["mean"], color=color, label=regime)
-            axes[row, column].fill_between(curve["step"], curve["low"], curve["high"], color=color,
-                                           alpha=0.2, linewidth=0)
+        plot_series(axes[row, column], table, f"{dataset}/")
         axes[row, column].axhline(0, color="black", linewidth=0.8)
         arrow = "↑" if HIGHER_IS_BETTER.get(measure, True) else "↓"
         axes[row, column].set_ylabel(f"{measure} {arrow}, − random")

@@ -39,7 +39,7 @@ import pandas as pd
 from bat import paths
 from bat.analysis.claims import compare_regimes, results_frame
 from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plot
-from bat.analysis.plotting import REGIME_COLORS, save_figure
+from bat.analysis.plotting import REGIME_COLORS, plot_series, save_figure
 from bat.analysis.runs import read_grid, selection_summary
 from bat.stages.notebook import check_kernel_parameters
 
@@ -75,12 +75,7 @@ fig, axes = plt.subplots(len(rows), len(datasets), figsize=(4.4 * len(datasets),
 for column, dataset in enumerate(datasets):
     for row, (name, label) in enumerate(rows):
         table = curves[name]
-        for series, curve in table[table["series"].str.startswith(f"{dataset}/")].groupby("series"):
-            regime = series.split("/")[-1]
-            color = REGIME_COLORS.get(regime)
-            axes[row, column].plot(curve["step"], curve["mean"], color=color, label=regime)
-            axes[row, column].fill_between(curve["step"], curve["low"], curve["high"], color=color,
-                                           alpha=0.2, linewidth=0)
+        plot_series(axes[row, column], table, f"{dataset}/")
         axes[row, column].set_ylabel(label)
         if "minus" in name:
             axes[row, column].axhline(0, color="black", linewidth=0.8)

@@ -25,8 +25,9 @@ headline_grid = "dreambooth"
 import matplotlib.pyplot as plt
 
 from bat import paths
-from bat.analysis.plotting import plot_bands, save_figure
-from bat.analysis.runs import band_summary, held_out_minimum, read_grid
+from bat.analysis.outputs import level_curves, write_plot
+from bat.analysis.plotting import plot_series, save_figure
+from bat.analysis.runs import held_out_minimum, read_grid
 from bat.io import read_json, write_json
 
 pilot = read_grid(paths.ROOT / "runs" / grid)
@@ -40,11 +41,12 @@ minimum
 # the headline grid's run length.
 
 # %%
-curves = band_summary(evaluations, "heldout_loss")
+curves = level_curves(evaluations, "heldout_loss")
+write_plot("pilot_run_length", "heldout_loss", curves)
 datasets = list(pilot.info["config"]["datasets"])
 fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.2), squeeze=False)
 for axis, dataset in zip(axes[0], datasets):
-    plot_bands(axis, curves[curves["dataset"] == dataset])
+    plot_series(axis, curves, f"{dataset}/")
     axis.axvline(headline_steps, color="black", linestyle="--", linewidth=0.8,
                  label=f"{headline_grid} grid: {headline_steps} steps")
     axis.set(title=f"{dataset}: plain DreamBooth", xlabel="step", ylabel="held-out loss")

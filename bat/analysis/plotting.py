@@ -61,19 +61,20 @@ def show_images(axes, images, captions=None, caption_chars: int = 18) -> None:
                 axis.set_title(str(captions[index])[:caption_chars], fontsize=6)
 
 
-def plot_bands(axis, summary, hue: str = "regime", colors: dict | None = None,
-               label: str = "{}") -> None:
-    """One line per value of ``hue``: the mean over seeds, shaded from min to max.
+def plot_series(axis, table, prefix: str = "", colors: dict | None = None) -> None:
+    """One line per series of a plot table (:data:`bat.analysis.outputs.CURVE_COLUMNS`) whose
+    name starts with ``prefix``: ``mean`` over ``step``, shaded from ``low`` to ``high``.
 
-    ``summary`` has the columns of :func:`bat.analysis.runs.band_summary` (``step``, ``mean``,
-    ``min``, ``max``); ``colors`` maps hue values to colours (default: :data:`REGIME_COLORS`).
+    A series is named ``<prefix><label>`` (e.g. ``noto/bat``); the line is labelled and coloured
+    by the part after the last ``/`` (``colors``, default :data:`REGIME_COLORS`).
     """
     colors = REGIME_COLORS if colors is None else colors
-    for value, curve in summary.groupby(hue, sort=False, dropna=False):
-        color = colors.get(value)
-        axis.plot(curve["step"], curve["mean"], color=color, label=label.format(value))
-        axis.fill_between(curve["step"], curve["min"], curve["max"], color=color, alpha=0.2,
-                          linewidth=0)
+    chosen = table[table["series"].str.startswith(prefix)]
+    for series, curve in chosen.groupby("series", sort=False):
+        label = series.split("/")[-1]
+        color = colors.get(label)
+        axis.plot(curve["step"], curve["mean"], color=color, label=label)
+        axis.fill_between(curve["step"], curve["low"], curve["high"], color=color, alpha=0.2, linewidth=0)
 
 
 def table_figure(tables, width: float = 9.0):
