@@ -7,7 +7,8 @@ committed files give, so no number in those tables is typed by hand:
 - ``claims``: the claims table (:func:`bat.analysis.claims.render`, from ``runs/``);
 - ``budget``: wall minutes and peak memory per stage (``benchmarks/results/repro.json``, written
   by ``benchmarks/bench_repro.py``);
-- ``stages``: the flat metrics of the training and pilot stages (``metrics/<stem>.json``).
+- ``stages``: the flat metrics of the training and pilot stages (``metrics/<stem>.json``);
+- ``benchmarks``: the curvature benchmark's measurements against their goals.
 
 Usage: ``python -m bat.analysis.readme`` (after the pipeline, or after a benchmark run).
 """
@@ -24,6 +25,10 @@ from bat.io import read_json
 
 STAGE_METRICS = ("backbone_image", "backbone_text", "encoders", "pilot_run_length")
 REPRO = Path("benchmarks") / "results" / "repro.json"
+CURVATURE = Path("benchmarks") / "results" / "curvature.json"
+# What a curvature benchmark row measured against each kind of goal: the first key present.
+MEASURED = {"goal_speedup": ("speedup_hooks", "speedup"), "goal_gb": ("peak_projected_gb",),
+            "goal_s": ("hooks_float32_s",), "goal_ratio": ("ratio",)}
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -79,12 +84,36 @@ def stages_block(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _goal_rows(tree: dict, path: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            if "meets_goal" in value:
+                goal = next(k for k in value if k.startswith("goal"))
+                measured = next((k for k in MEASURED.get(goal, ()) if k in value), None)
+                yield (f"{path}{key}", measured, value.get(measured), goal, value[goal], value["meets_goal"])
+            else:
+                yield from _goal_rows(value, f"{path}{key}.")
+
+
+def benchmarks_block(root: Path) -> str:
+    """Every measurement of ``benchmarks/results/curvature.json`` that has a goal, and whether it
+    met it (written by ``benchmarks/bench_curvature.py``)."""
+    path = root / CURVATURE
+    if not path.exists():
+        return "No curvature benchmark run yet: `make bench`.\n"
+    lines = ["| measurement | measured | goal | met |", "|---|---|---|---|"]
+    for name, measured, value, goal, target, met in _goal_rows(read_json(path)):
+        lines.append(f"| `{name}` | {measured} = {_number(value)} | {goal} = {_number(target)} | "
+                     f"{'yes' if met else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
 def blocks(root: str | Path = paths.ROOT) -> dict[str, str]:
     from bat.analysis.claims import classify, render
 
     root = Path(root)
     return {"claims": render(classify(root=root)), "budget": budget_block(root),
-            "stages": stages_block(root)}
+            "stages": stages_block(root), "benchmarks": benchmarks_block(root)}
 
 
 def update(readme: str | Path = paths.ROOT / "README.md", root: str | Path = paths.ROOT) -> bool:

@@ -17,17 +17,21 @@ size and regime; its folder ``runs/<name>`` holds plain tables (:mod:`bat.analys
     the images each image evaluation scored (for Fig. 10) and, as ``<dataset>/reference``, the real
     renders they were scored against; ``grid.json``: settings, pools, captions, time.
 
-Regimes: ``plain``; ``bat`` (Proposition-2 selection against the oracle θ^{A*}, Algorithm 1); the
-paper's ``random`` augmented training (random examples of all of D^B at ratio γ); and the matched
-baselines, computed from the ``bat`` run of the same seed, γ and batch size: ``random_matched``
-(random examples of the same pool BAT was offered, as many at each step as BAT took) and
-``compute_matched`` (``plain`` with the extra steps that selection's wall time would have paid for).
+Regimes: ``plain``; ``prior_preservation`` (DreamBooth with its prior-preservation loss: the
+style's class images drawn once by the backbone, one per instance image at every step, weighted
+by λ as eq. 27); ``bat`` (Algorithm 1 against the oracle θ^{A*}) and ``bat_oracle_free`` (a
+held-out part of D^A in place of θ^{A*}); the paper's ``random`` augmented training (random
+examples of all of D^B at ratio γ); and the matched baselines, computed from the ``bat`` run of
+the same seed, γ and batch size: ``random_matched`` (random examples of the same pool BAT was
+offered, as many at each step as BAT took) and ``compute_matched`` (``plain`` with the extra
+steps that selection's wall time would have paid for).
 
 Cost: DreamBooth trains every UNet weight and Proposition 2 takes per-sample gradients of all of
 them, so BAT is offered a fixed random pool of ``pool_size`` examples per seed (``candidates = 0``:
-the stateful selector keeps its choice between checks) and checks every ``score_every`` steps.
-Run folders (full optimizer state) live in a temporary folder and are deleted: the tables are the
-result, and a seed re-creates any run exactly.
+the stateful selector keeps its choice between checks, and a failed check re-ranks the pool at
+the current θ). Algorithm 1's settings are the grid's ``selection`` (n = ``score_adaptation_every``,
+k = ``score_bat_every``), with γ the run's. Run folders (full optimizer state) live in a temporary
+folder and are deleted: the tables are the result, and a seed re-creates any run exactly.
 """
 
 from __future__ import annotations
