@@ -11,7 +11,8 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from bat.core.adapters import (ADAPTERS, AdapterConfig, attach_adapter, flat_adapter_vector,
+from bat.core.curvature import flat_parameters
+from bat.core.adapters import (ADAPTERS, AdapterConfig, attach_adapter,
                           load_adapter, rank_dropout_nan_chance, save_adapter, trainable_parameters)
 from bat.errors import ConfigError
 from tests.tiny_models import (CROSS_DIM, LATENT_CHANNELS, LATENT_SIZE, TEXT_LENGTH, tiny_llama,
@@ -60,7 +61,7 @@ def test_only_adapter_parameters_train(kind):
     trainable = trainable_parameters(model)
     assert trainable and not any(p.requires_grad for p in original)
     assert not {id(p) for p in original} & {id(p) for p in trainable.values()}
-    assert flat_adapter_vector(model).numel() == sum(p.numel() for p in trainable.values())
+    assert flat_parameters(model).numel() == sum(p.numel() for p in trainable.values())
 
 
 def test_dreambooth_trains_every_weight():

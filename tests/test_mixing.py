@@ -95,3 +95,23 @@ def test_random_selector_is_fixed_by_seed_and_step():
     assert first != RandomSelector(seed=2).select(context(3, candidates), 8)
     assert first != RandomSelector(seed=1).select(context(4, candidates), 8)
     assert len(set(first)) == 8 and set(first) <= set(candidates)
+
+
+@pytest.mark.parametrize("count,batch_size", [(10, 3), (5, 8), (12, 4)])
+def test_epoch_batches_carry_or_drop_the_remainder(count, batch_size):
+    from bat.core.mixing import epoch_batches
+
+    def batches(carry):
+        generator = torch.Generator().manual_seed(0)
+        return [b.tolist() for b in epoch_batches(count, batch_size, 30, generator,
+                                                  carry_remainder=carry)]
+
+    carried, dropped = batches(True), batches(False)
+    size = min(batch_size, count)
+    assert all(len(b) == size for b in carried + dropped)
+    # carried: the indices run through whole permutations back to back
+    flat = [i for b in carried for i in b]
+    for start in range(0, len(flat) - count + 1, count):
+        assert sorted(flat[start:start + count]) == list(range(count))
+    # dropped: never an index twice in one batch
+    assert all(len(set(b)) == len(b) for b in dropped)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from bat.image.prior import class_examples, class_images, class_prompts
 from bat.image.track import style_prompts
 from bat.errors import ConfigError
-from bat.image.backbone import encode_images, generate, images_to_tensor
+from bat.image.backbone import encode_images, generate
+from bat.image.data import images_to_tensor
 from bat.image.task import DiffusionTask
 from tests.tiny_models import tiny_pipeline, tiny_scheduler
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bat.core.adapters import AdapterConfig, attach_adapter, flat_adapter_vector, trainable_parameters
+from bat.core.curvature import flat_parameters
+from bat.core.adapters import AdapterConfig, attach_adapter, trainable_parameters
 from bat.io import atomic_directory
 from bat.core.checkpoint import adapter_dir, load_state, log_path, save_state
 from bat.core.checkpoint import trained_vector
@@ -57,7 +58,7 @@ def run(kind, regime, run_dir, *, task=None, selector=None, **fields):
 
 def initial_vector(kind):
     seed_everything(0)
-    return flat_adapter_vector(attach_adapter(setting(kind)["build"](), AdapterConfig(kind)))
+    return flat_parameters(attach_adapter(setting(kind)["build"](), AdapterConfig(kind)))
 
 
 @pytest.mark.parametrize("regime", REGIMES)
@@ -66,7 +67,7 @@ def test_every_kind_trains_in_every_regime(kind, regime, tmp_path):
     result = run(kind, regime, tmp_path)
     assert [row["step"] for row in result.log] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result.log)
-    assert not torch.equal(flat_adapter_vector(result.model), initial_vector(kind))
+    assert not torch.equal(flat_parameters(result.model), initial_vector(kind))
     last = result.log[-1]
     if regime == "plain":
         assert last["n_backbone"] == 0 and last["realised_ratio"] == 1.0
@@ -223,14 +224,14 @@ def test_a_checkpoint_of_another_kind_or_setting_is_not_resumed(tmp_path):
 def test_weight_difference_is_logged_against_the_oracle(tmp_path):
     oracle_run = run("lora", "plain", tmp_path / "oracle", steps=4)
     oracle = trained_vector(tmp_path / "oracle")
-    assert torch.equal(oracle, flat_adapter_vector(oracle_run.model))
+    assert torch.equal(oracle(oracle_run.model))
 
     s = setting("lora")
     result = train(tiny_llama(), AdapterConfig("lora"), s["task"], s["adaptation"], s["backbone"],
                    config("lora", regime="random", steps=4, log_every=2), tmp_path / "random",
                    oracle=oracle, progress=False)
     assert [row["weight_difference"] is None for row in result.log] == [True, False, True, False]
-    expected = torch.linalg.vector_norm(flat_adapter_vector(result.model) - oracle).item()
+    expected = torch.linalg.vector_norm(flat_parameters(result.model) - oracle).item()
     assert result.log[-1]["weight_difference"] == pytest.approx(expected)
 
 
@@ -295,4 +296,4 @@ def test_on_step_sees_every_step_and_changes_nothing(tmp_path):
     plain = run("lora", "random", tmp_path / "plain")
     assert seen == [1, 2, 3]
     assert [row["loss"] for row in watched.log] == [row["loss"] for row in plain.log]
-    assert torch.equal(flat_adapter_vector(watched.model), flat_adapter_vector(plain.model))
+    assert torch.equal(flat_parameters(watched.model)(plain.model))

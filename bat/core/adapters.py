@@ -36,6 +36,7 @@ from peft import (LoHaConfig, LoKrConfig, LoraConfig, PeftModel, get_peft_model,
 from torch import nn
 
 from bat import validate
+from bat.core.curvature import adapter_parameters
 from bat.io import atomic_directory
 from bat.errors import ConfigError
 
@@ -205,13 +206,9 @@ def attach_adapter(model: nn.Module, config: AdapterConfig) -> nn.Module:
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters training changes, by name, in ``named_parameters`` order."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def flat_adapter_vector(model: nn.Module) -> torch.Tensor:
-    """All trainable parameters as one detached vector: θ in the weight difference ‖θ − θ*‖."""
-    return torch.cat([p.detach().reshape(-1) for p in trainable_parameters(model).values()])
+    """The parameters training changes (θ_A), by name, in ``named_parameters`` order; as one
+    vector: :func:`bat.core.curvature.flat_parameters`."""
+    return dict(zip(*adapter_parameters(model)))
 
 
 def save_adapter(model: nn.Module, config: AdapterConfig, folder: str | os.PathLike) -> None:

@@ -75,7 +75,8 @@ def load_state(run_dir: str | os.PathLike) -> dict | None:
 
 
 def trained_vector(run_dir: str | os.PathLike) -> torch.Tensor:
-    """The run's latest trainable parameters as one vector, ordered as ``flat_adapter_vector``.
+    """The run's latest trainable parameters as one vector, ordered as
+    :func:`bat.core.curvature.flat_parameters`.
 
     This is how an oracle run (θ^{A*}, paper Sec. 4.3) is handed to later runs' ``oracle=``.
     """

@@ -17,10 +17,12 @@ Proposition-2 selectors elsewhere).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from bat import validate
 from bat.core.protocols import SelectionContext
@@ -31,6 +33,26 @@ SCHEMES = ("per_batch", "regular_interval")
 def derived_seed(seed: int, *keys: int) -> int:
     """An independent 32-bit seed for stream ``keys`` of run ``seed`` (no overlaps across seeds)."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def epoch_batches(count: int, batch_size: int, steps: int, generator: torch.Generator, *,
+                  carry_remainder: bool) -> Iterator[torch.Tensor]:
+    """Index tensors of ``steps`` batches of ``batch_size`` (at most ``count``) over ``count``
+    examples, a fresh ``torch.randperm`` each epoch, for the backbones' and encoders' pre-training.
+
+    ``carry_remainder``: an epoch's leftover indices open the next batch (every example is seen
+    equally often); otherwise they are dropped, so no index appears twice in one batch (what a
+    contrastive loss needs). Unlike :func:`epoch_order`, the permutations come from one running
+    ``generator``: these loops are never resumed mid-run, so they need no random access to epochs.
+    """
+    batch_size = min(batch_size, count)
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        if len(order) < batch_size:
+            fresh = torch.randperm(count, generator=generator)
+            order = torch.cat([order, fresh]) if carry_remainder else fresh
+        yield order[:batch_size]
+        order = order[batch_size:]
 
 
 @lru_cache(maxsize=4)  # a step reads one or two epochs; don't reshuffle per example

@@ -38,8 +38,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bat import validate
-from bat.core.adapters import (AdapterConfig, attach_adapter, flat_adapter_vector, save_adapter,
-                          trainable_parameters)
+from bat.core.adapters import AdapterConfig, attach_adapter, save_adapter, trainable_parameters
+from bat.core.curvature import flat_parameters
 from bat.core.checkpoint import adapter_dir, capture_rng, load_state, log_path, restore_rng, save_state
 from bat.errors import ConfigError
 from bat.io import write_json
@@ -292,7 +292,7 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
         log.append({
             "step": done, "loss": loss.item(), "n_adaptation": n_adaptation,
             "n_backbone": n_backbone, "realised_ratio": realised_ratio(n_adaptation, n_backbone),
-            "weight_difference": (torch.linalg.vector_norm(flat_adapter_vector(model) - oracle).item()
+            "weight_difference": (torch.linalg.vector_norm(flat_parameters(model) - oracle).item()
                                   if measure else None),
             "seconds": seconds, "selection_seconds": selection_seconds})
         if done % config.log_every == 0:

@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 
 from bat import paths, validate
 from bat.errors import ConfigError
+from bat.core.mixing import epoch_batches
 from bat.io import atomic_directory
+from bat.image.data import images_to_tensor
 from bat.image.task import DiffusionTask, make_diffusion_batch
 
 SOURCES = ("train", "pretrained")
@@ -123,11 +125,6 @@ def build_pipeline(config: ImageBackboneConfig):
                                    requires_safety_checker=False)
 
 
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``[N, H, W, 3]`` → float ``[N, 3, H, W]`` in [-1, 1], the VAE's range."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 def tensor_to_images(tensor: torch.Tensor) -> np.ndarray:
     return ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
@@ -136,16 +133,6 @@ def tensor_to_images(tensor: torch.Tensor) -> np.ndarray:
 def encode_captions(pipe, captions: list[str]) -> torch.Tensor:
     """Caption embeddings exactly as the pipeline computes them when it generates."""
     return pipe.encode_prompt(captions, "cpu", 1, False)[0]
-
-
-def _batches(count: int, batch_size: int, steps: int, generator: torch.Generator):
-    """Indices of ``steps`` batches, reshuffled every epoch."""
-    order = torch.empty(0, dtype=torch.long)
-    for _ in range(steps):
-        if len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(count, generator=generator)])
-        yield order[:batch_size]
-        order = order[batch_size:]
 
 
 def noise_task(pipe, prior_loss_weight: float = 1.0) -> DiffusionTask:
@@ -165,7 +152,8 @@ def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig) -> tuple[
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     log = []
-    progress = tqdm(_batches(len(pixels), config.batch_size, config.vae_steps, generator),
+    progress = tqdm(epoch_batches(len(pixels), config.batch_size, config.vae_steps, generator,
+                                  carry_remainder=True),
                     total=config.vae_steps, desc="vae")
     for step, index in enumerate(progress, start=1):
         posterior = vae.encode(pixels[index]).latent_dist
@@ -201,7 +189,8 @@ def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
     generator = torch.Generator().manual_seed(config.seed + 1)
     log = []
-    progress = tqdm(_batches(len(latents), config.batch_size, config.unet_steps, generator),
+    progress = tqdm(epoch_batches(len(latents), config.batch_size, config.unet_steps, generator,
+                                  carry_remainder=True),
                     total=config.unet_steps, desc="unet")
     for step, index in enumerate(progress, start=1):
         context = caption_embeddings[index].clone()

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
+from bat.errors import ConfigError
 from bat.io import write_npz
 
 VARIATION_SELECTOR = "\ufe0f"
@@ -147,3 +149,14 @@ def load_image_set(path: Path) -> ImageSet:
     with np.load(path) as archive:
         return ImageSet(archive["images"], archive["emoji"].tolist(), archive["captions"].tolist(),
                         str(archive["source"]))
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` → float32 ``[N, 3, H, W]`` in [-1, 1] (the VAE's and encoders' range).
+
+    Raises :class:`ConfigError` for any other dtype or shape.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ConfigError(f"images: expected uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1

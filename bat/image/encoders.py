@@ -57,7 +57,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bat import paths, validate
+from bat.core.mixing import epoch_batches
 from bat.errors import ConfigError
+from bat.image.data import images_to_tensor
 
 SOURCES = ("train", "pretrained")
 DEVICES = ("cpu", "cuda")
@@ -142,14 +144,6 @@ class SmallClip(nn.Module):
         logits = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * image @ text.T
         targets = torch.arange(len(logits), device=logits.device)
         return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``[N, H, W, 3]`` → float ``[N, 3, H, W]`` in [-1, 1]."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ConfigError(f"images: expected uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def random_affine(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -311,17 +305,6 @@ Encoders = TrainedEncoders | PretrainedEncoders
 # --------------------------------------------------------------------------- training
 
 
-def _batches(count: int, batch_size: int, steps: int, generator: torch.Generator):
-    """Indices of ``steps`` batches from per-epoch permutations; no index twice in one batch."""
-    batch_size = min(batch_size, count)
-    order = torch.randperm(count, generator=generator)
-    for _ in range(steps):
-        if len(order) < batch_size:  # drop the epoch's remainder rather than mix two epochs
-            order = torch.randperm(count, generator=generator)
-        yield order[:batch_size]
-        order = order[batch_size:]
-
-
 def _learning_rate_factor(step: int, steps: int) -> float:
     """Linear warm-up over the first 5 % of steps, then cosine decay to 10 %."""
     warmup = max(1, steps // 20)
@@ -357,7 +340,8 @@ def train_encoders(config: EncoderConfig, images: np.ndarray, captions: list[str
         optimizer, lambda step: _learning_rate_factor(step, config.steps))
     generator = torch.Generator().manual_seed(config.seed)
     log = []
-    for step, index in enumerate(_batches(len(pixels), config.batch_size, config.steps, generator), start=1):
+    for step, index in enumerate(epoch_batches(len(pixels), config.batch_size, config.steps,
+                                                          generator, carry_remainder=False), start=1):
         batch = random_affine(pixels[index], generator).to(config.device)
         loss = model.loss(batch, text[index])
         optimizer.zero_grad(set_to_none=True)

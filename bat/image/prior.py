@@ -12,7 +12,8 @@ import torch
 
 from bat.core.protocols import Batch
 from bat.errors import ConfigError
-from bat.image.backbone import encode_captions, encode_images, generate, images_to_tensor
+from bat.image.backbone import encode_captions, encode_images, generate
+from bat.image.data import images_to_tensor
 
 # The class prompt drops the identifier, as DreamBooth's "a dog" for "a sks dog": for a style that
 # leaves the concept alone, which is what the backbone draws without the style.

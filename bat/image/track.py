@@ -18,9 +18,8 @@ from bat.core.adapters import DREAMBOOTH_IDENTIFIER
 from bat.core.protocols import Batch
 from bat.core.track import heldout_loss
 from bat.errors import ConfigError
-from bat.image.backbone import (encode_captions, encode_images, images_to_tensor, load_image_backbone,
-                                noise_task, with_unet)
-from bat.image.data import STYLES, ImageSet, load_image_set
+from bat.image.backbone import encode_captions, encode_images, load_image_backbone, noise_task, with_unet
+from bat.image.data import STYLES, ImageSet, images_to_tensor, load_image_set
 from bat.image.encoders import load_encoders
 from bat.image.evaluation import evaluate_personalization
 from bat.image.prior import class_examples, class_images, class_prompts

@@ -259,7 +259,8 @@ class GridRunner:
                               f"to oracles.{self.config.track} and run its stage") from None
 
     def run(self, scratch: Path) -> None:
-        from bat.core.adapters import AdapterConfig, attach_adapter, flat_adapter_vector
+        from bat.core.adapters import AdapterConfig, attach_adapter
+        from bat.core.curvature import flat_parameters
         from bat.core.train import seed_everything
 
         config = self.config
@@ -281,7 +282,7 @@ class GridRunner:
                 adapter, oracle = AdapterConfig(adapter_kind), self.oracle(dataset, adapter_kind)
                 for seed in config.seeds:
                     seed_everything(seed)  # as train() does before attaching: θ at step 0
-                    start = float(torch.linalg.vector_norm(flat_adapter_vector(
+                    start = float(torch.linalg.vector_norm(flat_parameters(
                         attach_adapter(copy.deepcopy(self.track.start_model), adapter)) - oracle))
                     baseline = self.baseline(dataset, data, seed)
                     for batch_size in config.batch_sizes:
