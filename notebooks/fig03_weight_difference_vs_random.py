@@ -26,30 +26,25 @@ grid = "dreambooth"
 regimes = ["bat", "random", "random_matched"]
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
 from bat.analysis.claims import compare_regimes, results_frame
-from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plot
-from bat.analysis.plotting import plot_series, save_figure
+from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plots
+from bat.analysis.plotting import plot_curve_rows, save_figure
 from bat.analysis.runs import read_grid, selection_summary
 from bat.stages.notebook import check_kernel_parameters
 
 check_kernel_parameters("fig03_weight_difference_vs_random", globals())
-result = read_grid(paths.ROOT / "runs" / grid)
-steps = result.steps[result.steps["regime"].isin(regimes)]
-evaluations = result.evaluations[result.evaluations["regime"].isin(regimes)]
-datasets = list(result.info["config"]["datasets"])
-seeds = result.info["config"]["seeds"]
+result = read_grid(paths.ROOT / "runs" / grid).only(regimes)
+steps, evaluations, datasets, seeds = result.steps, result.evaluations, result.datasets, result.seeds
 others = [r for r in regimes if r != "random"]
 curves = {
     "heldout_loss_minus_random": difference_curves(evaluations, "heldout_loss", others, reference="random"),
     "movement": level_curves(steps, "weight_difference"),
     "movement_minus_random": difference_curves(steps, "weight_difference", others, reference="random"),
 }
-for name, table in curves.items():
-    write_plot("fig03_weight_difference_vs_random", name, table)
+write_plots("fig03_weight_difference_vs_random", curves)
 
 # %% [markdown]
 # ## Held-out loss and movement, against random augmented training
@@ -60,17 +55,7 @@ for name, table in curves.items():
 # %%
 rows = [("heldout_loss_minus_random", "held-out loss − random"), ("movement", "movement"),
         ("movement_minus_random", "movement − random")]
-fig, axes = plt.subplots(len(rows), len(datasets), figsize=(4.2 * len(datasets), 7.5), squeeze=False,
-                         sharex="col")
-for column, dataset in enumerate(datasets):
-    for row, (name, label) in enumerate(rows):
-        table = curves[name]
-        plot_series(axes[row, column], table, f"{dataset}/")
-        if "minus" in name:
-            axes[row, column].axhline(0, color="black", linewidth=0.8)
-        axes[row, column].set_ylabel(label)
-    axes[0, column].set_title(f"{dataset} (dreambooth, {len(seeds)} seeds)")
-    axes[-1, column].set_xlabel("step")
+fig, axes = plot_curve_rows(curves, rows, datasets, f"{{dataset}} (dreambooth, {len(seeds)} seeds)")
 axes[1, 0].legend(fontsize=7)
 save_figure(fig, "fig03_weight_difference_vs_random")
 

@@ -38,18 +38,15 @@ import pandas as pd
 
 from bat import paths
 from bat.analysis.claims import compare_regimes, results_frame
-from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plot
-from bat.analysis.plotting import REGIME_COLORS, plot_series, save_figure
+from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plots
+from bat.analysis.plotting import REGIME_COLORS, plot_curve_rows, save_figure
 from bat.analysis.runs import read_grid, selection_summary
 from bat.stages.notebook import check_kernel_parameters
 
 check_kernel_parameters("fig04_dreambooth_initial_steps", globals())
-result = read_grid(paths.ROOT / "runs" / grid)
-present = [r for r in regimes if r in set(result.steps["regime"])]
-steps = result.steps[result.steps["regime"].isin(present)]
-evaluations = result.evaluations[result.evaluations["regime"].isin(present)]
-datasets = list(result.info["config"]["datasets"])
-seeds = result.info["config"]["seeds"]
+result = read_grid(paths.ROOT / "runs" / grid).only(regimes)
+steps, evaluations, datasets, seeds = result.steps, result.evaluations, result.datasets, result.seeds
+present = result.regimes
 others = [r for r in present if r != "plain"]
 curves = {
     "heldout_loss": level_curves(evaluations, "heldout_loss"),
@@ -57,8 +54,7 @@ curves = {
     "movement_minus_plain": difference_curves(steps, "weight_difference", others),
     "training_loss": level_curves(steps, "loss"),
 }
-for name, table in curves.items():
-    write_plot("fig04_dreambooth_initial_steps", name, table)
+write_plots("fig04_dreambooth_initial_steps", curves)
 
 # %% [markdown]
 # ## Held-out loss, its per-seed difference to plain, movement and training loss
@@ -70,17 +66,7 @@ for name, table in curves.items():
 # %%
 rows = [("heldout_loss", "held-out loss"), ("heldout_loss_minus_plain", "held-out loss − plain"),
         ("movement_minus_plain", "movement − plain"), ("training_loss", "training loss")]
-fig, axes = plt.subplots(len(rows), len(datasets), figsize=(4.4 * len(datasets), 9.5), squeeze=False,
-                         sharex="col")
-for column, dataset in enumerate(datasets):
-    for row, (name, label) in enumerate(rows):
-        table = curves[name]
-        plot_series(axes[row, column], table, f"{dataset}/")
-        axes[row, column].set_ylabel(label)
-        if "minus" in name:
-            axes[row, column].axhline(0, color="black", linewidth=0.8)
-    axes[0, column].set_title(f"{dataset} (dreambooth, {len(seeds)} seeds)")
-    axes[-1, column].set_xlabel("step")
+fig, axes = plot_curve_rows(curves, rows, datasets, f"{{dataset}} (dreambooth, {len(seeds)} seeds)")
 axes[0, 0].legend(fontsize=7)
 axes[1, 0].legend(fontsize=7)
 save_figure(fig, "fig04_dreambooth_initial_steps")

@@ -29,15 +29,12 @@ import pandas as pd
 
 from bat import paths
 from bat.analysis.claims import compare_regimes, results_frame
-from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plot
-from bat.analysis.plotting import save_figure
+from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plots
+from bat.analysis.plotting import plot_effects, save_figure
 from bat.analysis.runs import read_grid
 
-result = read_grid(paths.ROOT / "runs" / grid)
-steps = result.steps[result.steps["regime"].isin(["plain", "bat"])]
-evaluations = result.evaluations[result.evaluations["regime"].isin(["plain", "bat"])]
-datasets = list(result.info["config"]["datasets"])
-seeds = result.info["config"]["seeds"]
+result = read_grid(paths.ROOT / "runs" / grid).only(["plain", "bat"])
+steps, evaluations, datasets, seeds = result.steps, result.evaluations, result.datasets, result.seeds
 gammas = sorted(steps["gamma"].dropna().unique())
 colormap = plt.get_cmap("viridis")
 colors = {gamma: colormap(0.85 * index / max(len(gammas) - 1, 1)) for index, gamma in enumerate(gammas)}
@@ -46,14 +43,10 @@ curves = {
     "heldout_loss_minus_plain": difference_curves(evaluations, "heldout_loss", ["bat"], by=("dataset", "gamma")),
     "movement_minus_plain": difference_curves(steps, "weight_difference", ["bat"], by=("dataset", "gamma")),
 }
-for name, table in curves.items():
-    write_plot("fig06_ratio", name, table)
+write_plots("fig06_ratio", curves)
 settings = [{"dataset": dataset, "gamma": gamma} for dataset in datasets for gamma in gammas]
-heldout = results_frame(compare_regimes(grid, "heldout_loss", ["bat"], settings=settings)).assign(
-    gamma=[s["gamma"] for s in settings], dataset=[s["dataset"] for s in settings])
-movement = results_frame(compare_regimes(grid, "weight_difference", ["bat"], settings=settings,
-                                         table="steps")).assign(
-    gamma=[s["gamma"] for s in settings], dataset=[s["dataset"] for s in settings])
+heldout = results_frame(compare_regimes(grid, "heldout_loss", ["bat"], settings=settings))
+movement = results_frame(compare_regimes(grid, "weight_difference", ["bat"], settings=settings, table="steps"))
 gammas
 
 # %% [markdown]
@@ -80,19 +73,9 @@ for row, dataset in enumerate(datasets):
     axes[row, 0].legend(fontsize=7)
     for column, (frame, label) in ((1, (heldout, "held-out loss, bat − plain")),
                                    (2, (movement, "movement, bat − plain"))):
-        mine = frame[(frame["dataset"] == dataset) & (frame["seeds"] > 0)]
-        low = (mine["effect"] - mine["ci_low"].fillna(mine["effect"])).to_numpy(dtype=float)
-        high = (mine["ci_high"].fillna(mine["effect"]) - mine["effect"]).to_numpy(dtype=float)
-        axes[row, column].errorbar(mine["gamma"], mine["effect"], yerr=[low, high], color="black",
-                                   marker="o", capsize=3)
-        for _, point in mine.iterrows():
-            axes[row, column].annotate(f"MDE {point['mde']:.2g}" if pd.notna(point["mde"]) else "1 seed",
-                                       (point["gamma"], point["effect"]), fontsize=6,
-                                       textcoords="offset points", xytext=(4, 4))
-        axes[row, column].axhline(0, color="black", linewidth=0.8)
+        plot_effects(axes[row, column], frame[frame["dataset"] == dataset], "gamma", label)
         axes[row, column].set_xlabel("γ = n/k (share of D^A per batch)")
         axes[row, column].set_xticks(gammas)
-        axes[row, column].set_ylabel(label)
 save_figure(fig, "fig06_ratio")
 
 # %% [markdown]

@@ -30,25 +30,20 @@ grid = "overfitting"
 regimes = ["plain", "random", "bat"]
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from bat import paths
 from bat.analysis.claims import compare_regimes, results_frame
-from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plot
-from bat.analysis.plotting import plot_series, save_figure
+from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plots
+from bat.analysis.plotting import plot_curve_rows, save_figure
 from bat.analysis.runs import read_grid
 from bat.stages.notebook import check_kernel_parameters
 
 check_kernel_parameters("fig07_overfitting", globals())
 
-result = read_grid(paths.ROOT / "runs" / grid)
-present = [r for r in regimes if r in set(result.steps["regime"])]
-steps = result.steps[result.steps["regime"].isin(present)]
-evaluations = result.evaluations[result.evaluations["regime"].isin(present)]
-datasets = list(result.info["config"]["datasets"])
-seeds = result.info["config"]["seeds"]
-others = [r for r in present if r != "plain"]
+result = read_grid(paths.ROOT / "runs" / grid).only(regimes)
+steps, evaluations, datasets, seeds = result.steps, result.evaluations, result.datasets, result.seeds
+others = [r for r in result.regimes if r != "plain"]
 curves = {
     "retention_loss": level_curves(evaluations, "retention_loss"),
     "retention_loss_minus_plain": difference_curves(evaluations, "retention_loss", others),
@@ -57,8 +52,7 @@ curves = {
     "movement_minus_plain": difference_curves(steps, "weight_difference", others),
     "training_loss": level_curves(steps, "loss"),
 }
-for name, table in curves.items():
-    write_plot("fig07_overfitting", name, table)
+write_plots("fig07_overfitting", curves)
 
 # %% [markdown]
 # ## Retention, held-out loss, movement and training loss over the whole run
@@ -71,17 +65,7 @@ for name, table in curves.items():
 rows = [("retention_loss", "retention loss"), ("retention_loss_minus_plain", "retention − plain"),
         ("heldout_loss", "held-out loss"), ("heldout_loss_minus_plain", "held-out loss − plain"),
         ("movement_minus_plain", "movement − plain"), ("training_loss", "training loss")]
-fig, axes = plt.subplots(len(rows), len(datasets), figsize=(4.6 * len(datasets), 2.1 * len(rows)),
-                         squeeze=False, sharex="col", layout="constrained")
-for column, dataset in enumerate(datasets):
-    for row, (name, label) in enumerate(rows):
-        table = curves[name]
-        plot_series(axes[row, column], table, f"{dataset}/")
-        if "minus" in name:
-            axes[row, column].axhline(0, color="black", linewidth=0.8)
-        axes[row, 0].set_ylabel(label)
-    axes[0, column].set_title(f"{dataset} (dreambooth, {len(seeds)} seeds)")
-    axes[-1, column].set_xlabel("step")
+fig, axes = plot_curve_rows(curves, rows, datasets, f"{{dataset}} (dreambooth, {len(seeds)} seeds)")
 axes[0, 0].legend(fontsize=7)
 save_figure(fig, "fig07_overfitting")
 

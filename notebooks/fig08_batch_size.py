@@ -28,15 +28,12 @@ import pandas as pd
 
 from bat import paths
 from bat.analysis.claims import compare_regimes, results_frame
-from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plot
-from bat.analysis.plotting import save_figure
+from bat.analysis.outputs import difference_curves, level_curves, write_metrics, write_plots
+from bat.analysis.plotting import plot_effects, save_figure
 from bat.analysis.runs import read_grid
 
-result = read_grid(paths.ROOT / "runs" / grid)
-steps = result.steps[result.steps["regime"].isin(["plain", "bat"])]
-evaluations = result.evaluations[result.evaluations["regime"].isin(["plain", "bat"])]
-datasets = list(result.info["config"]["datasets"])
-seeds = result.info["config"]["seeds"]
+result = read_grid(paths.ROOT / "runs" / grid).only(["plain", "bat"])
+steps, evaluations, datasets, seeds = result.steps, result.evaluations, result.datasets, result.seeds
 batch_sizes = sorted(steps["batch_size"].unique())
 colormap = plt.get_cmap("plasma")
 colors = {size: colormap(0.8 * index / max(len(batch_sizes) - 1, 1)) for index, size in enumerate(batch_sizes)}
@@ -46,14 +43,10 @@ curves = {
                                                   by=("dataset", "batch_size")),
     "movement_minus_plain": difference_curves(steps, "weight_difference", ["bat"], by=("dataset", "batch_size")),
 }
-for name, table in curves.items():
-    write_plot("fig08_batch_size", name, table)
+write_plots("fig08_batch_size", curves)
 settings = [{"dataset": dataset, "batch_size": size} for dataset in datasets for size in batch_sizes]
-heldout = results_frame(compare_regimes(grid, "heldout_loss", ["bat"], settings=settings)).assign(
-    batch_size=[s["batch_size"] for s in settings], dataset=[s["dataset"] for s in settings])
-movement = results_frame(compare_regimes(grid, "weight_difference", ["bat"], settings=settings,
-                                         table="steps")).assign(
-    batch_size=[s["batch_size"] for s in settings], dataset=[s["dataset"] for s in settings])
+heldout = results_frame(compare_regimes(grid, "heldout_loss", ["bat"], settings=settings))
+movement = results_frame(compare_regimes(grid, "weight_difference", ["bat"], settings=settings, table="steps"))
 
 # %% [markdown]
 # ## BAT − plain per batch size, paired by seed, at equal steps
@@ -80,21 +73,11 @@ for row, dataset in enumerate(datasets):
     axes[row, 0].legend(ncols=2, fontsize=7)
     for column, (frame, label) in ((1, (heldout, "held-out loss, bat − plain")),
                                    (2, (movement, "movement, bat − plain"))):
-        mine = frame[(frame["dataset"] == dataset) & (frame["seeds"] > 0)]
-        low = (mine["effect"] - mine["ci_low"].fillna(mine["effect"])).to_numpy(dtype=float)
-        high = (mine["ci_high"].fillna(mine["effect"]) - mine["effect"]).to_numpy(dtype=float)
-        axes[row, column].errorbar(mine["batch_size"], mine["effect"], yerr=[low, high], color="black",
-                                   marker="o", capsize=3)
-        for _, point in mine.iterrows():
-            axes[row, column].annotate(f"MDE {point['mde']:.2g}" if pd.notna(point["mde"]) else "1 seed",
-                                       (point["batch_size"], point["effect"]), fontsize=6,
-                                       textcoords="offset points", xytext=(4, 4))
-        axes[row, column].axhline(0, color="black", linewidth=0.8)
+        plot_effects(axes[row, column], frame[frame["dataset"] == dataset], "batch_size", label)
         axes[row, column].set_xscale("log", base=2)
         axes[row, column].set_xticks(batch_sizes, [str(size) for size in batch_sizes])
         axes[row, column].minorticks_off()
         axes[row, column].set_xlabel("batch size (D^A examples per step)")
-        axes[row, column].set_ylabel(label)
 save_figure(fig, "fig08_batch_size")
 
 # %% [markdown]

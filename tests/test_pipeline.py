@@ -152,12 +152,12 @@ def test_dvc_exp_run_sets_a_float_parameter_end_to_end(tmp_path):
 
 def test_figure_curves_are_dvc_plots_in_git():
     """A notebook that writes plots/<stem>/*.csv declares the folder as DVC plots with axes, kept
-    in git like the figures; curves over steps (write_plot) are drawn by the project's `series`
+    in git like the figures; curves over steps (write_plot, write_plots) are drawn by the project's `series`
     template (x: step, y: mean, band low–high)."""
     assert (PROJECT / ".dvc" / "plots" / "series.json").is_file()
     for stem in NOTEBOOKS:
         source = (PROJECT / "notebooks" / f"{stem}.py").read_text()
-        curves = "write_plot(" in source
+        curves = "write_plot(" in source or "write_plots(" in source
         writes = curves or "write_table(" in source
         declared = {next(iter(p)): next(iter(p.values())) for p in STAGES[stem].get("plots", [])}
         assert (f"plots/{stem}" in declared) == writes, stem

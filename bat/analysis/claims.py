@@ -349,12 +349,14 @@ def compare_regimes(grid: str, measure: str, regimes, reference: str = "plain", 
 
 
 def results_frame(results: list[Result]) -> pd.DataFrame:
-    """One row per result: setting (the claim's statement), compared, step, seeds, ``effect``,
-    ``ci_low``, ``ci_high``, ``mde`` (units of the measure), verdict (label, or why not tested)."""
+    """One row per result: setting (the claim's statement, and each key of its ``where`` as a
+    column of its own, e.g. ``dataset``, ``gamma``), compared, step, seeds, ``effect``, ``ci_low``,
+    ``ci_high``, ``mde`` (units of the measure), verdict (label, or why not tested)."""
     rows = []
     for result in results:
         claim, c = result.claim, result.verdict.comparison if result.verdict else None
-        rows.append({"setting": claim.statement, "compared": f"{claim.regime} − {claim.reference}",
+        where = claim.source.where if isinstance(claim.source, RunComparison) else {}
+        rows.append({"setting": claim.statement, **where, "compared": f"{claim.regime} − {claim.reference}",
                      "step": result.step, "seeds": c.seeds if c else 0,
                      "effect": c.mean if c else None, "ci_low": c.low if c else None,
                      "ci_high": c.high if c else None, "mde": c.mde if c else None,

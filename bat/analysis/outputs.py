@@ -97,6 +97,12 @@ def write_plot(stem: str, name: str, curves: pd.DataFrame) -> None:
     write_table(stem, name, curves[list(CURVE_COLUMNS)].sort_values(["series", "step"]))
 
 
+def write_plots(stem: str, curves: dict[str, pd.DataFrame]) -> None:
+    """:func:`write_plot` for each ``name: table`` of ``curves``."""
+    for name, table in curves.items():
+        write_plot(stem, name, table)
+
+
 def write_table(stem: str, name: str, table: pd.DataFrame) -> None:
     """Write ``table`` to ``plots/<stem>/<name>.csv`` as it is ordered, floats to 6 significant
     digits, so that the same numbers give the same bytes (a DVC plot, or a table claims read)."""

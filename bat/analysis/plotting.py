@@ -32,7 +32,7 @@ plt.rcParams.update(STYLE)
 REGIME_COLORS = {"plain": "tab:red", "random": "tab:gray", "random_matched": "tab:olive",
                  "bat": "tab:blue", "bat_oracle_free": "tab:cyan", "compute_matched": "tab:orange",
                  "bat_set": "tab:purple", "bat_set_oracle_free": "tab:pink",
-                 "prior_preservation": "tab:olive"}
+                 "prior_preservation": "tab:brown"}
 
 _PNG_METADATA = {"Software": None}
 _PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}
@@ -75,6 +75,42 @@ def plot_series(axis, table, prefix: str = "", colors: dict | None = None) -> No
         color = colors.get(label)
         axis.plot(curve["step"], curve["mean"], color=color, label=label)
         axis.fill_between(curve["step"], curve["low"], curve["high"], color=color, alpha=0.2, linewidth=0)
+
+
+def plot_curve_rows(curves: dict, rows: list[tuple[str, str]], datasets: list[str], title: str,
+                    row_height: float = 2.2, column_width: float = 4.5):
+    """One column per dataset, one row per ``(name, y label)`` of ``rows``: :func:`plot_series` of
+    ``curves[name]`` restricted to the dataset; a difference table (name containing ``minus``)
+    gets a line at zero. ``title`` is formatted with ``dataset``. Returns ``(fig, axes)``."""
+    fig, axes = plt.subplots(len(rows), len(datasets), figsize=(column_width * len(datasets),
+                                                                row_height * len(rows)),
+                             squeeze=False, sharex="col", layout="constrained")
+    for column, dataset in enumerate(datasets):
+        for row, (name, label) in enumerate(rows):
+            plot_series(axes[row, column], curves[name], f"{dataset}/")
+            if "minus" in name:
+                axes[row, column].axhline(0, color="black", linewidth=0.8)
+            axes[row, 0].set_ylabel(label)
+        axes[0, column].set_title(title.format(dataset=dataset))
+        axes[-1, column].set_xlabel("step")
+    return fig, axes
+
+
+def plot_effects(axis, frame, x: str, label: str) -> None:
+    """Paired effects of a results table (``bat.analysis.claims.results_frame``) against its column
+    ``x``: the mean difference with its 95 % interval as bars, the MDE printed beside each point
+    ("1 seed" where there is no interval), and a line at zero."""
+    import pandas as pd
+
+    tested = frame[frame["seeds"] > 0]
+    low = (tested["effect"] - tested["ci_low"].fillna(tested["effect"])).to_numpy(dtype=float)
+    high = (tested["ci_high"].fillna(tested["effect"]) - tested["effect"]).to_numpy(dtype=float)
+    axis.errorbar(tested[x], tested["effect"], yerr=[low, high], color="black", marker="o", capsize=3)
+    for _, point in tested.iterrows():
+        axis.annotate(f"MDE {point['mde']:.2g}" if pd.notna(point["mde"]) else "1 seed",
+                      (point[x], point["effect"]), fontsize=6, textcoords="offset points", xytext=(4, 4))
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_ylabel(label)
 
 
 def table_figure(tables, width: float = 9.0):

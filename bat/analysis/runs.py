@@ -29,6 +29,25 @@ class GridResult:
     info: dict  # grid.json: the settings, the pools, the held-out captions, seconds
     folder: Path
 
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.info["config"]["datasets"])
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.info["config"]["seeds"])
+
+    @property
+    def regimes(self) -> list[str]:
+        """The regimes that have runs, in the order the grid ran them."""
+        return list(dict.fromkeys(self.steps["regime"]))
+
+    def only(self, regimes) -> GridResult:
+        """The rows of those of ``regimes`` that have runs (a figure's subset of the grid)."""
+        keep = [regime for regime in regimes if regime in set(self.steps["regime"])]
+        return GridResult(self.steps[self.steps["regime"].isin(keep)],
+                          self.evaluations[self.evaluations["regime"].isin(keep)], self.info, self.folder)
+
     def samples(self, dataset, adapter, seed, gamma, batch_size, regime, step) -> np.ndarray:
         """The images one evaluation scored, uint8 ``[prompts, H, W, 3]`` (``gamma=None``: plain)."""
         run_key = dict(zip(RUN_KEYS, (dataset, adapter, seed, gamma, batch_size, regime)))
