@@ -88,6 +88,16 @@ class SelectionConfig:
                             lissa_scale=self.lissa_scale)
 
 
+def check_target(mode: str, target: torch.Tensor | None) -> None:
+    """A selector's θ^{A*} agrees with its mode: given for ``oracle``, absent for ``oracle_free``."""
+    if mode == "oracle" and target is None:
+        raise ConfigError("target: mode 'oracle' needs θ^{A*} as a flat vector "
+                          "(bat.core.curvature.flat_parameters of the optimal adapter)")
+    if mode == "oracle_free" and target is not None:
+        raise ConfigError("target: mode 'oracle_free' uses held-out D^A, not θ^{A*}; "
+                          "pass no target or choose mode 'oracle'")
+
+
 class FirstSelector:
     """The first ``count`` candidates: no scoring at all (a cost floor for benchmarks)."""
 
@@ -99,12 +109,7 @@ class Prop2Selector:
     """Algorithm 1 of the paper as a stateful :class:`bat.core.protocols.Selector`."""
 
     def __init__(self, config: SelectionConfig, target: torch.Tensor | None = None):
-        if config.mode == "oracle" and target is None:
-            raise ConfigError("target: mode 'oracle' needs θ^{A*} as a flat vector "
-                              "(bat.core.curvature.flat_parameters of the optimal adapter)")
-        if config.mode == "oracle_free" and target is not None:
-            raise ConfigError("target: mode 'oracle_free' uses held-out D^A, not θ^{A*}; "
-                              "pass no target or choose mode 'oracle'")
+        check_target(config.mode, target)
         self.config, self.target = config, target
         self.records: list[dict] = []
         self.selected_ids: list[int] = []
@@ -401,12 +406,7 @@ class SetSelector:
     """
 
     def __init__(self, config: SetSelectionConfig, target: torch.Tensor | None = None):
-        if config.mode == "oracle" and target is None:
-            raise ConfigError("target: mode 'oracle' needs θ^{A*} as a flat vector "
-                              "(bat.core.curvature.flat_parameters of the optimal adapter)")
-        if config.mode == "oracle_free" and target is not None:
-            raise ConfigError("target: mode 'oracle_free' uses held-out D^A, not θ^{A*}; "
-                              "pass no target or choose mode 'oracle'")
+        check_target(config.mode, target)
         self.config, self.target = config, target
         self.records: list[dict] = []
         self.selected_ids: list[int] | None = None

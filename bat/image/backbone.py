@@ -29,7 +29,7 @@ from bat.io import atomic_directory
 from bat.image.data import images_to_tensor
 from bat.image.task import DiffusionTask, make_diffusion_batch
 
-SOURCES = ("train", "pretrained")
+BACKBONE_SOURCES = ("train", "pretrained")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -56,7 +56,7 @@ class ImageBackboneConfig:
     def __post_init__(self):
         object.__setattr__(self, "vae_channels", tuple(self.vae_channels))
         object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
-        validate.choice("backbone_image.source", self.source, SOURCES)
+        validate.choice("backbone_image.source", self.source, BACKBONE_SOURCES)
         validate.choice("backbone_image.torch_dtype", self.torch_dtype, DTYPES)
         validate.device("backbone_image.device", self.device, DEVICES)
         for name in ("resolution", "max_caption_tokens", "vae_steps", "unet_steps", "batch_size"):

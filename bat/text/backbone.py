@@ -44,7 +44,7 @@ from bat.io import atomic_directory, read_json, write_json
 from bat.text.benchmarks import ALPACA_TEMPLATE, MultipleChoiceItem, load_items, score_loglikelihood
 from bat.text.task import IGNORE_INDEX, CausalLMTask
 
-SOURCES = ("gguf", "config", "pretrained")
+BACKBONE_SOURCES = ("gguf", "config", "pretrained")
 ATTENTION = ("eager", "sdpa")  # eager: Hessian products need double-backward, which CPU SDPA lacks
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")  # auto: device_map="auto" (Accelerate), spread over every GPU
@@ -83,7 +83,7 @@ class TextBackboneConfig:
     eval_batch_size: int = 8
 
     def __post_init__(self):
-        validate.choice("backbone_text.source", self.source, SOURCES)
+        validate.choice("backbone_text.source", self.source, BACKBONE_SOURCES)
         validate.choice("backbone_text.attn_implementation", self.attn_implementation, ATTENTION)
         validate.choice("backbone_text.torch_dtype", self.torch_dtype, DTYPES)
         validate.device("backbone_text.device", self.device, DEVICES)
