@@ -6,13 +6,23 @@ Runs ``dvc repro --single-item`` for every stage in the pipeline's dependency or
 given stages and everything upstream of them), each under ``/usr/bin/time -v``, and writes one
 row per stage: ``seconds`` (wall), ``peak_rss_gib`` (the largest process, as ``time -v`` reports)
 and ``ran`` (False when DVC found it up to date: a row measured earlier is then kept). The JSON
-is rewritten after every stage, so an interrupted run keeps what it measured. Stages of a ``foreach`` are timed one item at a time.
+is rewritten after every stage, so an interrupted run keeps what it measured. Stages of a
+``foreach`` are timed one item at a time.
+
+``--jobs N`` (N > 1) runs up to N stages at once, each with one thread (``OMP_NUM_THREADS=1``),
+as soon as the stages it depends on are done: DVC runs one stage at a time under its repository
+lock, so the stages run their own ``cmd`` (as resolved by DVC) and ``dvc commit`` records them
+once all have finished, exactly as ``dvc repro`` would have. Only stages that ``dvc status``
+reports changed, and everything downstream of them, run. A failed stage stops the run before the
+commit, so dvc.lock never records a half-finished pipeline. The summary's ``total_minutes`` is
+then the wall time of the whole run, not the sum of the stages.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,12 +32,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def stage_order(targets: list[str]) -> list[str]:
-    import networkx as nx
+def stage_graph():
     from dvc.repo import Repo
 
     repo = Repo(str(ROOT))
-    graph = repo.index.graph  # edges point from a stage to the stages it depends on
+    return repo, repo.index.graph  # edges point from a stage to the stages it depends on
+
+
+def stage_order(targets: list[str]) -> list[str]:
+    import networkx as nx
+
+    _, graph = stage_graph()
     stages = {stage.addressing: stage for stage in graph.nodes}
     order = [stage.addressing for stage in reversed(list(nx.topological_sort(graph)))
              if stage.addressing != "data.dvc"]
@@ -42,6 +57,11 @@ def stage_order(targets: list[str]) -> list[str]:
     return [name for name in order if name in wanted]
 
 
+def peak_gib(time_report: str) -> float | None:
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_report)
+    return round(int(peak.group(1)) / 2**20, 2) if peak else None
+
+
 def run_stage(name: str) -> dict:
     started = time.perf_counter()
     done = subprocess.run(["/usr/bin/time", "-v", "dvc", "repro", "--single-item", name],
@@ -50,30 +70,85 @@ def run_stage(name: str) -> dict:
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
         raise SystemExit(f"error: stage {name} failed (exit {done.returncode})")
-    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
-    return {"stage": name, "seconds": round(seconds, 1),
-            "peak_rss_gib": round(int(peak.group(1)) / 2**20, 2) if peak else None,
+    return {"stage": name, "seconds": round(seconds, 1), "peak_rss_gib": peak_gib(done.stderr),
             "ran": "didn't change" not in done.stdout and "is cached" not in done.stdout}
+
+
+def run_parallel(names: list[str], jobs: int, logs: Path, record) -> None:
+    """Run the changed stages of ``names`` (in dependency order) ``jobs`` at a time; see the
+    module docstring. ``record(row)`` is called as each stage finishes."""
+    import networkx as nx
+
+    repo, graph = stage_graph()
+    stages = {stage.addressing: stage for stage in graph.nodes}
+    needs = {name: {s.addressing for s in graph.successors(stages[name])} & set(names) for name in names}
+    changed = {name for name in names if repo.status(targets=[name], with_deps=False)}
+    for name in list(changed):
+        changed |= {s.addressing for s in nx.ancestors(graph, stages[name])} & set(names)
+    for name in names:
+        if name not in changed:
+            record({"stage": name, "seconds": 0.0, "peak_rss_gib": None, "ran": False})
+    pending = [name for name in names if name in changed]
+    running, finished = {}, {name for name in names if name not in changed}
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    while pending or running:
+        for name in [n for n in pending if needs[n] <= finished][:max(0, jobs - len(running))]:
+            pending.remove(name)
+            log = open(logs / f"{name}.log", "w")
+            process = subprocess.Popen(["/usr/bin/time", "-v", "bash", "-c", stages[name].cmd],
+                                       cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            running[name] = (process, log, time.perf_counter())
+        time.sleep(2)
+        for name, (process, log, started) in list(running.items()):
+            if process.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            report = (logs / f"{name}.log").read_text()
+            if process.returncode != 0:
+                for other, (rest, _, _) in running.items():
+                    rest.terminate()
+                sys.stderr.write(report[-4000:])
+                raise SystemExit(f"error: stage {name} failed (exit {process.returncode}); "
+                                 "nothing committed")
+            finished.add(name)
+            record({"stage": name, "seconds": round(time.perf_counter() - started, 1),
+                    "peak_rss_gib": peak_gib(report), "ran": True})
+    ran = [name for name in names if name in changed]
+    if ran:
+        subprocess.run(["dvc", "commit", "--force", "--quiet", *ran], cwd=ROOT, check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stages", nargs="*", help="only these and what they need (default: all)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--jobs", type=int, default=1, help="stages at once (see above)")
     args = parser.parse_args(argv)
     previous = json.loads(args.out.read_text())["stages"] if args.out.exists() else []
     rows = {row["stage"]: row for row in previous}
-    for name in stage_order(args.stages):
-        row = run_stage(name)
-        if row["ran"] or name not in rows:  # an up-to-date stage keeps the time it was measured at
-            rows[name] = row
+    started = time.perf_counter()
+
+    def record(row: dict) -> None:
+        if row["ran"] or row["stage"] not in rows:  # an up-to-date stage keeps its measured time
+            rows[row["stage"]] = row
         print(json.dumps(row), flush=True)
         ran = [row for row in rows.values() if row["ran"]]
-        summary = {"stages": list(rows.values()),
-                   "total_minutes": round(sum(row["seconds"] for row in ran) / 60, 1),
+        total = (time.perf_counter() - started if args.jobs > 1
+                 else sum(row["seconds"] for row in ran))
+        summary = {"stages": list(rows.values()), "jobs": args.jobs,
+                   "total_minutes": round(total / 60, 1),
                    "peak_rss_gib": max((row["peak_rss_gib"] or 0) for row in ran) if ran else None}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=1) + "\n")
+
+    order = stage_order(args.stages)
+    if args.jobs > 1:
+        run_parallel(order, args.jobs, args.out.parent / "repro_logs", record)
+    else:
+        for name in order:
+            record(run_stage(name))
     return 0
 
 

@@ -65,8 +65,12 @@ def budget_block(root: Path) -> str:
     for row in run["stages"]:
         if row["ran"]:
             lines.append(f"| `{row['stage']}` | {row['seconds'] / 60:.1f} | {_number(row['peak_rss_gib'])} |")
-    lines.append(f"| **all stages** | **{run['total_minutes']:.1f}** | **{_number(run['peak_rss_gib'])}** |")
-    return "\n".join(lines) + "\n"
+    jobs = run.get("jobs", 1)
+    label = "all stages" if jobs == 1 else f"all stages, {jobs} at a time (wall)"
+    lines.append(f"| **{label}** | **{run['total_minutes']:.1f}** | **{_number(run['peak_rss_gib'])}** |")
+    note = ("" if jobs == 1 else f"\nWith {jobs} stages at a time (one thread each), memory in use at "
+            f"once can reach the sum of {jobs} stages' peaks.\n")
+    return "\n".join(lines) + "\n" + note
 
 
 def stages_block(root: Path) -> str:
