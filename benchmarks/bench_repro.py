@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DVC = str(Path(sys.executable).parent / "dvc")  # the environment's, also when it is not on PATH
 
 
 def stage_graph():
@@ -64,7 +65,7 @@ def peak_gib(time_report: str) -> float | None:
 
 def run_stage(name: str) -> dict:
     started = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", "dvc", "repro", "--single-item", name],
+    done = subprocess.run(["/usr/bin/time", "-v", DVC, "repro", "--single-item", name],
                           cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
@@ -117,7 +118,7 @@ def run_parallel(names: list[str], jobs: int, logs: Path, record) -> None:
                     "peak_rss_gib": peak_gib(report), "ran": True})
     ran = [name for name in names if name in changed]
     if ran:
-        subprocess.run(["dvc", "commit", "--force", "--quiet", *ran], cwd=ROOT, check=True)
+        subprocess.run([DVC, "commit", "--force", "--quiet", *ran], cwd=ROOT, check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
