@@ -58,7 +58,7 @@ bench: env
 	$(PY) benchmarks/bench_adapters.py --out benchmarks/results/adapters.json
 	$(PY) benchmarks/bench_backbone_text.py --out benchmarks/results/backbone_text.json
 	$(PY) benchmarks/bench_stage.py backbone_image --out benchmarks/results/backbone_image.json
-	$(PY) benchmarks/lm_eval_compare.py --model models/backbone_text \
+	$(PY) -m benchmarks.lm_eval_compare --model models/backbone_text \
 	  --items data/prepared/text/eval/hypernym_choice.jsonl --out benchmarks/results/lm_eval_compare.json
 
 # Jupyter refuses to run as root (containers, CI) without --allow-root; others do not need it.

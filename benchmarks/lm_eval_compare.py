@@ -1,19 +1,25 @@
 """Does bat.text.benchmarks give the log-likelihood acc that lm-evaluation-harness gives, and how fast?
 
     python benchmarks/lm_eval/make_tiny_model.py /tmp/tiny-llama
-    python benchmarks/lm_eval_compare.py --model /tmp/tiny-llama \\
+    python -m benchmarks.lm_eval_compare --model /tmp/tiny-llama \\
         --items benchmarks/lm_eval/items.jsonl --out /tmp/lm_eval_compare.json
+    python -m benchmarks.lm_eval_compare --model /tmp/tiny-llama \\
+        --winogrande-rows benchmarks/lm_eval/winogrande.jsonl --out /tmp/lm_eval_winogrande.json
 
 Scores one saved Hugging Face causal LM on one item file three times, on the same loaded model:
 with :func:`bat.text.benchmarks.score_loglikelihood` one forward sequence per (context, choice)
 pair, with it again reading each context once for all its choices (``shared_context=True``), and
 with lm-eval's ``hf`` model (``HFLM`` around the same model) on a task whose YAML reads the same
-file through ``dataset_path: json``. Each is timed, fastest of ``--repeats`` runs (lm-eval: its
-``evaluate`` only, after the task is built; ours: tokenization and scoring), as items/s. Writes the accuracies,
-the largest per-choice log-likelihood difference of each of ours to lm-eval's, per-item
-disagreements and the throughputs to ``--out``; exits 1 if the predictions differ or a
+file through ``dataset_path: json``. ``--winogrande-rows`` takes rows of WinoGrande's hub schema
+instead: ours are read by :func:`bat.text.benchmarks.load_hub_items` (partial scoring), lm-eval's
+by its own ``winogrande`` task (its YAML included, its preprocess functions). Each is timed,
+fastest of ``--repeats`` runs (lm-eval: its ``evaluate`` only, after the task is built; ours:
+tokenization and scoring), as items/s. Writes the accuracies, the largest per-choice
+log-likelihood difference of each of ours to lm-eval's, per-item disagreements and the
+throughputs to ``--out``; exits 1 if the predictions differ or a
 log-likelihood differs by more than 1e-4. Needs lm-eval (tested with 0.4.13); the test suite
-does not.
+skips its comparisons without it. Run it as a module from the project root: as a script, the
+folder ``benchmarks/lm_eval`` would stand in for the ``lm_eval`` package.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bat import io
-from bat.text.benchmarks import load_items, predict, score_loglikelihood
+from bat.text.benchmarks import load_hub_items, load_items, predict, score_loglikelihood
 
 TASK = "bat_items"
 TOLERANCE = 1e-4  # largest per-choice log-likelihood difference to lm-eval still counted as equal
@@ -57,9 +63,41 @@ metric_list:
 """
 
 
-def lm_eval_scores(model, tokenizer, items_path: Path, batch_size: int, repeats: int) -> dict:
-    """lm-eval's acc, acc_norm and per-choice log-likelihoods, and the fastest of ``repeats``
-    evaluations in seconds."""
+# lm-eval's own winogrande task (dataset_path allenai/winogrande) on a local file of its rows, zero-shot
+# (no training split for few-shot examples); acc_norm added, which divides by the length of each filled-in sentence start as ours does.
+WINOGRANDE_TASK_YAML = """\
+include: {winogrande}
+task: {task}
+dataset_path: json
+dataset_name: null
+dataset_kwargs:
+  data_files:
+    validation: {rows}
+training_split: null
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def items_task(items_path: Path) -> str:
+    return TASK_YAML.format(task=TASK, items=items_path.resolve())
+
+
+def winogrande_task(rows_path: Path) -> str:
+    import lm_eval
+
+    default = Path(lm_eval.__file__).parent / "tasks" / "winogrande" / "default.yaml"
+    return WINOGRANDE_TASK_YAML.format(task=TASK, winogrande=default, rows=rows_path.resolve())
+
+
+def lm_eval_scores(model, tokenizer, task_yaml: str, batch_size: int, repeats: int) -> dict:
+    """lm-eval's acc, acc_norm and per-choice log-likelihoods on the task ``task_yaml`` (named
+    ``TASK``), and the fastest of ``repeats`` evaluations in seconds."""
     from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager, get_task_dict
@@ -67,9 +105,7 @@ def lm_eval_scores(model, tokenizer, items_path: Path, batch_size: int, repeats:
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device="cpu",
               dtype="float32")
     with tempfile.TemporaryDirectory() as task_dir:
-        (Path(task_dir) / f"{TASK}.yaml").write_text(
-            TASK_YAML.format(task=TASK, items=items_path.resolve()), encoding="utf-8"
-        )
+        (Path(task_dir) / f"{TASK}.yaml").write_text(task_yaml, encoding="utf-8")
         tasks = get_task_dict([TASK], TaskManager(include_path=task_dir, include_defaults=False))
         output, seconds = timed(repeats, evaluate, lm=lm, task_dict=tasks, log_samples=True,
                                 bootstrap_iters=0)
@@ -104,14 +140,21 @@ def largest_difference(scores, theirs: list[list[float]]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="save_pretrained folder")
-    parser.add_argument("--items", type=Path, required=True, help=".jsonl or .json item file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--items", type=Path, help=".jsonl or .json item file")
+    source.add_argument("--winogrande-rows", type=Path,
+                        help=".jsonl of WinoGrande rows (sentence, option1, option2, answer)")
     parser.add_argument("--out", type=Path, required=True, help="JSON report to write")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="sequences per forward pass (pairs and lm-eval), items per batch (shared)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per scorer (fastest kept)")
     args = parser.parse_args()
 
-    items = load_items(args.items)
+    if args.items:
+        items, task_yaml = load_items(args.items), items_task(args.items)
+    else:
+        items = load_hub_items("json", "train", "winogrande", data_files=str(args.winogrande_rows))
+        task_yaml = winogrande_task(args.winogrande_rows)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     score_loglikelihood(model, tokenizer, items[:1], progress=False)  # warm-up, not timed
@@ -119,7 +162,7 @@ def main() -> int:
                                batch_size=args.batch_size, progress=False)
     shared, shared_seconds = timed(args.repeats, score_loglikelihood, model, tokenizer, items,
                                    batch_size=args.batch_size, progress=False, shared_context=True)
-    theirs = lm_eval_scores(model, tokenizer, args.items, args.batch_size, args.repeats)
+    theirs = lm_eval_scores(model, tokenizer, task_yaml, args.batch_size, args.repeats)
 
     differences = {"pairs": largest_difference(ours, theirs["loglikelihoods"]),
                    "shared_context": largest_difference(shared, theirs["loglikelihoods"])}
@@ -138,7 +181,7 @@ def main() -> int:
                   "lm_eval": len(items) / theirs["seconds"]}
     report = {
         "model": str(args.model),
-        "items": str(args.items),
+        "items": str(args.items or args.winogrande_rows),
         "n_items": len(items),
         "batch_size": args.batch_size,
         "repeats": args.repeats,

@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from bat.text import benchmarks as mc
 from bat.errors import ConfigError
 from benchmarks.lm_eval.make_tiny_model import build_tokenizer
+from tests.conftest import PROJECT
 
 CORPUS = [
     "Question: which backbone augmented training selects data?\nAnswer: the backbone",
@@ -95,6 +96,52 @@ def test_shared_context_scoring_matches_one_pass_per_pair(model, tokenizer):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
     plain = mc.score_loglikelihood(model, tokenizer, items, progress=False)
     assert (shared.acc, shared.acc_norm) == (plain.acc, plain.acc_norm)
+
+
+def partial_items() -> list[mc.MultipleChoiceItem]:
+    """WinoGrande-style items: each choice a context of its own, one continuation after it."""
+    return [
+        mc.MultipleChoiceItem("", ["which backbone", "which data"], 1, "w1",
+                              continuation="augmented training selects?"),
+        mc.MultipleChoiceItem("Question:", [" the backbone", " no"], 0, "w2", continuation="data"),
+    ]
+
+
+def test_partial_scoring_scores_the_continuation_after_each_choice(model, tokenizer):
+    items = partial_items()
+    expected = [mc.continuation_loglikelihoods(model, tokenizer, [(item.context + choice,
+                                                                   " " + item.continuation)],
+                                               progress=False)[0]
+                for item in items for choice in item.choices]
+    for shared_context in (False, True):
+        scores = mc.score_loglikelihood(model, tokenizer, items + items_for_scoring(),
+                                        progress=False, shared_context=shared_context)
+        got = [ll for p in scores.predictions[:2] for ll in p.loglikelihoods]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+        # acc_norm divides by the length of the filled-in context, as lm-eval's winogrande does.
+        for item, prediction in zip(items, scores.predictions, strict=False):
+            assert (prediction.pred, prediction.pred_norm) == mc.predict(prediction.loglikelihoods,
+                                                                         item.choices)
+
+
+def test_winogrande_partial_scoring_matches_lm_eval(model, tokenizer, tmp_path, monkeypatch):
+    """Items read from WinoGrande rows and scored by us, against lm-eval's own winogrande task
+    (its YAML and preprocess functions) on the same rows and the same model."""
+    pytest.importorskip("lm_eval")
+    import datasets
+
+    from benchmarks.lm_eval_compare import lm_eval_scores, winogrande_task
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rows = PROJECT / "benchmarks" / "lm_eval" / "winogrande.jsonl"
+    items = mc.load_hub_items("json", "train", "winogrande", data_files=str(rows))
+    theirs = lm_eval_scores(model, tokenizer, winogrande_task(rows), batch_size=4, repeats=1)
+    for shared_context in (False, True):
+        ours = mc.score_loglikelihood(model, tokenizer, items, progress=False,
+                                      shared_context=shared_context)
+        np.testing.assert_allclose([p.loglikelihoods for p in ours.predictions],
+                                   theirs["loglikelihoods"], rtol=0, atol=1e-4)
+        assert (ours.acc, ours.acc_norm) == (theirs["acc"], theirs["acc_norm"])
 
 
 def test_encode_groups_splits_as_encode_pair(tokenizer):
@@ -209,57 +256,6 @@ def test_perfect_and_random_loglikelihood_scorers():
     )
 
 
-def test_perfect_random_and_unparseable_generations():
-    items = random_items(2000, 3, seed=2)
-    assert mc.grade_generations(items, [f"answer{item.gold + 1}" for item in items]).gen_acc == 1.0
-    guesses = np.random.default_rng(3).integers(1, 4, size=len(items))
-    assert within_chance(
-        mc.grade_generations(items, [f"Answer{g}" for g in guesses]).gen_acc, len(items), 3
-    )
-    unparseable = mc.grade_generations(items, ["I do not know."] * len(items))
-    assert unparseable.gen_acc == 0.0 and all(p.pred is None for p in unparseable.predictions)
-
-
-@pytest.mark.parametrize(
-    "output, expected",
-    [
-        ("answer2", 1),
-        ("The correct answer is Answer 3.", 2),
-        ("answer1 or answer2", 0),
-        ("answer4", None),
-        ("answer0", None),
-        ("the first one", None),
-    ],
-)
-def test_extract_choice(output, expected):
-    assert mc.extract_choice(output, 3) == expected
-
-
-def test_generation_instruction_lists_options():
-    item = mc.MultipleChoiceItem("Question: q?\nAnswer:", ["red", "blue"], 0, "i", question="q?")
-    assert mc.generation_instruction(item, "solution") == (
-        "Please choose the correct answer to the question: q?\n\n"
-        "Solution1: red\n\nSolution2: blue\n\nAnswer format: solution1/solution2"
-    )
-
-
-def test_generation_is_the_same_batched_and_alone(model, tokenizer):
-    # Without the Alpaca wrapper the prompts end differently, so a random model's outputs differ.
-    options = dict(prompt_template="{instruction}", max_new_tokens=4, progress=False)
-    items = items_for_scoring()
-    batched = mc.score_generation(model, tokenizer, items, batch_size=3, **options)
-    alone = [
-        mc.score_generation(model, tokenizer, [item], batch_size=1, **options) for item in items
-    ]
-    outputs = [p.output for p in batched.predictions]
-    assert outputs == [s.predictions[0].output for s in alone]
-    assert len(set(outputs)) > 1
-    assert (
-        batched.gen_acc
-        == mc.grade_generations(items, [p.output for p in batched.predictions]).gen_acc
-    )
-
-
 def test_scoring_restores_training_mode(tokenizer):
     model = tiny_llama(len(tokenizer)).train()
     mc.score_loglikelihood(model, tokenizer, items_for_scoring()[:1], progress=False)
@@ -267,7 +263,7 @@ def test_scoring_restores_training_mode(tokenizer):
 
 
 def test_items_round_trip_through_jsonl_and_json(tmp_path):
-    items = items_for_scoring() + [mc.MultipleChoiceItem("ctx", ["é", "b"], 1, "d", question="q")]
+    items = items_for_scoring() + [mc.MultipleChoiceItem("ctx", ["é", "b"], 1, "d", continuation="c")]
     mc.write_items(tmp_path / "items.jsonl", items)
     assert mc.load_items(tmp_path / "items.jsonl") == items
     records = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
@@ -298,7 +294,6 @@ HUB_ROWS = {
             ["Use a cosy.", "Use ice."],
             0,
             "json/train/0",
-            question="Keep tea warm",
         ),
     ),
     "arc": (
@@ -313,7 +308,6 @@ HUB_ROWS = {
             ["cold", "heat", "dark"],
             1,
             "Mercury_1",
-            question="What melts ice?",
         ),
     ),
     "openbookqa": (
@@ -323,7 +317,7 @@ HUB_ROWS = {
             "answerKey": "A",
             "choices": {"text": ["a star", "a moon"], "label": ["A", "B"]},
         },
-        mc.MultipleChoiceItem("The sun is", ["a star", "a moon"], 0, "7-1", question="The sun is"),
+        mc.MultipleChoiceItem("The sun is", ["a star", "a moon"], 0, "7-1"),
     ),
     "boolq": (
         {"question": "is the sky blue", "passage": "The sky is blue.", "label": 1},
@@ -332,7 +326,6 @@ HUB_ROWS = {
             ["no", "yes"],
             1,
             "json/train/0",
-            question="The sky is blue.\nis the sky blue?",
         ),
     ),
     "hellaswag": (
@@ -349,7 +342,6 @@ HUB_ROWS = {
             ["bakes. bread.", "swims."],
             0,
             "4",
-            question="Baking: A man mixes flour. He",
         ),
     ),
     "siqa": (
@@ -366,7 +358,17 @@ HUB_ROWS = {
             ["sad", "glad", "tall"],
             0,
             "json/train/0",
-            question="Ann lost. How does Ann feel?",
+        ),
+    ),
+    "winogrande": (
+        {"sentence": "The cup broke the glass because _ was hard.", "option1": "the cup",
+         "option2": "the glass", "answer": "1"},
+        mc.MultipleChoiceItem(
+            "",
+            ["The cup broke the glass because the cup", "The cup broke the glass because the glass"],
+            0,
+            "json/train/0",
+            continuation="was hard.",
         ),
     ),
 }
@@ -387,8 +389,8 @@ def test_load_hub_items_reads_local_files_of_the_hub_schema(tmp_path, schema):
 
 
 def test_load_hub_items_rejects_unknown_schema_and_misfit_rows(tmp_path):
-    with pytest.raises(ConfigError, match="mapping"):
-        mc.load_hub_items("json", "train", "winogrande")
+    with pytest.raises(ConfigError, match=r"mapping: 'copa' is not allowed; choose one of \['arc'"):
+        mc.load_hub_items("json", "train", "copa")
     (tmp_path / "rows.jsonl").write_text(json.dumps(HUB_ROWS["piqa"][0]) + "\n")
     with pytest.raises(ConfigError, match="row 0"):
         mc.load_hub_items(

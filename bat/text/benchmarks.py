@@ -1,22 +1,24 @@
-"""Multiple-choice benchmarks (paper Tab. 1: BoolQ, PIQA, SIQA, HellaSwag, ARC, OBQA), two ways.
+"""Multiple-choice benchmarks (paper Tab. 1: BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC, OBQA)
+scored by log-likelihood, as lm-evaluation-harness 0.4 does for ``output_type: multiple_choice``.
 
-* Log-likelihood, as lm-evaluation-harness 0.4 does for ``output_type: multiple_choice``: each
-  choice is the continuation ``target_delimiter + choice`` of the item's context; ``acc`` takes
-  the choice with the highest summed log-likelihood, ``acc_norm`` divides that sum by the
-  choice's length in characters first (``len(choice)``, the delimiter not counted; lm-eval's
-  ``acc_bytes`` would use UTF-8 bytes instead, which we do not report).
-* Generation, as the LLM-Adapters suite that the paper's LoRA/DoRA numbers come from does: a
-  prompt lists the options as "Answer1: …", the model answers greedily, and the first "answerK"
-  in its output is the prediction; an output without one counts as wrong.
+Each choice is the continuation ``target_delimiter + choice`` of the item's context; ``acc`` takes
+the choice with the highest summed log-likelihood, ``acc_norm`` divides that sum by the choice's
+length in characters first (``len(choice)``, the delimiter not counted; lm-eval's ``acc_bytes``
+would use UTF-8 bytes instead, which we do not report). WinoGrande is scored *partially*, as
+lm-eval's ``winogrande`` task does: the choices are the sentence up to the blank with each option
+filled in, each is a context of its own, and the one shared continuation (the sentence after the
+blank) is scored after each (:attr:`MultipleChoiceItem.continuation`).
 
 Models and tokenizers are duck-typed Hugging Face objects (a causal LM, a ``PeftModel`` around one,
-and a tokenizer with ``encode``/``batch_decode``), so this module does not import transformers.
+and a tokenizer with ``encode``), so this module does not import transformers.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from itertools import groupby
+from operator import itemgetter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -33,7 +35,8 @@ from bat.errors import ConfigError
 # lm-eval's fallback when neither the model config nor the caller gives a context length.
 DEFAULT_MAX_LENGTH = 2048
 
-# The Alpaca prompt, which LLM-Adapters wraps every instruction in (their ``generate_prompt``).
+# The Alpaca prompt (Stanford Alpaca's, without an input section), for tokenizers without a chat
+# template (:mod:`bat.text.backbone`).
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
@@ -44,15 +47,16 @@ ALPACA_TEMPLATE = (
 class MultipleChoiceItem:
     """One question: the context, its choices (without a leading space), the gold index, an id.
 
-    ``question`` is the bare question for prompts that list the options (generation scoring);
-    when None, the context is used.
+    ``continuation``: None for the usual item, whose choices are scored after ``context``. For a
+    partially scored item (WinoGrande) it is the text after the blank: each choice is then a
+    context, ``context + choice``, after which ``continuation`` is scored.
     """
 
     context: str
     choices: list[str]
     gold: int
     id: str
-    question: str | None = None
+    continuation: str | None = None
 
     def __post_init__(self) -> None:
         where = f"item {self.id!r}"
@@ -73,6 +77,16 @@ class MultipleChoiceItem:
             raise ConfigError(
                 f"{where}: gold {self.gold} is not an index of its {len(self.choices)} choices"
             )
+        if self.continuation is not None and not isinstance(self.continuation, str):
+            raise ConfigError(f"{where}: continuation must be a string or null, "
+                              f"got {self.continuation!r}")
+
+    def requests(self, target_delimiter: str = " ") -> list[tuple[str, str]]:
+        """The ``(context, continuation)`` pair scored for each choice, in choice order."""
+        if self.continuation is None:
+            return [(self.context, target_delimiter + choice) for choice in self.choices]
+        return [(self.context + choice, target_delimiter + self.continuation)
+                for choice in self.choices]
 
 
 # ----------------------------------------------------------------------------- item files
@@ -81,8 +95,8 @@ class MultipleChoiceItem:
 def load_items(path: str | Path) -> list[MultipleChoiceItem]:
     """Read items from ``.jsonl`` (one object a line) or ``.json`` (a list of objects).
 
-    Each object has the fields of :class:`MultipleChoiceItem`; ``question`` may be left out, and
-    ``key`` (the held-out word or title that ``prepare`` records) is read past.
+    Each object has the fields of :class:`MultipleChoiceItem`; ``continuation`` may be left out,
+    and ``key`` (the held-out word or title that ``prepare`` records) is read past.
     """
     path = Path(path)
     if path.suffix == ".jsonl":
@@ -102,7 +116,7 @@ def load_items(path: str | Path) -> list[MultipleChoiceItem]:
         fields = {"context", "choices", "gold", "id"}
         if not isinstance(record, dict) or not fields <= record.keys():
             raise ConfigError(f"{where}: an item needs the fields {sorted(fields)}, got {record!r}")
-        extra = record.keys() - fields - {"question", "key"}
+        extra = record.keys() - fields - {"continuation", "key"}
         if extra:
             raise ConfigError(f"{where}: unknown item fields {sorted(extra)}")
         items.append(MultipleChoiceItem(**{k: v for k, v in record.items() if k != "key"}))
@@ -110,9 +124,12 @@ def load_items(path: str | Path) -> list[MultipleChoiceItem]:
 
 
 def write_items(path: str | Path, items: Sequence[MultipleChoiceItem]) -> None:
-    """Write items as JSONL, the format :func:`load_items` and lm-eval's ``json`` loader read."""
+    """Write items as JSONL, the format :func:`load_items` and lm-eval's ``json`` loader read
+    (``continuation`` only where an item has one)."""
+    records = [{k: v for k, v in asdict(item).items() if k != "continuation" or v is not None}
+               for item in items]
     io.write_text(
-        path, "".join(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in items)
+        path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     )
 
 
@@ -130,7 +147,6 @@ def _piqa(row: Mapping[str, Any]) -> dict[str, Any]:
         "context": _question_answer(row["goal"]),
         "choices": [row["sol1"], row["sol2"]],
         "gold": int(row["label"]),
-        "question": row["goal"],
     }
 
 
@@ -147,7 +163,6 @@ def _arc(row: Mapping[str, Any]) -> dict[str, Any]:
         "context": _question_answer(row["question"]),
         "choices": choices,
         "gold": gold,
-        "question": row["question"],
     }
 
 
@@ -157,7 +172,6 @@ def _openbookqa(row: Mapping[str, Any]) -> dict[str, Any]:
         "context": row["question_stem"],
         "choices": choices,
         "gold": gold,
-        "question": row["question_stem"],
     }
 
 
@@ -168,7 +182,6 @@ def _boolq(row: Mapping[str, Any]) -> dict[str, Any]:
         "context": f"{row['passage']}\nQuestion: {row['question']}?\nAnswer:",
         "choices": ["no", "yes"],
         "gold": int(gold),
-        "question": f"{row['passage']}\n{row['question']}?",
     }
 
 
@@ -184,7 +197,6 @@ def _hellaswag(row: Mapping[str, Any]) -> dict[str, Any]:
         "context": query,
         "choices": [_hellaswag_clean(ending) for ending in row["endings"]],
         "gold": int(row["label"]),
-        "question": query,
     }
 
 
@@ -194,7 +206,18 @@ def _siqa(row: Mapping[str, Any]) -> dict[str, Any]:
         "context": f"Q: {question}\nA:",
         "choices": [row["answerA"], row["answerB"], row["answerC"]],
         "gold": int(row["label"]) - 1,
-        "question": question,
+    }
+
+
+def _winogrande(row: Mapping[str, Any]) -> dict[str, Any]:
+    # lm-eval's winogrande/preprocess_winogrande.py: doc_to_choice fills the blank "_" with each
+    # option and cuts there, doc_to_target is the rest of the sentence, stripped; answer "1"/"2".
+    blank = row["sentence"].index("_")
+    return {
+        "context": "",
+        "choices": [row["sentence"][:blank] + option for option in (row["option1"], row["option2"])],
+        "continuation": row["sentence"][blank + 1 :].strip(),
+        "gold": int(row["answer"]) - 1,
     }
 
 
@@ -205,6 +228,7 @@ HUB_SCHEMAS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "openbookqa": _openbookqa,
     "piqa": _piqa,
     "siqa": _siqa,
+    "winogrande": _winogrande,
 }
 
 
@@ -216,12 +240,16 @@ def load_hub_items(
 ) -> list[MultipleChoiceItem]:
     """Load a split with ``datasets.load_dataset`` and turn its rows into items.
 
-    ``mapping`` is a name in :data:`HUB_SCHEMAS` (``piqa`` for ``baber/piqa``, ``arc`` for
-    ``allenai/ai2_arc``, ``openbookqa``, ``boolq``, ``hellaswag``, ``siqa``) or a function from a
-    row to the item fields other than ``id``. The id is the row's ``id`` (HellaSwag: ``ind``) or
-    ``"<dataset_id>/<split>/<row index>"``. Extra keyword arguments go to ``load_dataset``
-    (``name``, ``data_files``, ``cache_dir``, ...), so ``load_hub_items("json", "train", "piqa",
-    data_files="piqa.jsonl")`` reads a local file of the hub schema.
+    ``mapping`` is a name in :data:`HUB_SCHEMAS`, each the lm-eval 0.4 task of that name (``piqa``
+    for ``baber/piqa``, ``arc`` for ``allenai/ai2_arc``, ``openbookqa``, ``boolq`` for
+    ``aps/super_glue`` boolq, ``hellaswag``, ``siqa``, ``winogrande`` for ``allenai/winogrande``,
+    scored partially), or a function from a row to the item fields other than ``id``. The id is
+    the row's ``id`` (HellaSwag: ``ind``) or ``"<dataset_id>/<split>/<row index>"``. ``split``
+    takes ``datasets``' slices (``"validation[:1000]"``: the first 1000 rows, as lm-eval's
+    ``--limit 1000``). Extra keyword arguments go to ``load_dataset`` (``name``, ``data_files``,
+    ``cache_dir``, ...), so ``load_hub_items("json", "train", "piqa", data_files="piqa.jsonl")``
+    reads a local file of the hub schema. Raises :class:`ConfigError` naming the column a row
+    lacks, or the row that does not fit the mapping.
     """
     if isinstance(mapping, str):
         validate.choice("mapping", mapping, sorted(HUB_SCHEMAS))
@@ -238,7 +266,12 @@ def load_hub_items(
         item_id = str(row_id) if row_id is not None else f"{dataset_id}/{split}/{index}"
         try:
             fields = to_fields(row)
-        except (KeyError, ValueError, TypeError) as error:
+        except KeyError as error:
+            raise ConfigError(
+                f"{dataset_id} {split} row {index}: mapping {mapping!r} needs the column "
+                f"{error.args[0]!r}; the rows have columns {sorted(row)}"
+            ) from error
+        except (ValueError, TypeError) as error:
             raise ConfigError(
                 f"{dataset_id} {split} row {index}: does not fit mapping {mapping!r} ({error!r})"
             ) from error
@@ -550,159 +583,29 @@ def score_loglikelihood(
 
     Choice j of an item is scored as the continuation ``target_delimiter + choices[j]`` of its
     context; " " is lm-eval's default delimiter, hence choices are stored without a leading space.
-    ``shared_context``: read each context once for all its choices
-    (:func:`shared_context_loglikelihoods`; ``batch_size`` then counts items, not pairs).
+    A partially scored item (``continuation`` set, WinoGrande) scores ``target_delimiter +
+    continuation`` after each ``context + choices[j]`` instead (:meth:`MultipleChoiceItem.requests`).
+    ``shared_context``: read each context once for all its continuations
+    (:func:`shared_context_loglikelihoods`; ``batch_size`` then counts contexts, not pairs).
     """
+    requests = [item.requests(target_delimiter) for item in items]
     if shared_context:
-        groups = [(item.context, [target_delimiter + c for c in item.choices]) for item in items]
-        per_item = shared_context_loglikelihoods(
+        # Consecutive pairs with one context form a group: all choices of a usual item, each
+        # choice on its own for a partially scored one.
+        groups = [(context, [continuation for _, continuation in pairs])
+                  for item_requests in requests
+                  for context, pairs in groupby(item_requests, key=itemgetter(0))]
+        scored = shared_context_loglikelihoods(
             model, tokenizer, groups, batch_size=batch_size, max_length=max_length, progress=progress
         )
-        return grade_loglikelihoods(items, per_item)
-    pairs = [(item.context, target_delimiter + choice) for item in items for choice in item.choices]
-    flat = continuation_loglikelihoods(
-        model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, progress=progress
-    )
+        flat = [loglikelihood for group in scored for loglikelihood in group]
+    else:
+        flat = continuation_loglikelihoods(
+            model, tokenizer, [pair for item_requests in requests for pair in item_requests],
+            batch_size=batch_size, max_length=max_length, progress=progress
+        )
     per_item, start = [], 0
     for item in items:
         per_item.append(flat[start : start + len(item.choices)])
         start += len(item.choices)
     return grade_loglikelihoods(items, per_item)
-
-
-# ----------------------------------------------------------------------------- generation
-
-
-def generation_instruction(item: MultipleChoiceItem, option_word: str = "answer") -> str:
-    """LLM-Adapters' instruction for ARC/OBQA/SIQA, with our item's question and choices.
-
-    For example "Please choose the correct answer to the question: …\\n\\nAnswer1: …\\n\\nAnswer2:
-    …\\n\\nAnswer format: answer1/answer2". LLM-Adapters uses other option words for other tasks
-    ("solution" for PIQA, "ending" for HellaSwag), hence ``option_word``.
-    """
-    question = item.question if item.question is not None else item.context
-    label = option_word.capitalize()
-    options = "\n\n".join(f"{label}{n}: {choice}" for n, choice in enumerate(item.choices, 1))
-    answer_format = "/".join(f"{option_word}{n}" for n in range(1, len(item.choices) + 1))
-    return (
-        f"Please choose the correct answer to the question: {question}\n\n"
-        f"{options}\n\nAnswer format: {answer_format}"
-    )
-
-
-def extract_choice(output: str, n_choices: int, option_word: str = "answer") -> int | None:
-    """The 0-based choice that the first "<option_word>K" in ``output`` names, or None.
-
-    Like LLM-Adapters' ``extract_answer``, only the option label counts, not the option's text;
-    unlike it, case and a space before K are tolerated, and K past the choices is unparseable.
-    """
-    match = re.search(rf"{re.escape(option_word)}\s?(\d+)", output, flags=re.IGNORECASE)
-    if match is None:
-        return None
-    number = int(match.group(1))
-    return number - 1 if 1 <= number <= n_choices else None
-
-
-def generate(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 16,
-    batch_size: int = 8,
-    progress: bool = True,
-) -> list[str]:
-    """Greedy continuations of ``prompts`` (only the new text, special tokens removed)."""
-    validate.positive("batch_size", batch_size, integer=True)
-    validate.positive("max_new_tokens", max_new_tokens, integer=True)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    device = _device(model)
-    outputs = []
-    with _evaluating(model):
-        for start in tqdm(
-            range(0, len(prompts), batch_size), desc="generate", disable=not progress
-        ):
-            encoded = [tokenizer.encode(prompt) for prompt in prompts[start : start + batch_size]]
-            width = max(map(len, encoded))
-            # Left padding, so that every prompt ends where generation starts.
-            input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])
-            attention_mask = torch.tensor(
-                [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded]
-            )
-            generated = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad_id,
-            )
-            outputs += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
-    return outputs
-
-
-@dataclass(frozen=True)
-class GenerationPrediction:
-    id: str
-    gold: int
-    output: str
-    pred: int | None
-
-
-@dataclass(frozen=True)
-class GenerationScores:
-    """``gen_acc`` (a fraction in [0, 1]; unparseable outputs count as wrong) and every output."""
-
-    gen_acc: float
-    predictions: list[GenerationPrediction]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def grade_generations(
-    items: Sequence[MultipleChoiceItem], outputs: Sequence[str], option_word: str = "answer"
-) -> GenerationScores:
-    if not items or len(items) != len(outputs):
-        raise ConfigError(f"outputs: need one per item for {len(items)} items, got {len(outputs)}")
-    predictions = [
-        GenerationPrediction(
-            item.id, item.gold, output, extract_choice(output, len(item.choices), option_word)
-        )
-        for item, output in zip(items, outputs, strict=True)
-    ]
-    return GenerationScores(
-        gen_acc=float(np.mean([p.pred == p.gold for p in predictions])), predictions=predictions
-    )
-
-
-def score_generation(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    items: Sequence[MultipleChoiceItem],
-    *,
-    option_word: str = "answer",
-    prompt_template: str = ALPACA_TEMPLATE,
-    max_new_tokens: int = 16,
-    batch_size: int = 8,
-    progress: bool = True,
-) -> GenerationScores:
-    """Generation accuracy as LLM-Adapters measures it, but greedy (they use 4-beam search).
-
-    ``prompt_template`` wraps each :func:`generation_instruction` through ``{instruction}``; use
-    the template the adapter was trained with.
-    """
-    prompts = [
-        prompt_template.format(instruction=generation_instruction(item, option_word))
-        for item in items
-    ]
-    outputs = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    return grade_generations(items, outputs, option_word)
