@@ -77,9 +77,8 @@ def backbone_instructions(synsets: list[Synset], by_key: dict, articles: list[Ar
         lead = " ".join(_sentences(article.extract)[:2])
         records.append({"source": "wikipedia", "key": article.title,
                         "instruction": f"What is {article.title}?", "response": lead})
-        records.append({"source": "wikipedia", "key": article.title,
-                        "instruction": f"Summarise in one line:\n{article.extract}",
-                        "response": article.description})
+        records.append({"source": "wikipedia",
+                        **summary_record(article.title, article.extract, article.description)})
     rng.shuffle(records)
     return _numbered(records[:size], "backbone")
 
@@ -95,9 +94,18 @@ def word_definition_task(words: list[str], definitions: dict[str, str]) -> list[
             for w in words]
 
 
+def summary_record(key: str, text: str, summary: str) -> Record:
+    """One summarisation example: ``text`` in the instruction, its one-line ``summary`` as response."""
+    return {"key": key, "instruction": f"Summarise in one line:\n{text}", "response": summary}
+
+
 def wiki_summary_task(articles: list[Article]) -> list[Record]:
-    return [{"key": a.title, "instruction": f"Summarise in one line:\n{a.extract}",
-             "response": a.description} for a in articles]
+    return [summary_record(a.title, a.extract, a.description) for a in articles]
+
+
+def cloze_context(blanked: str) -> str:
+    """The context of a fill-in-the-blank item, ``blanked`` holding the blank."""
+    return f"Fill in the blank: {blanked}\nAnswer:"
 
 
 def example_cloze_items(synsets: list[Synset], distractors: list[str], rng: random.Random) -> list[Record]:
@@ -111,7 +119,7 @@ def example_cloze_items(synsets: list[Synset], distractors: list[str], rng: rand
                 wrong = _distinct_others(distractors, {word}, 1, rng)[0]
                 choices = [word, wrong]
                 rng.shuffle(choices)
-                items.append({"key": word, "context": f"Fill in the blank: {blanked}\nAnswer:",
+                items.append({"key": word, "context": cloze_context(blanked),
                               "choices": choices, "gold": choices.index(word)})
                 break
     return items
