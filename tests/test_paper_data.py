@@ -20,7 +20,7 @@ from bat.io import read_jsonl
 from bat.stages.prepare import PrepareConfig, prepare
 from bat.text import hub as text_hub
 from bat.text.backbone import load_eval_sets
-from bat.text.benchmarks import load_items
+from bat.text.benchmarks import load_hub_items, load_items
 from bat.text.data import ADAPTATION_TASKS, EVAL_SETS
 from tests.conftest import PROJECT
 
@@ -162,6 +162,22 @@ def test_record_sets_read_the_hub_schema(tmp_path, name):
     (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
     assert text_hub.load_records(name, 1, 0, "json", "train",
                                  data_files=str(tmp_path / "rows.jsonl")) == [record]
+
+
+def test_a_local_copy_of_a_hub_dataset_reads_by_its_config_name(tmp_path):
+    """What ``hf download allenai/winogrande --repo-type dataset --local-dir <copy>`` gives: data
+    files per configuration, declared in the dataset card; ``path`` the folder, ``name`` as on the hub."""
+    copy_dir = tmp_path / "winogrande"
+    (copy_dir / "winogrande_xl").mkdir(parents=True)
+    pd.DataFrame(hub_rows("winogrande", 3)).to_parquet(copy_dir / "winogrande_xl" / "train-00000-of-00001.parquet")
+    pd.DataFrame(hub_rows("winogrande", 1)).to_parquet(copy_dir / "winogrande_xl" / "validation-00000-of-00001.parquet")
+    (copy_dir / "README.md").write_text(
+        "---\nconfigs:\n- config_name: winogrande_xl\n  data_files:\n  - split: train\n"
+        "    path: winogrande_xl/train-*\n  - split: validation\n    path: winogrande_xl/validation-*\n---\n")
+    records = text_hub.load_records("winogrande", 3, 0, str(copy_dir), "train", name="winogrande_xl")
+    assert sorted(r["key"] for r in records) == sorted(r["sentence"] for r in hub_rows("winogrande", 3))
+    items = load_hub_items(str(copy_dir), "validation", "winogrande", name="winogrande_xl")
+    assert items[0].continuation == "(0) was thin."  # the rest of the sentence after the blank
 
 
 def test_records_are_seeded_and_one_per_key(tmp_path):

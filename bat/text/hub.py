@@ -11,9 +11,9 @@
 
 Each fills the prepared set of its analogue (→, :data:`bat.text.data.ADAPTATION_TASKS` and
 :data:`bat.text.data.EVAL_SETS`), so the text track reads it unchanged. Where a set comes from is
-``load_dataset``'s ``path``: a hub id, a local copy of one (``huggingface-cli download <id>
---repo-type dataset --local-dir <folder>``), or a builder (``parquet``, ``json``, ``csv``) with
-``data_files``.
+``load_dataset``'s ``path``: a hub id, a local copy of one (``hf download <id> --repo-type dataset
+--local-dir <folder>``, read with the same ``name``), or a builder (``parquet``, ``json``, ``csv``)
+with ``data_files``.
 """
 
 from __future__ import annotations
