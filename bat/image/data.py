@@ -118,20 +118,14 @@ def render_source(raw: Path, source: str, concepts: list[Concept], size: int) ->
     return images
 
 
-def save_image_set(path: Path, images: np.ndarray, concepts: list[Concept], source: str,
-                   identifier: str | None = None) -> None:
+def save_image_set(path: Path, images: np.ndarray, concepts: list[Concept], source: str) -> None:
     """An image set is one ``.npz``: uint8 images ``[N, H, W, 3]`` with emoji and captions.
 
-    ``emoji`` holds each image's id (for sets read with ``datasets``: a sample key, address or
-    file name). ``identifier``: the rare token of a DreamBooth set (``sks``), stored only when given.
     Written with :func:`bat.io.write_npz`, so the same images give the same bytes and DVC's hash
     of ``data/prepared`` is stable across runs.
     """
-    arrays = {"images": images, "emoji": np.array([c.emoji for c in concepts]),
-              "captions": np.array([c.name for c in concepts]), "source": np.array(source)}
-    if identifier is not None:
-        arrays["identifier"] = np.array(identifier)
-    write_npz(path, arrays)
+    write_npz(path, {"images": images, "emoji": np.array([c.emoji for c in concepts]),
+                     "captions": np.array([c.name for c in concepts]), "source": np.array(source)})
 
 
 @dataclass(frozen=True)
@@ -140,7 +134,6 @@ class ImageSet:
     emoji: list[str]
     captions: list[str]
     source: str
-    identifier: str | None = None  # a DreamBooth set's rare token, when prepare recorded one
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -149,14 +142,13 @@ class ImageSet:
         """``count`` items evenly spaced over the set (sets are sorted by code point)."""
         index = np.linspace(0, len(self) - 1, min(count, len(self))).round().astype(int)
         return ImageSet(self.images[index], [self.emoji[i] for i in index],
-                        [self.captions[i] for i in index], self.source, self.identifier)
+                        [self.captions[i] for i in index], self.source)
 
 
 def load_image_set(path: Path) -> ImageSet:
     with np.load(path) as archive:
-        identifier = str(archive["identifier"]) if "identifier" in archive else None
         return ImageSet(archive["images"], archive["emoji"].tolist(), archive["captions"].tolist(),
-                        str(archive["source"]), identifier)
+                        str(archive["source"]))
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -294,8 +294,7 @@ def folder_sets(config: PrepareConfig, out: Path) -> dict[str, int]:
         for split, size in splits.items():
             chosen = order[:size]
             save_image_set(out / f"{folder.name}_{split}.npz", images[chosen],
-                           [Concept(ids[i], folder.class_name) for i in chosen], folder.name,
-                           identifier=folder.identifier)
+                           [Concept(ids[i], folder.class_name) for i in chosen], folder.name)
             sizes[f"images/{folder.name}_{split}"] = size
     return sizes
 
@@ -431,8 +430,14 @@ def prepare(config: PrepareConfig, raw: Path = paths.RAW, prepared: Path = paths
     with atomic_directory(prepared) as partial:
         sizes = {**prepare_images(config, raw, partial / "images"),
                  **prepare_text(config, raw, partial / "text")}
-        write_json(partial / "summary.json", {"sizes": sizes, "eval_sets": text_data.EVAL_SETS,
-                                              "adaptation_tasks": text_data.ADAPTATION_TASKS})
+        summary = {"sizes": sizes, "eval_sets": text_data.EVAL_SETS,
+                   "adaptation_tasks": text_data.ADAPTATION_TASKS}
+        if config.image_adaptation.source == "imagefolder":
+            # What a DreamBooth prompt needs beyond the images: the class noun and the identifier.
+            summary["image_folders"] = {folder.name: {"class_name": folder.class_name,
+                                                      "identifier": folder.identifier}
+                                        for folder in config.image_adaptation.imagefolder}
+        write_json(partial / "summary.json", summary)
     return sizes
 
 
