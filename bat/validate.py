@@ -6,6 +6,7 @@ allowed values, before any data is written or any training starts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -48,17 +49,30 @@ def listed(field: str, value: Any, hint: str = "") -> None:
         raise ConfigError(f"{field}: {value!r} must be a list, e.g. [{value}]{hint}")
 
 
+GPU_INDEX = "cuda:N"  # in a list of allowed devices: cuda:0, cuda:1, … for each GPU present
+
+
 def device(field: str, value: Any, allowed: Iterable[str]) -> None:
-    """``value`` is one of ``allowed`` and exists here: ``cuda`` needs a CUDA build and a GPU.
+    """``value`` is one of ``allowed`` and exists here: anything but ``cpu`` needs a CUDA GPU.
 
-    Torch's own error for a missing GPU is a bare ``AssertionError`` deep in the first model
-    move; this says which parameter asked for it, before anything is loaded.
+    Where ``allowed`` lists :data:`GPU_INDEX`, ``cuda:<i>`` names GPU i, which must exist. The one
+    place that decides what a valid device is, for the ``runtime`` section and the stages' own
+    ``device`` keys alike. Torch's own error for a missing GPU is a bare ``AssertionError`` deep in
+    the first model move; this says which parameter asked for it, before anything is loaded.
     """
-    choice(field, value, allowed)
-    if value in ("cuda", "auto") or str(value).startswith("cuda:"):
-        import torch
+    allowed = list(allowed)
+    indexed = GPU_INDEX in allowed and isinstance(value, str) and re.fullmatch(r"cuda:\d+", value)
+    if not indexed:
+        choice(field, value, allowed)
+    if value == "cpu":
+        return
+    import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{field}: {value!r} needs a CUDA GPU, and torch sees none here "
-                              f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
-                              "set it to 'cpu'")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{field}: {value!r} needs a CUDA GPU, and torch sees none here "
+                          f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+                          "set it to 'cpu'")
+    count = torch.cuda.device_count()
+    if indexed and int(value.removeprefix("cuda:")) >= count:
+        raise ConfigError(f"{field}: {value!r} names a GPU that is not here: torch sees {count} "
+                          f"(cuda:0 to cuda:{count - 1})")
