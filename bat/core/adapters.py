@@ -190,19 +190,28 @@ def attach_adapter(model: nn.Module, config: AdapterConfig) -> nn.Module:
 
     Returns the model to train: ``model`` itself for dreambooth and for LoRA-type adapters of a
     diffusers model (diffusers' own ``add_adapter``), otherwise a ``PeftModel`` wrapping it.
+    The trainable parameters are float32 on a float16/bfloat16 backbone too (peft creates them in
+    the layer's dtype), as diffusers' ``cast_training_params`` leaves them: a half-precision
+    optimizer step would round small updates away.
     """
     form = storage_format(model, config.kind)
     if form == "full":
-        return model.requires_grad_(True)
-    _check_targets(model, config.target_modules)
-    _check_rank_dropout(model, config)
-    model.requires_grad_(False)
-    if form == "diffusers-lora":
-        model.add_adapter(config.to_peft(for_lm=False))
-        return model
-    from transformers import GenerationMixin
+        trained = model.requires_grad_(True)
+    else:
+        _check_targets(model, config.target_modules)
+        _check_rank_dropout(model, config)
+        model.requires_grad_(False)
+        if form == "diffusers-lora":
+            model.add_adapter(config.to_peft(for_lm=False))
+            trained = model
+        else:
+            from transformers import GenerationMixin
 
-    return get_peft_model(model, config.to_peft(for_lm=isinstance(model, GenerationMixin)))
+            trained = get_peft_model(model, config.to_peft(for_lm=isinstance(model, GenerationMixin)))
+    for param in trainable_parameters(trained).values():
+        if param.dtype != torch.float32:
+            param.data = param.data.float()
+    return trained
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:

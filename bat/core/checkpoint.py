@@ -10,6 +10,8 @@ A run folder holds::
 ``state.pt`` is replaced in one ``os.replace``; an adapter folder is written beside its final
 name and renamed into place. Only the latest state is kept (for full fine-tuning it is as large
 as the model and its optimizer), while every adapter export is kept for per-step evaluation.
+Its tensors are saved on the CPU and loaded there, so a run resumes on another device
+(bit-identically only on the one it started on: kernels differ between devices).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import send_to_device
 
 from bat.io import atomic_directory, atomic_path
 
@@ -40,13 +43,15 @@ def adapter_dir(run_dir: str | os.PathLike, step: int) -> Path:
 
 
 def capture_rng(generators: dict[str, torch.Generator]) -> dict:
-    """Every random state a step can consume: global torch (dropout), Python, NumPy, ``generators``.
+    """Every random state a step can consume: global torch (dropout; on each GPU too, when there
+    are any), Python, NumPy, ``generators``.
 
     NumPy's key array becomes a list so the file loads with ``torch.load(weights_only=True)``.
     """
     name, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": random.getstate(),
         "numpy": [name, keys.tolist(), position, has_gauss, cached],
         "generators": {key: generator.get_state() for key, generator in generators.items()},
@@ -55,6 +60,9 @@ def capture_rng(generators: dict[str, torch.Generator]) -> dict:
 
 def restore_rng(state: dict, generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []  # none in a CPU run's checkpoint: the GPUs keep their seeding
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, position, has_gauss, cached = state["numpy"]
@@ -64,14 +72,15 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator]) -> None:
 
 
 def save_state(run_dir: str | os.PathLike, state: dict) -> None:
+    """Write ``state`` (nested dicts and lists of tensors and plain values), its tensors on the CPU."""
     with atomic_path(state_path(run_dir)) as tmp:
-        torch.save(state, tmp)
+        torch.save(send_to_device(state, "cpu"), tmp)
 
 
 def load_state(run_dir: str | os.PathLike) -> dict | None:
     """The saved training state of ``run_dir``, or ``None`` when the run has not checkpointed."""
     path = state_path(run_dir)
-    return torch.load(path, weights_only=True) if path.exists() else None
+    return torch.load(path, weights_only=True, map_location="cpu") if path.exists() else None
 
 
 def trained_vector(run_dir: str | os.PathLike) -> torch.Tensor:

@@ -68,11 +68,11 @@ def set_flat_parameters(model: nn.Module, theta: torch.Tensor) -> None:
 
 
 def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Split a length-d vector into tensors shaped like ``like``."""
+    """Split a length-d vector into tensors shaped like ``like``, in their dtype and on their device."""
     sizes = [t.numel() for t in like]
     if vector.numel() != sum(sizes):
         raise ValueError(f"vector has {vector.numel()} entries, the parameters {sum(sizes)}")
-    return [v.view_as(t).to(t.dtype) for v, t in zip(torch.split(vector, sizes), like)]
+    return [v.view_as(t).to(device=t.device, dtype=t.dtype) for v, t in zip(torch.split(vector, sizes), like)]
 
 
 def _flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -81,14 +81,25 @@ def _flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 @contextmanager
 def scoring_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) for the duration of a score; restores every module's flag after."""
-    flags = [(module, module.training) for module in model.modules()]
+    """Eval mode (no dropout) and no activation checkpointing for the duration of a score;
+    restores every module's flags after.
+
+    diffusers checkpoints whenever gradients are on, in eval mode too; its recomputed forward
+    would call the hooked layers a second time during :func:`per_sample_grads_hooks`' backward pass.
+    """
+    flags = [(module, module.training, getattr(module, "gradient_checkpointing", None))
+             for module in model.modules()]
     model.eval()
+    for module, _, checkpointing in flags:
+        if checkpointing:
+            module.gradient_checkpointing = False
     try:
         yield
     finally:
-        for module, training in flags:
+        for module, training, checkpointing in flags:
             module.training = training
+            if checkpointing:
+                module.gradient_checkpointing = checkpointing
 
 
 @contextmanager
@@ -227,7 +238,8 @@ def per_sample_grads_hooks(model: nn.Module, task: Task, batch: Batch, *,
       ``lora_A`` on an identity matrix): its inputs' first dimension is not the example, and
     - parameters of a supported layer that are also used outside its forward: found because
       their per-sample gradients do not sum to the batch gradient that the same backward pass
-      gives (relative error above ``check_rtol``), so the check costs nothing extra.
+      gives (relative error above ``check_rtol``, or twice the machine epsilon of the dtype the
+      layers computed in under autocast, whichever is larger), so the check costs nothing extra.
 
     Every hooked layer must see the example as the first dimension of its input, as in
     diffusers' UNet and transformers' LMs. ``chunk_size`` examples share a backward pass
@@ -253,7 +265,8 @@ class GradientProjector:
 
     A side no larger than ``dim`` is kept exactly (no projection); biases, norms and
     parameters of other layers are kept exactly (they are small), computed as in
-    :func:`per_sample_grads_hooks`. ``seed`` fixes the projections (a CPU generator per layer).
+    :func:`per_sample_grads_hooks`. ``seed`` fixes the projections (a CPU generator per layer,
+    so they are the same on every device; they are kept on the weight's device).
     """
 
     KINDS = (nn.Linear, nn.Conv2d)
@@ -271,7 +284,8 @@ class GradientProjector:
                 generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
                 self.matrices[id(module.weight)] = tuple(
                     None if size <= dim else
-                    torch.randn(dim, size, generator=generator, dtype=torch.float32) / dim ** 0.5
+                    (torch.randn(dim, size, generator=generator, dtype=torch.float32)
+                     / dim ** 0.5).to(weight.device)
                     for size in weight.shape)
                 index += 1
 
@@ -391,16 +405,26 @@ def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projec
             handle.remove()
     samplers = _layer_samplers()
     sums: dict[int, torch.Tensor] = {}
-    for layer, records in calls.items():
-        for activation, backprop in records or []:
-            if backprop is None:  # an output no loss depends on
-                continue
-            if projector is not None and projector.projects(getattr(layer, "weight", None)):
-                samples = projector.samples(layer, activation, backprop)
-            else:
-                samples = samplers[type(layer)](layer, [activation], backprop)
-            for param, sample in samples.items():
-                sums[id(param)] = sums[id(param)] + sample if id(param) in sums else sample
+    computed = {torch.float32}  # dtypes the layers computed in (lower under autocast)
+    # The rules run in the trainable parameters' dtype (float32) with autocast off: under autocast
+    # their products would round every example's gradient to the half precision of the forward.
+    with torch.autocast(totals[0].device.type, enabled=False):
+        for layer, records in calls.items():
+            dtype = next(p.dtype for p in layer.parameters(recurse=False) if p.requires_grad)
+            for activation, backprop in records or []:
+                if backprop is None:  # an output no loss depends on
+                    continue
+                computed.add(backprop.dtype)
+                activation, backprop = activation.to(dtype), backprop.to(dtype)
+                if projector is not None and projector.projects(getattr(layer, "weight", None)):
+                    samples = projector.samples(layer, activation, backprop)
+                else:
+                    samples = samplers[type(layer)](layer, [activation], backprop)
+                for param, sample in samples.items():
+                    sums[id(param)] = sums[id(param)] + sample if id(param) in sums else sample
+    # The batch gradient of a half-precision forward is rounded to that precision (relative error
+    # up to its eps); a parameter used outside its layer's forward misses by far more than that.
+    check_rtol = max([check_rtol] + [2 * torch.finfo(dtype).eps for dtype in computed])
     index = {id(p): i for i, p in enumerate(params)}
     unusable = {id(p) for layer, records in calls.items() if records is None
                 for p in layer.parameters(recurse=False)}
@@ -410,7 +434,8 @@ def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projec
             continue
         if projector is not None:
             total = projector.vector(param, total)
-        sample = sums.get(id(param), torch.zeros((n, *total.shape), dtype=total.dtype))
+        sample = sums.get(id(param), torch.zeros((n, *total.shape), dtype=total.dtype,
+                                                 device=total.device))
         error = torch.linalg.vector_norm(sample.sum(0) - total)
         if error <= check_rtol * torch.linalg.vector_norm(total) + 1e-12:
             kept[index[id(param)]] = sample
@@ -460,13 +485,14 @@ class CurvatureOperator:
 
     kind: str
     dim: int
+    device: torch.device  # where its products are computed; vectors given to it are moved there
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def dense(self) -> torch.Tensor:
         """M built column by column from d products (for small d only), symmetrised."""
-        eye = torch.eye(self.dim, dtype=torch.float64)
+        eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
         columns = [self.matvec(e).to(torch.float64) for e in eye]
         matrix = torch.stack(columns, dim=1)
         return (matrix + matrix.T) / 2
@@ -477,9 +503,10 @@ class MatrixOperator(CurvatureOperator):
 
     def __init__(self, matrix: torch.Tensor, kind: str = "matrix"):
         self.matrix, self.kind, self.dim = matrix, kind, matrix.shape[0]
+        self.device = matrix.device
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self.matrix @ v.to(self.matrix.dtype)
+        return self.matrix @ v.to(self.matrix)
 
     def dense(self) -> torch.Tensor:
         return self.matrix.to(torch.float64)
@@ -492,11 +519,11 @@ class FisherOperator(CurvatureOperator):
 
     def __init__(self, grads: torch.Tensor, weights: torch.Tensor):
         keep = weights != 0  # rows with zero weight add nothing; dropping them keeps n small
-        self.grads, self.weights = grads[keep], weights[keep].to(grads.dtype)
-        self.dim = grads.shape[1]
+        self.grads, self.weights = grads[keep.to(grads.device)], weights[keep].to(grads)
+        self.dim, self.device = grads.shape[1], grads.device
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self.grads.T @ (self.weights * (self.grads @ v.to(self.grads.dtype)))
+        return self.grads.T @ (self.weights * (self.grads @ v.to(self.grads)))
 
     def dense(self) -> torch.Tensor:
         g = self.grads.to(torch.float64)
@@ -510,7 +537,7 @@ class HessianOperator(CurvatureOperator):
 
     def __init__(self, params: list[nn.Parameter], first_order: Sequence[torch.Tensor]):
         self.params, self.first_order = params, list(first_order)
-        self.dim = sum(p.numel() for p in params)
+        self.dim, self.device = sum(p.numel() for p in params), params[0].device
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         products = torch.autograd.grad(self.first_order, self.params,
@@ -534,7 +561,7 @@ class GaussNewtonOperator(CurvatureOperator):
         self.params, self.outputs, self.dummy = params, outputs, dummy
         self.jacobian_t_dummy, self.output_leaf, self.output_grad = (
             list(jacobian_t_dummy), output_leaf, output_grad)
-        self.dim = sum(p.numel() for p in params)
+        self.dim, self.device = sum(p.numel() for p in params), params[0].device
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         jv = torch.autograd.grad(self.jacobian_t_dummy, self.dummy,
@@ -620,13 +647,13 @@ def projected_curvatures(kind: str, model: nn.Module, task: Task, batch: Batch,
     def hessian_of_one(example: Batch) -> torch.Tensor:
         single = {key: value.unsqueeze(0) for key, value in example.items()}
         return hessian(lambda a: functional_call(wrapper, moved(a), (single,))[0])(
-            torch.zeros(basis.shape[1], dtype=basis.dtype))
+            torch.zeros(basis.shape[1], dtype=basis.dtype, device=basis.device))
 
     outputs_wrapper = _TaskOutputs(model, task)
 
     def gauss_newton_of_one(example: Batch) -> torch.Tensor:
         single = {key: value.unsqueeze(0) for key, value in example.items()}
-        zero = torch.zeros(basis.shape[1], dtype=basis.dtype)
+        zero = torch.zeros(basis.shape[1], dtype=basis.dtype, device=basis.device)
         outputs = functional_call(outputs_wrapper, moved(zero), (single,))
         jacobian = jacrev(lambda a: functional_call(outputs_wrapper, moved(a), (single,)))(zero)
         jacobian = jacobian.reshape(-1, basis.shape[1]).to(basis.dtype)

@@ -80,7 +80,8 @@ def relative_damping(operator: CurvatureOperator, options: SolveOptions) -> Solv
     The eigenvalue comes from 20 power iterations (within a few per cent, enough for a scale).
     A zero operator keeps λ = options.damping, so the solve stays defined.
     """
-    top = _power_norm(operator, 0.0, torch.zeros(operator.dim, dtype=torch.float64))
+    top = _power_norm(operator, 0.0, torch.zeros(operator.dim, dtype=torch.float64,
+                                                 device=operator.device))
     return replace(options, damping=options.damping * top if top > 0 else options.damping)
 
 

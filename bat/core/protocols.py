@@ -29,7 +29,9 @@ def take_examples(batch: Batch, indices) -> Batch:
 
 
 def concat_batches(first: Batch, second: Batch) -> Batch:
-    return {key: torch.cat([first[key], second[key]]) for key in first}
+    """``first``'s examples, then ``second``'s, on ``first``'s device (a selector's kept D^B'
+    comes back on the CPU from a checkpoint while the run's batches are on its GPU)."""
+    return {key: torch.cat([first[key], second[key].to(first[key].device)]) for key in first}
 
 
 @runtime_checkable

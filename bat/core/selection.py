@@ -353,8 +353,8 @@ def greedy_newton_selection(targets: NewtonTargets, limit: int, *, every_fold: b
     vectors, sigma = _factors(targets.curvatures)  # [c, r, q], [c, q]
     current = targets.fold_values(-(inverse @ gradient[..., None])[..., 0])
     chosen, trace = [], [float(current.mean())]
-    remaining = torch.ones(len(targets.gradients), dtype=torch.bool)
-    eye = torch.eye(sigma.shape[-1], dtype=sigma.dtype)
+    remaining = torch.ones(len(targets.gradients), dtype=torch.bool, device=sigma.device)
+    eye = torch.eye(sigma.shape[-1], dtype=sigma.dtype, device=sigma.device)
     while len(chosen) < limit and bool(remaining.any()):
         w = inverse[None] @ vectors[:, None]  # [c, F, r, q]
         core = eye + sigma[:, None, :, None] * (vectors[:, None].transpose(-1, -2) @ w)
@@ -452,13 +452,13 @@ class SetSelector:
         curvatures = (curvatures + curvatures.transpose(-1, -2)) / 2
         projected = grads @ basis
         folds = self._folds(n)
-        train = torch.stack([~f for f in folds]).to(torch.float64)  # [F, n]
-        held = torch.stack(folds).to(torch.float64)
+        train = torch.stack([~f for f in folds]).to(grads)  # [F, n], float64 as grads
+        held = torch.stack(folds).to(grads)
         held = held / held.sum(1, keepdim=True)
         a_curv, a_grad = curvatures[:n], projected[:n]
         top = float(torch.linalg.eigvalsh(a_curv.sum(0)).abs().max())
         damping = config.damping * (top if top > 0 else 1.0)  # zero curvature: λ stays defined
-        eye = torch.eye(basis.shape[1], dtype=torch.float64)
+        eye = torch.eye(basis.shape[1], dtype=torch.float64, device=basis.device)
         base_curvature = torch.einsum("fn,nrs->frs", train, a_curv) + damping * eye
         if config.mode == "oracle":
             target_curvature, target_gradient = eye[None], (basis.T @ extra[0])[None]
@@ -488,6 +488,6 @@ def _span_basis(vectors: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
     """Orthonormal columns spanning the rows of ``vectors`` [p, d]; the identity when p ≥ d."""
     d = vectors.shape[1]
     if vectors.shape[0] >= d:
-        return torch.eye(d, dtype=vectors.dtype)
+        return torch.eye(d, dtype=vectors.dtype, device=vectors.device)
     u, s, _ = torch.linalg.svd(vectors.T, full_matrices=False)
     return u[:, s > tol * s.max().clamp(min=1e-300)]

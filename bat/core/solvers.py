@@ -272,9 +272,10 @@ def _cg(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions):
 
 def _power_norm(operator: CurvatureOperator, damping: float, like: torch.Tensor,
                 iterations: int = 20) -> float:
-    """Largest |eigenvalue| of M + λI by power iteration, from a fixed start vector."""
+    """Largest |eigenvalue| of M + λI by power iteration, from a fixed start vector (drawn on the
+    CPU, so the same on every device, then moved to ``like``'s device and dtype)."""
     generator = torch.Generator().manual_seed(0)
-    z = torch.randn(like.shape, generator=generator, dtype=torch.float64).to(like.dtype)
+    z = torch.randn(like.shape, generator=generator, dtype=torch.float64).to(like)
     estimate = 0.0
     for _ in range(iterations):
         z = z / torch.linalg.vector_norm(z)
