@@ -21,6 +21,13 @@ The oracle θ^{A*} (Sec. 4.3) is a long ``plain`` run on D^A, or on a larger dis
 
 A run folder (see ``bat.core.checkpoint``) is resumed where it stopped: calling :func:`train` again
 with the same arguments after a kill gives bit-identical weights to an uninterrupted run.
+
+Device and precision come from a :class:`bat.core.runtime.RuntimeConfig`, carried out by Hugging
+Face Accelerate: an ``Accelerator`` prepares the model and optimizer, runs the forward under its
+autocast, back-propagates (with a gradient scaler under fp16) and clips. With the default runtime
+(CPU, float32, no autocast) the numbers are those of a plain PyTorch loop, bit for bit. Launched
+with ``accelerate launch --num_processes N``, one run trains data-parallel: every process draws
+the same step, trains on its share of the batch, and DDP averages the gradients.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -45,6 +53,7 @@ from bat.errors import ConfigError
 from bat.io import write_json
 from bat.core.mixing import SCHEMES, Mixer, RandomSelector, derived_seed, realised_ratio
 from bat.core.protocols import Batch, SelectionContext, Selector, concat_batches, take_examples
+from bat.core.runtime import RuntimeConfig, enable_gradient_checkpointing, model_device, to_device
 
 REGIMES = ("plain", "random", "bat")
 # Settings a resumed run may change: none of them alters the steps already taken.
@@ -178,6 +187,7 @@ def select_backbone(selector, model: nn.Module, task, adaptation: Batch, backbon
     # One prepare for both, so that they share a shape (the LM task trims padding per batch)
     # and a selector can stack them into D^bat.
     offered = task.prepare(concat_batches(adaptation, take_examples(backbone, candidate_ids)), generator)
+    offered = to_device(offered, model_device(model))
     n_adaptation = count_examples("adaptation", adaptation)
     context = SelectionContext(model=model, task=task,
                                adaptation_batch={k: v[:n_adaptation] for k, v in offered.items()},
@@ -190,11 +200,47 @@ def select_backbone(selector, model: nn.Module, task, adaptation: Batch, backbon
     return chosen
 
 
+def make_accelerator(runtime: RuntimeConfig):
+    """An ``accelerate.Accelerator`` for ``runtime``: its mixed precision, on the CPU or a GPU.
+
+    Device placement is left to :func:`train`, so that ``cuda:N`` means GPU N in one process.
+    Accelerate keeps one state per process and refuses to change its precision or device once
+    set; one process may train runs of different runtimes in turn (tests, notebooks), so outside
+    a distributed launch that state is reset first (an Accelerator made elsewhere in the process
+    is then stale).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    cpu = runtime.torch_device.type == "cpu"
+    if not PartialState(cpu=cpu).use_distributed:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=runtime.mixed_precision, device_placement=False, cpu=cpu)
+
+
+def step_losses(task, model: nn.Module, batch: Batch, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss to back-propagate and the batch's mean loss R_k^{bat|A} (Def. 1) to log.
+
+    In one process both are the batch mean. Under ``accelerate launch`` with W processes, process
+    r trains on examples r, r + W, … of the step's batch; DDP averages the processes' gradients,
+    so each back-propagates W / B times the sum of its losses, and the average is the gradient of
+    the whole batch's mean loss (B examples).
+    """
+    if not accelerator.use_distributed:
+        loss = task.batch_losses(model, batch).mean()
+        return loss, loss
+    world, size = accelerator.num_processes, count_examples("batch", batch)
+    share = {name: values[accelerator.process_index::world] for name, values in batch.items()}
+    local = task.batch_losses(model, share).sum()
+    return local * world / size, accelerator.reduce(local.detach().clone(), "sum") / size
+
+
 def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
           backbone: Batch | None, config: TrainConfig, run_dir: str | os.PathLike, *,
           selector: Selector | None = None, oracle: torch.Tensor | None = None,
           backbone_counts: Sequence[int] | None = None, progress: bool = True,
-          on_step: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, nn.Module], None] | None = None,
+          runtime: RuntimeConfig | None = None) -> TrainResult:
     """Train ``adapter`` on ``model`` in ``config.regime``, checkpointing into ``run_dir``.
 
     ``adaptation`` (D^A) and ``backbone`` (D^B) hold stored examples, first dimension the example
@@ -202,6 +248,15 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
     difference is logged against it. ``backbone_counts`` fixes the backbone examples of each step
     (a matched ``random`` run, see :func:`backbone_schedule`). A selector with ``state_dict`` and
     ``load_state_dict`` has its state checkpointed too.
+
+    ``runtime`` (None: :class:`RuntimeConfig` defaults, CPU float32) says where and in what
+    precision: the model moves to its device (the adapter's weights are float32, the backbone
+    keeps the dtype it has), batches follow it, and the forward passes of training and selection
+    run under its autocast. Random draws (data order, noise, candidates) are made on the CPU,
+    so they are the same on every device. With ``runtime.gradient_checkpointing`` the model
+    recomputes activations in the backward pass of each step (selection scores without it).
+    Under ``accelerate launch`` (module docstring) the selection of process 0 is used by all,
+    only process 0 writes the run folder, and ``on_step`` runs on every process.
 
     The log has one row per step: ``step`` (1-based), ``loss`` (mean over the step's batch),
     ``n_adaptation`` and ``n_backbone`` (examples trained on so far), ``realised_ratio`` (n/k so
@@ -211,21 +266,35 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
     ``on_step(step, model)``, if given, is called after every step (1-based, after any checkpoint),
     e.g. to evaluate the model mid-training; it must leave the model's weights alone.
     """
+    runtime = runtime or RuntimeConfig()
     gamma = None if config.regime == "plain" else config.gamma
     mixer = Mixer(count_examples("adaptation", adaptation), config.batch_size, gamma,
                   config.mixing, config.seed)
     check_inputs(task, adaptation, backbone, config, selector, backbone_counts, mixer)
     if config.regime == "random":
         selector = RandomSelector(config.seed)
+    accelerator = make_accelerator(runtime)
+    if accelerator.num_processes > config.batch_size:
+        raise ConfigError(f"train.batch_size: {config.batch_size} examples per step cannot be "
+                          f"shared by {accelerator.num_processes} processes; launch at most "
+                          f"{config.batch_size}")
+    # Under a distributed launch each process has its own GPU, which Accelerate picked.
+    device = accelerator.device if accelerator.use_distributed else runtime.torch_device
 
     seed_everything(config.seed)  # the adapter's initial weights and dropout come from here
-    model = attach_adapter(model, adapter)
+    model = attach_adapter(model, adapter).to(device)
+    if runtime.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     params = trainable_parameters(model)
     if oracle is not None and oracle.numel() != sum(p.numel() for p in params.values()):
         raise ConfigError(f"oracle: {oracle.numel()} values, but the {adapter.kind!r} adapter has "
                           f"{sum(p.numel() for p in params.values())} trainable parameters")
+    oracle = oracle.to(device) if oracle is not None else None
     optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, betas=config.betas,
                                   eps=config.eps, weight_decay=config.weight_decay)
+    # ``trained`` is ``model`` itself in one process, DDP around it under a distributed launch;
+    # selection, measurements and checkpoints use ``model``.
+    trained, optimizer = accelerator.prepare(model, optimizer)
     # Separate streams, so selection's draws never shift the training noise of a later step.
     generators = {"data": torch.Generator().manual_seed(derived_seed(config.seed, 2)),
                   "selection": torch.Generator().manual_seed(derived_seed(config.seed, 3))}
@@ -246,25 +315,30 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
 
     initial_largest = _largest(params)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
-               desc=f"{adapter.kind}/{config.regime}", disable=not progress)
+               desc=f"{adapter.kind}/{config.regime}",
+               disable=not progress or not accelerator.is_main_process)
     for step in bar:
         plan = mixer.plan(step)
         count = plan.backbone_count if backbone_counts is None else backbone_counts[step]
         backbone_ids, selection_seconds = [], 0.0
         if count:
             started = time.perf_counter()
-            backbone_ids = select_backbone(selector, model, task, adaptation, backbone, config,
-                                           count, step, generators["selection"])
+            with accelerator.autocast():
+                backbone_ids = select_backbone(selector, model, task, adaptation, backbone, config,
+                                               count, step, generators["selection"])
+            if accelerator.use_distributed:  # one selection for all, should kernels differ
+                backbone_ids = broadcast_object_list([backbone_ids])[0]
             selection_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
         examples = take_examples(adaptation, plan.adaptation_ids)
         if backbone_ids:
             examples = concat_batches(examples, take_examples(backbone, backbone_ids))
-        batch = task.prepare(examples, generators["data"])
-        model.train()
-        loss = task.batch_losses(model, batch).mean()  # R_k^{bat|A} of Def. 1 on this batch
-        if not torch.isfinite(loss):
+        batch = to_device(task.prepare(examples, generators["data"]), device)
+        trained.train()
+        with accelerator.autocast():
+            loss, batch_loss = step_losses(task, trained, batch, accelerator)
+        if not torch.isfinite(batch_loss):
             kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {run_dir}"
                     if last_checkpoint else "no checkpoint had been written yet")
             # Say what is known, not a guess: before any update the step size cannot be the
@@ -276,12 +350,12 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
                 cause = (f"The largest trainable weight is {_largest(params):.3g} (it was "
                          f"{initial_largest:.3g} at step {start}); if it grew by orders of "
                          "magnitude the updates diverged: lower train.learning_rate")
-            raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1}; training stopped "
-                                   f"and {kept}. {cause}.")
+            raise TrainingDiverged(f"loss is {batch_loss.item()} at step {step + 1}; training "
+                                   f"stopped and {kept}. {cause}.")
         optimizer.zero_grad(set_to_none=True)  # also drops gradients a selector left behind
-        loss.backward()
+        accelerator.backward(loss)
         if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
+            accelerator.clip_grad_norm_(params.values(), config.max_grad_norm)
         optimizer.step()
         seconds = time.perf_counter() - started
 
@@ -290,15 +364,15 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
         n_backbone = (log[-1]["n_backbone"] if log else 0) + len(backbone_ids)
         measure = oracle is not None and (done % config.log_every == 0 or done == config.steps)
         log.append({
-            "step": done, "loss": loss.item(), "n_adaptation": n_adaptation,
+            "step": done, "loss": batch_loss.item(), "n_adaptation": n_adaptation,
             "n_backbone": n_backbone, "realised_ratio": realised_ratio(n_adaptation, n_backbone),
             "weight_difference": (torch.linalg.vector_norm(flat_parameters(model) - oracle).item()
                                   if measure else None),
             "seconds": seconds, "selection_seconds": selection_seconds})
         if done % config.log_every == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", ratio=f"{log[-1]['realised_ratio']:.3f}")
+            bar.set_postfix(loss=f"{batch_loss.item():.4f}", ratio=f"{log[-1]['realised_ratio']:.3f}")
 
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        if (done % config.checkpoint_every == 0 or done == config.steps) and accelerator.is_main_process:
             # Export first, state last: a state on disk always has its exports beside it.
             save_adapter(model, adapter, adapter_dir(run_dir, done))
             write_json(log_path(run_dir), log)
@@ -310,10 +384,12 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
                 "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,
                 "log": log})
             last_checkpoint = done
+        accelerator.wait_for_everyone()
         if on_step is not None:
             on_step(done, model)
     bar.close()
-    return TrainResult(model, log)
+    # Without Accelerate's autocast wrapper on the forward: the model as it was given, trained.
+    return TrainResult(accelerator.unwrap_model(trained, keep_fp32_wrapper=False), log)
 
 
 def backbone_schedule(log: list[dict]) -> list[int]:
