@@ -17,6 +17,7 @@ from torch import nn
 
 from bat import validate
 from bat.core.protocols import Batch, Task
+from bat.core.runtime import model_device, to_device
 
 TRACKS = ("image", "text")
 HELDOUT_NOISE_SEED = 0  # the fixed noise / timestep draws of every held-out loss
@@ -27,8 +28,11 @@ class Track(Protocol):
     """A backbone, its task, its D^B pool and its adaptation datasets, loaded from ``models/``.
 
     A track module also defines ``DATASETS`` (names of the D^A datasets), ``ADAPTERS`` (adapter
-    kinds it trains), ``MIXING`` (how D^B joins a batch, :mod:`bat.core.mixing`) and
-    ``SEEDED_EVALUATION`` (whether an evaluation draws with the run's seed).
+    kinds it trains), ``MIXING`` (how D^B joins a batch, :mod:`bat.core.mixing`),
+    ``SEEDED_EVALUATION`` (whether an evaluation draws with the run's seed) and
+    ``load(models, runtime=None, **options)``, which places the backbone on ``runtime.device`` in
+    ``runtime.dtype`` (:class:`bat.core.runtime.RuntimeConfig`; None: CPU, float32). Examples are
+    float32 CPU tensors whatever the runtime; :meth:`evaluate` computes under the runtime's autocast.
     """
 
     start_model: nn.Module  # the backbone network adapters attach to (UNet or LM)
@@ -70,15 +74,18 @@ def heldout_loss(model: nn.Module, task: Task, examples: Batch, batch_size: int 
     A diffusion loss depends on the noise and timestep drawn for each example; ``draws`` fixed
     draws per example (the same for every model scored) make the noise of this endpoint small
     against the differences between regimes. A task that draws nothing (the LM) needs one.
+    The draws are made on the CPU, so they are the same on every device; each batch is then
+    moved to the model's device.
     """
     validate.positive("draws", draws, integer=True)
     model.eval()
+    device = model_device(model)
     count = len(next(iter(examples.values())))
     total = 0.0
     for draw in range(draws):
         for start in range(0, count, batch_size):
             chunk = {name: values[start:start + batch_size] for name, values in examples.items()}
             seed = HELDOUT_NOISE_SEED + draw * (count + batch_size) + start
-            batch = task.prepare(chunk, torch.Generator().manual_seed(seed))
+            batch = to_device(task.prepare(chunk, torch.Generator().manual_seed(seed)), device)
             total += float(task.batch_losses(model, batch).sum())
     return total / (count * draws)

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bat import paths, validate
+from bat.core.runtime import DTYPES
 from bat.errors import ConfigError
 from bat.core.mixing import epoch_batches
 from bat.io import atomic_directory
@@ -30,7 +31,6 @@ from bat.image.data import images_to_tensor
 from bat.image.task import DiffusionTask, make_diffusion_batch
 
 BACKBONE_SOURCES = ("train", "pretrained")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -131,8 +131,10 @@ def tensor_to_images(tensor: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def encode_captions(pipe, captions: list[str]) -> torch.Tensor:
-    """Caption embeddings exactly as the pipeline computes them when it generates."""
-    return pipe.encode_prompt(captions, "cpu", 1, False)[0]
+    """Caption embeddings exactly as the pipeline computes them when it generates, as float32 on
+    the CPU (where examples are kept) whatever the text encoder's device and dtype."""
+    device = pipe.text_encoder.device
+    return pipe.encode_prompt(captions, device, 1, False)[0].to("cpu", torch.float32)
 
 
 def noise_task(pipe, prior_loss_weight: float = 1.0) -> DiffusionTask:
@@ -174,9 +176,11 @@ def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig) -> tuple[
 
 @torch.no_grad()
 def encode_images(pipe, pixels: torch.Tensor, scaled: bool = True, batch_size: int = 256) -> torch.Tensor:
-    """Posterior means (deterministic), times the VAE's scaling factor unless ``scaled`` is False."""
-    means = torch.cat([pipe.vae.encode(pixels[i:i + batch_size]).latent_dist.mean
-                       for i in range(0, len(pixels), batch_size)])
+    """Posterior means (deterministic), times the VAE's scaling factor unless ``scaled`` is False;
+    computed on the VAE's device and dtype, returned as float32 on the CPU (where examples are kept)."""
+    vae = pipe.vae
+    means = torch.cat([vae.encode(pixels[i:i + batch_size].to(vae.device, vae.dtype)).latent_dist.mean
+                       .to("cpu", torch.float32) for i in range(0, len(pixels), batch_size)])
     return means * pipe.vae.config.scaling_factor if scaled else means
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from bat.errors import ConfigError
 from bat.core.protocols import Batch
+from bat.core.runtime import model_dtype
 
 
 def make_diffusion_batch(latents: torch.Tensor, encoder_hidden_states: torch.Tensor,
@@ -75,9 +76,15 @@ class DiffusionTask:
         return torch.where(prior, class_weight, instance_weight).float()
 
     def batch_outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """The predicted noise: the network output that Gauss-Newton products differentiate."""
+        """The predicted noise: the network output that Gauss-Newton products differentiate.
+
+        The UNet's inputs are cast to its weights' dtype (:func:`bat.core.runtime.model_dtype`), so
+        a bfloat16 backbone runs under CPU autocast too; the noise target stays as drawn.
+        """
         noisy = self.noise_scheduler.add_noise(batch["latents"], batch["noise"], batch["timesteps"])
-        return model(noisy, batch["timesteps"], encoder_hidden_states=batch["encoder_hidden_states"]).sample
+        dtype = model_dtype(model)
+        return model(noisy.to(dtype), batch["timesteps"],
+                     encoder_hidden_states=batch["encoder_hidden_states"].to(dtype)).sample
 
     def output_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         squared = (outputs.float() - batch["noise"].float()) ** 2

@@ -16,6 +16,7 @@ import torch
 from bat import paths, validate
 from bat.core.adapters import DREAMBOOTH_IDENTIFIER
 from bat.core.protocols import Batch
+from bat.core.runtime import RuntimeConfig
 from bat.core.track import heldout_loss
 from bat.errors import ConfigError
 from bat.image.backbone import encode_captions, encode_images, load_image_backbone, noise_task, with_unet
@@ -58,18 +59,23 @@ class ImageTrack:
     ``pool`` picks the backbone pool: ``"backbone"`` (OpenMoji, D^B) or ``"out_of_backbone"``
     (Symbola renders, Tab. 2). ``sample_steps`` and ``guidance_scale`` set the evaluation samples
     (and the class images of prior preservation); ``prior_loss_weight`` is λ of eq. 27.
+    ``runtime`` places the whole pipeline (UNet, VAE, text encoder) on its device in its dtype;
+    sampling and evaluation run under its autocast. The encoders (scores) stay on the CPU, in
+    float32 unless the runtime is a CPU one with bf16 autocast, which then covers them too.
     The encoders are loaded on the first evaluation; the pool on first use.
     """
 
     def __init__(self, models: str | Path, pool: str = "backbone", sample_steps: int = 6,
                  guidance_scale: float = 7.5, prior_loss_weight: float = 1.0,
-                 prepared: str | Path | None = None):
+                 prepared: str | Path | None = None, runtime: RuntimeConfig | None = None):
         validate.choice("pool", pool, tuple(POOLS))
         self.models = Path(models)
         self.prepared = Path(prepared) if prepared is not None else paths.PREPARED / "images"
         self.pool_file = POOLS[pool]
         self.sample_steps, self.guidance_scale = sample_steps, guidance_scale
-        self.pipe = load_image_backbone(self.models / "backbone_image")
+        self.runtime = runtime or RuntimeConfig()
+        self.pipe = load_image_backbone(self.models / "backbone_image",
+                                        self.runtime.dtype).to(self.runtime.torch_device)
         self.task = noise_task(self.pipe, prior_loss_weight)
         self.start_model = self.pipe.unet
         self._pool_set, self._encoders, self._retention = None, None, None
@@ -116,8 +122,9 @@ class ImageTrack:
     def prior_examples(self, data: dict, count: int, seed: int) -> Batch:
         """``count`` class images of the style's concepts drawn by the backbone (``prior`` True),
         for DreamBooth's prior preservation; a seed fixes them (:func:`bat.image.prior.class_images`)."""
-        images, prompts = class_images(self.pipe, data["class_prompts"], count, seed,
-                                       self.sample_steps, self.guidance_scale)
+        with self.runtime.autocast():
+            images, prompts = class_images(self.pipe, data["class_prompts"], count, seed,
+                                           self.sample_steps, self.guidance_scale)
         return class_examples(self.pipe, images, prompts)
 
     @property
@@ -134,15 +141,17 @@ class ImageTrack:
             self._encoders = load_encoders(self.models / "encoders")
         unet = model.get_base_model() if hasattr(model, "get_base_model") else model
         unet.eval()
-        scores = evaluate_personalization(
-            with_unet(self.pipe, unet), self._encoders, data["prompts"], data["references"], [seed],
-            self.sample_steps, self.guidance_scale, data["captions"])
-        row = {"heldout_loss": heldout_loss(model, self.task, data["heldout"], draws=HELDOUT_DRAWS),
-               "retention_loss": heldout_loss(model, self.task, self.retention_examples,
-                                              draws=HELDOUT_DRAWS),
-               **scores.per_seed.loc[seed].to_dict()}
+        with self.runtime.autocast():
+            scores = evaluate_personalization(
+                with_unet(self.pipe, unet), self._encoders, data["prompts"], data["references"],
+                [seed], self.sample_steps, self.guidance_scale, data["captions"])
+            row = {"heldout_loss": heldout_loss(model, self.task, data["heldout"], draws=HELDOUT_DRAWS),
+                   "retention_loss": heldout_loss(model, self.task, self.retention_examples,
+                                                  draws=HELDOUT_DRAWS),
+                   **scores.per_seed.loc[seed].to_dict()}
         return row, scores.samples[seed]
 
 
-def load(models: str | Path, **options) -> ImageTrack:
-    return ImageTrack(models, **options)
+def load(models: str | Path, runtime: RuntimeConfig | None = None, **options) -> ImageTrack:
+    """The image track of ``models``, its backbone placed as ``runtime`` says (:class:`ImageTrack`)."""
+    return ImageTrack(models, runtime=runtime, **options)

@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bat import paths, validate
+from bat.core.runtime import DTYPES, model_device, to_device
 from bat.errors import ConfigError
 from bat.io import atomic_directory, read_json, write_json
 from bat.text.benchmarks import ALPACA_TEMPLATE, MultipleChoiceItem, load_items, score_loglikelihood
@@ -46,7 +47,6 @@ from bat.text.task import IGNORE_INDEX, CausalLMTask
 
 BACKBONE_SOURCES = ("gguf", "config", "pretrained")
 ATTENTION = ("eager", "sdpa")  # eager: Hessian products need double-backward, which CPU SDPA lacks
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")  # auto: device_map="auto" (Accelerate), spread over every GPU
 # LlamaConfig fields a from-config backbone may set; vocabulary and special tokens come from the tokenizer.
 TINY_CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -374,10 +374,6 @@ def attach_lora(model, rank: int, alpha: float):
         return get_peft_model(model, lora)
 
 
-def _input_device(model) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
 def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], *, model=None,
               tokenizer=None, progress: bool = True):
     """Instruction-tune the backbone on D^B records; return ``(model, tokenizer, log)``.
@@ -413,7 +409,7 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
     parameters = [p for p in trained.parameters() if p.requires_grad]
     log["trainable_parameters"] = sum(p.numel() for p in parameters)
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    task, device = CausalLMTask(), _input_device(trained)
+    task, device = CausalLMTask(), model_device(trained)
     pad = tokenizer.pad_token_id
     trained.train()
     batches = batch_indices(len(examples), config.batch_size, config.steps, config.seed)
@@ -421,7 +417,7 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
     for step, indices in enumerate(bar, start=1):
         clock = time.perf_counter()
         batch = task.prepare(collate([examples[i] for i in indices], pad), None)
-        batch = {name: values.to(device) for name, values in batch.items()}
+        batch = to_device(batch, device)
         lr = learning_rate_at(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr

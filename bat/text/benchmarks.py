@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bat import io, validate
+from bat.core.runtime import model_device
 from bat.errors import ConfigError
 
 # lm-eval's fallback when neither the model config nor the caller gives a context length.
@@ -294,10 +295,6 @@ def _evaluating(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _max_length(model: torch.nn.Module) -> int:
     # The config attributes lm-eval's HFLM looks at, in its order.
     for attribute in ("n_positions", "max_position_embeddings", "n_ctx"):
@@ -363,7 +360,7 @@ def continuation_loglikelihoods(
     # Longest first, so each batch pads little and an out-of-memory error shows on the first batch.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     loglikelihoods = [0.0] * len(encoded)
-    device = _device(model)
+    device = model_device(model)
     with _evaluating(model):
         for start in tqdm(
             range(0, len(order), batch_size), desc="log-likelihood", disable=not progress
@@ -457,7 +454,7 @@ def shared_context_loglikelihoods(
             long_groups.append(index)
         else:
             encoded.append((index, context_ids, [ids for _, ids in pairs]))
-    device = _device(model)
+    device = model_device(model)
     encoded.sort(key=lambda entry: -len(entry[1]))  # similar context lengths share a batch
     with _evaluating(model):
         for start in tqdm(range(0, len(encoded), batch_size), desc="log-likelihood",

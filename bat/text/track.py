@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bat import paths, validate
 from bat.core.protocols import Batch
+from bat.core.runtime import RuntimeConfig
 from bat.core.track import heldout_loss
 from bat.errors import ConfigError
 from bat.io import read_jsonl
@@ -44,16 +45,20 @@ class TextTrack:
     adaptation tasks and, with ``benchmark_items`` > 0, the eight multiple-choice sets.
 
     ``max_length``: tokens per example, as the backbone's fine-tune (``backbone_text.max_length``).
+    ``runtime`` places the LM on its device in its dtype; evaluation runs under its autocast.
     """
 
     def __init__(self, models: str | Path, max_length: int, benchmark_items: int = 0,
-                 prepared: str | Path | None = None):
+                 prepared: str | Path | None = None, runtime: RuntimeConfig | None = None):
         validate.positive("backbone_text.max_length", max_length, integer=True)
         validate.non_negative("benchmark_items", benchmark_items, integer=True)
         self.prepared = Path(prepared) if prepared is not None else paths.PREPARED / "text"
         self.max_length = max_length
+        self.runtime = runtime or RuntimeConfig()
         folder = Path(models) / "backbone_text"
-        self.start_model, self.tokenizer = load_backbone(folder, attn_implementation="eager")
+        model, self.tokenizer = load_backbone(folder, torch_dtype=self.runtime.dtype,
+                                              attn_implementation="eager")
+        self.start_model = model.to(self.runtime.torch_device)
         self.task = CausalLMTask()
         records = read_jsonl(self.prepared / "backbone.jsonl")
         seen = pretraining_ids(folder)
@@ -88,9 +93,11 @@ class TextTrack:
 
     def evaluate(self, model, data: dict, seed: int, with_benchmarks: bool) -> tuple[dict, None]:
         """LM loss on the task's test items; on final models, acc / acc_norm of the eight sets."""
-        row = {"heldout_loss": heldout_loss(model, self.task, data["heldout"], EVAL_BATCH)}
-        if with_benchmarks and self.eval_sets is not None:
-            scores = score_eval_sets(model, self.tokenizer, self.eval_sets, progress=False)
+        with self.runtime.autocast():
+            row = {"heldout_loss": heldout_loss(model, self.task, data["heldout"], EVAL_BATCH)}
+            scores = (score_eval_sets(model, self.tokenizer, self.eval_sets, progress=False)
+                      if with_benchmarks and self.eval_sets is not None else None)
+        if scores is not None:
             for _, set_row in scores.iterrows():
                 row[f"acc:{set_row['set']}"] = set_row["acc"]
                 row[f"acc_norm:{set_row['set']}"] = set_row["acc_norm"]
@@ -98,5 +105,6 @@ class TextTrack:
         return row, None
 
 
-def load(models: str | Path, **options) -> TextTrack:
-    return TextTrack(models, **options)
+def load(models: str | Path, runtime: RuntimeConfig | None = None, **options) -> TextTrack:
+    """The text track of ``models``, its LM placed as ``runtime`` says (:class:`TextTrack`)."""
+    return TextTrack(models, runtime=runtime, **options)
