@@ -24,6 +24,7 @@ backbone: CPU autocast leaves layer and group norms to the dtype of their input.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +76,10 @@ class RuntimeConfig:
 
     @property
     def torch_device(self) -> torch.device:
+        """``device``; ``cuda`` under ``torchrun`` / ``accelerate launch`` is this process's own GPU,
+        as Accelerate assigns it (local rank modulo the GPUs), so a backbone is loaded there."""
+        if self.device == "cuda" and "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
         return torch.device(self.device)
 
     @property
