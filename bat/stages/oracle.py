@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from bat import paths, validate
 from bat.config import build, read_yaml, run_cli, section
 from bat.core.adapters import AdapterConfig
+from bat.core.runtime import RuntimeConfig
 from bat.core.track import TRACKS, track_module
 from bat.errors import ConfigError
 
@@ -52,6 +53,11 @@ def load_run(name: str, params: dict) -> OracleRun:
     raise ConfigError(f"oracles has no run {name!r}; runs: {known}")
 
 
+def runtime_config(params: dict) -> RuntimeConfig:
+    """The ``runtime`` section: device and precision of every stage that trains or selects."""
+    return build(RuntimeConfig, section(params, "runtime"), "runtime")
+
+
 def track_options(track: str, params: dict) -> dict:
     """What loading a track needs beyond ``models/``: the text track's example length."""
     if track == "text":
@@ -59,17 +65,19 @@ def track_options(track: str, params: dict) -> dict:
     return {}
 
 
-def train_oracle(name: str, run: OracleRun, models_folder=None, out_folder=None, **track_options):
-    """A long ``plain`` run of ``run.adapter`` on ``run.dataset``, checkpointed in ``out_folder``."""
+def train_oracle(name: str, run: OracleRun, models_folder=None, out_folder=None,
+                 runtime: RuntimeConfig | None = None, **track_options):
+    """A long ``plain`` run of ``run.adapter`` on ``run.dataset``, checkpointed in ``out_folder``;
+    the backbone is loaded and trained on ``runtime``'s device and precision (None: CPU, float32)."""
     from bat.core.train import TrainConfig, train
 
     out_folder = out_folder or paths.MODELS / "oracles" / name
     module = track_module(run.track)
-    track = module.load(models_folder or paths.MODELS, **track_options)
+    track = module.load(models_folder or paths.MODELS, runtime=runtime, **track_options)
     config = TrainConfig(regime="plain", steps=run.steps, batch_size=run.batch_size, mixing=module.MIXING,
                          learning_rate=run.learning_rate, checkpoint_every=run.steps, seed=run.seed)
     return train(track.start_model, AdapterConfig(run.adapter), track.task, track.examples(run.dataset),
-                 None, config, out_folder)
+                 None, config, out_folder, runtime=runtime)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     def run():
         params = read_yaml(paths.PARAMS)
         oracle = load_run(args.run, params)
-        return train_oracle(args.run, oracle, **track_options(oracle.track, params))
+        return train_oracle(args.run, oracle, runtime=runtime_config(params),
+                            **track_options(oracle.track, params))
 
     return run_cli(run)
 
