@@ -32,17 +32,24 @@ the stateful selector keeps its choice between checks, and a failed check re-ran
 the current θ). Algorithm 1's settings are the grid's ``selection`` (n = ``score_adaptation_every``,
 k = ``score_bat_every``), with γ the run's. Run folders (full optimizer state) live in a temporary
 folder and are deleted: the tables are the result, and a seed re-creates any run exactly.
+
+Cells: the runs of one (dataset, adapter, seed, batch size, γ) are one :class:`Cell`, trained in
+one process; cells are independent, so ``executor`` in params.yaml runs them in this process or
+as Ray tasks (:mod:`bat.stages.executor`) and the tables come out the same, row for row. Finished
+cells are staged beside ``runs/<name>``: a stage that is killed and run again trains only the
+cells it lacks.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import math
 import sys
 import tempfile
 import time
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +59,13 @@ from bat import paths, validate
 from bat.analysis.runs import RUN_KEYS, sample_key
 from bat.config import build, read_yaml, run_cli, section
 from bat.core.mixing import derived_seed
+from bat.core.runtime import RuntimeConfig
 from bat.core.selection import SelectionConfig
 from bat.core.track import TRACKS, track_module
 from bat.errors import ConfigError
 from bat.io import atomic_directory, write_json
-from bat.stages.oracle import track_options
+from bat.stages.executor import ExecutorConfig, Staging, fingerprint, load_executor, run_cells
+from bat.stages.oracle import runtime_config, track_options
 
 GRID_REGIMES = ("plain", "prior_preservation", "bat", "bat_oracle_free", "random", "random_matched",
                 "compute_matched")
@@ -238,66 +247,133 @@ def _selection_rows(records: list[dict]) -> dict[int, dict]:
             for record in records}
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work of a grid: the runs of ``regimes`` at one (dataset, adapter, seed, batch
+    size, γ), trained in this order by one process, since a matched baseline is computed from the
+    ``bat`` run before it. ``gamma`` is None for the regimes that ignore γ (``WITHOUT_GAMMA``)."""
+
+    dataset: str
+    adapter: str
+    seed: int
+    batch_size: int
+    gamma: float | None
+    regimes: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """Unique within a grid, and a file name: the cell's file in the staging folder."""
+        return f"{self.dataset}_{self.adapter}_seed{self.seed}_batch{self.batch_size}_gamma{self.gamma}"
+
+
+def grid_cells(config: GridConfig) -> list[Cell]:
+    """The cells of ``config`` in the order of its tables' rows: by dataset, adapter, seed and
+    batch size; in each, the runs without γ, then those of each γ."""
+    without = tuple(regime for regime in config.regimes if regime in WITHOUT_GAMMA)
+    others = tuple(regime for regime in config.regimes if regime not in WITHOUT_GAMMA)
+    cells = []
+    for dataset, adapter, seed, batch_size in itertools.product(
+            config.datasets, config.adapters, config.seeds, config.batch_sizes):
+        if without:
+            cells.append(Cell(dataset, adapter, seed, batch_size, None, without))
+        if others:
+            cells.extend(Cell(dataset, adapter, seed, batch_size, gamma, others)
+                         for gamma in config.gammas)
+    return cells
+
+
+@dataclass(frozen=True)
+class GridContext:
+    """What every cell of a grid needs besides its :class:`Cell`, sent to the process that runs it.
+
+    ``models``: the folder the track and the oracles are loaded from; ``track_options``: see
+    :func:`run_grid`; ``fingerprint``: of the settings and input files
+    (:func:`bat.stages.executor.fingerprint`), so that a process reloads what it keeps when they change.
+    """
+
+    config: GridConfig
+    models: Path
+    track_options: dict
+    progress: bool
+    fingerprint: str
+    runtime: RuntimeConfig | None = None  # device and precision of loading, training, evaluating
+
+
+@dataclass
+class CellResult:
+    """What one cell measured: its rows of ``steps.csv`` and ``evaluations.csv`` in table order,
+    its ``samples.npz`` entries (image grids: its dataset's ``<dataset>/reference`` first), the
+    backbone pool of its seed (indices of D^B) and the captions its dataset's samples show
+    (image grids; None for text)."""
+
+    pool: list[int]
+    captions: list[str] | None
+    step_rows: list[dict] = field(default_factory=list)
+    evaluation_rows: list[dict] = field(default_factory=list)
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add_steps(self, run_key: dict, log: list[dict], start_difference: float,
+                  selected: dict[int, dict]) -> None:
+        empty = dict.fromkeys(CHECK_COLUMNS)
+        self.step_rows.append({**run_key, "step": 0, "loss": np.nan,
+                               "weight_difference": start_difference, "n_adaptation": 0, "n_backbone": 0,
+                               "seconds": 0.0, "selection_seconds": 0.0, **empty})
+        for row in log:
+            self.step_rows.append({**run_key, "step": row["step"], "loss": row["loss"],
+                                   "weight_difference": row["weight_difference"],
+                                   "n_adaptation": row["n_adaptation"],
+                                   "n_backbone": row["n_backbone"], "seconds": row["seconds"],
+                                   "selection_seconds": row["selection_seconds"],
+                                   **selected.get(row["step"], empty)})
+
+    def add_evaluation(self, run_key: dict, step: int, row: dict, samples) -> None:
+        self.evaluation_rows.append({**run_key, "step": step, **row})
+        if samples is not None:
+            self.samples[sample_key(run_key, step)] = samples
+
+
 class GridRunner:
-    """Trains the runs of one grid and collects their rows (see :func:`run_grid`)."""
+    """Trains cells of one grid in this process (see :func:`run_cell`).
 
-    def __init__(self, config: GridConfig, track, oracles_folder: Path, progress: bool):
-        self.config, self.track, self.progress = config, track, progress
-        self.oracles_folder = oracles_folder
-        self.step_rows, self.evaluation_rows, self.samples, self.pools = [], [], {}, {}
-        self.captions = {}  # per image dataset: the held-out concepts its samples show
-        self._baselines = {}
+    Keeps what several cells share: the track, the encoded pool of each seed and all of D^B, each
+    dataset's evaluation data and class images, and the backbone's step-0 evaluation. Each is
+    a deterministic function of the settings, so a cell's rows do not depend on which cells this
+    process ran before, and a worker that runs a few cells computes them once.
+    """
 
-    def oracle(self, dataset: str, adapter: str) -> torch.Tensor:
-        from bat.core.checkpoint import trained_vector
+    def __init__(self, context: GridContext):
+        self.context, self.config, self.progress = context, context.config, context.progress
+        # The one place a grid loads its track (train_evaluated: the one place it trains).
+        self.track = track_module(self.config.track).load(context.models, runtime=context.runtime,
+                                                          **self.config.track_options(),
+                                                          **context.track_options)
+        self._pools, self._data, self._baselines, self._full_backbone = {}, {}, {}, None
 
-        folder = self.oracles_folder / oracle_name(dataset, adapter)
-        try:
-            return trained_vector(folder)
-        except FileNotFoundError:
-            raise ConfigError(f"no oracle θ^A* in {folder}; add {oracle_name(dataset, adapter)!r} "
-                              f"to oracles.{self.config.track} and run its stage") from None
+    def pool(self, seed: int) -> tuple[list[int], dict]:
+        """BAT's candidates for ``seed``: their indices in D^B and their examples. The pool depends
+        on the seed only: every dataset's runs of that seed share it."""
+        if seed not in self._pools:
+            indices = backbone_pool(self.config.pool_size, self.track.backbone_size(), seed)
+            self._pools[seed] = indices, self.track.backbone_examples(indices)
+        return self._pools[seed]
 
-    def run(self, scratch: Path) -> None:
-        from bat.core.adapters import AdapterConfig, attach_adapter
-        from bat.core.curvature import flat_parameters
-        from bat.core.train import seed_everything
+    @property
+    def full_backbone(self) -> dict:
+        """All of D^B, which the paper's random augmentation draws from."""
+        if self._full_backbone is None:
+            self._full_backbone = self.track.backbone_examples()
+        return self._full_backbone
 
-        config = self.config
-        # The pool depends on the seed only: drawn and encoded once, shared by every dataset.
-        self.pools = {str(seed): backbone_pool(config.pool_size, self.track.backbone_size(), seed)
-                      for seed in config.seeds}
-        pools = {seed: self.track.backbone_examples(self.pools[str(seed)]) for seed in config.seeds}
-        # The paper's random augmentation draws from all of D^B: encoded once, if a regime needs it.
-        self.full_backbone = (self.track.backbone_examples() if "random" in config.regimes else None)
-        for dataset in config.datasets:
-            data = self.track.evaluation_data(dataset, config.eval_size)
-            if "prior_preservation" in config.regimes:  # drawn once per dataset, as diffusers does
-                data["prior"] = self.track.prior_examples(data, config.class_images,
-                                                          derived_seed(CLASS_IMAGE_SEED, 5))
-            if "captions" in data:
-                self.captions[dataset] = data["captions"]
-                self.samples[f"{dataset}/reference"] = data["references"]  # the real renders
-            for adapter_kind in config.adapters:
-                adapter, oracle = AdapterConfig(adapter_kind), self.oracle(dataset, adapter_kind)
-                for seed in config.seeds:
-                    seed_everything(seed)  # as train() does before attaching: θ at step 0
-                    start = float(torch.linalg.vector_norm(flat_parameters(
-                        attach_adapter(copy.deepcopy(self.track.start_model), adapter)) - oracle))
-                    baseline = self.baseline(dataset, data, seed)
-                    for batch_size in config.batch_sizes:
-                        run = {"dataset": dataset, "adapter": adapter_kind, "seed": seed,
-                               "batch_size": batch_size, "adapter_config": adapter,
-                               "data": data, "pool": pools[seed], "oracle": oracle,
-                               "start_difference": start, "baseline": baseline}
-                        # plain and prior preservation ignore γ: one run per batch size
-                        without = [r for r in config.regimes if r in WITHOUT_GAMMA]
-                        if without:
-                            self.run_regimes(run, None, without, scratch)
-                        for gamma in config.gammas:
-                            others = [r for r in config.regimes if r not in WITHOUT_GAMMA]
-                            if others:
-                                self.run_regimes(run, gamma, others, scratch)
+    def evaluation_data(self, dataset: str, with_prior: bool) -> dict:
+        """:meth:`Track.evaluation_data` of ``dataset``; with DreamBooth's class images as ``prior``
+        when ``with_prior`` (drawn once per dataset, as diffusers does, from a seed of no run)."""
+        if dataset not in self._data:
+            self._data[dataset] = self.track.evaluation_data(dataset, self.config.eval_size)
+        data = self._data[dataset]
+        if with_prior and "prior" not in data:
+            data["prior"] = self.track.prior_examples(data, self.config.class_images,
+                                                      derived_seed(CLASS_IMAGE_SEED, 5))
+        return data
 
     def baseline(self, dataset: str, data: dict, seed: int):
         """The backbone's evaluation at step 0, shared by every run of (dataset, seed)
@@ -308,7 +384,31 @@ class GridRunner:
                                                          with_benchmarks=True)
         return self._baselines[key]
 
-    def run_regimes(self, run: dict, gamma: float | None, regimes: list[str], scratch: Path) -> None:
+    def run_cell(self, cell: Cell, scratch: Path) -> CellResult:
+        from bat.core.adapters import AdapterConfig, attach_adapter
+        from bat.core.curvature import flat_parameters
+        from bat.core.checkpoint import trained_vector
+        from bat.core.train import seed_everything
+
+        data = self.evaluation_data(cell.dataset, "prior_preservation" in cell.regimes)
+        indices, pool = self.pool(cell.seed)
+        result = CellResult(pool=indices, captions=data.get("captions"))
+        if "captions" in data:  # the real renders that the samples are scored against
+            result.samples[f"{cell.dataset}/reference"] = data["references"]
+        adapter = AdapterConfig(cell.adapter)
+        oracle = trained_vector(self.context.models / "oracles" / oracle_name(cell.dataset, cell.adapter))
+        seed_everything(cell.seed)  # as train() does before attaching: θ at step 0
+        start = float(torch.linalg.vector_norm(flat_parameters(
+            attach_adapter(copy.deepcopy(self.track.start_model), adapter)).cpu() - oracle))
+        run = {"dataset": cell.dataset, "adapter": cell.adapter, "seed": cell.seed,
+               "batch_size": cell.batch_size, "adapter_config": adapter, "data": data, "pool": pool,
+               "oracle": oracle, "start_difference": start,
+               "baseline": self.baseline(cell.dataset, data, cell.seed)}
+        self.run_regimes(run, cell.gamma, cell.regimes, scratch, result)
+        return result
+
+    def run_regimes(self, run: dict, gamma: float | None, regimes: tuple[str, ...], scratch: Path,
+                    result: CellResult) -> None:
         """The runs of ``regimes`` at one γ; matched baselines follow the ``bat`` run before them."""
         from bat.core.selection import Prop2Selector
         from bat.core.train import TrainConfig, backbone_schedule, compute_matched_steps
@@ -318,7 +418,7 @@ class GridRunner:
                            learning_rate=config.learning_rate, gamma=gamma or 0.5,
                            mixing=config.mixing, candidates=0, log_every=config.log_every,
                            seed=run["seed"])
-        bat_log, records = None, {}
+        bat_log = None
         for regime in regimes:
             kwargs, backbone, steps = {}, run["pool"], config.steps
             adaptation = run["data"]["adaptation"]
@@ -350,17 +450,17 @@ class GridRunner:
             evaluation_steps = sorted({s for s in config.evaluation_steps if s <= steps} | {steps})
             run_key = {name: run[name] for name in RUN_KEYS if name in run}
             run_key.update(gamma=gamma, regime=regime)
-            log = self.train_evaluated(run_key, run, adaptation, backbone, train_config,
+            log = self.train_evaluated(result, run_key, run, adaptation, backbone, train_config,
                                        evaluation_steps, scratch, **kwargs)
             if regime == "bat":
                 bat_log = log
             checks = _selection_rows(kwargs["selector"].records) if "selector" in kwargs else {}
-            self.add_steps(run_key, log, run["start_difference"], checks)
+            result.add_steps(run_key, log, run["start_difference"], checks)
             baseline_row, baseline_samples = run["baseline"]
-            self.add_evaluation(run_key, 0, baseline_row, baseline_samples)
+            result.add_evaluation(run_key, 0, baseline_row, baseline_samples)
 
-    def train_evaluated(self, run_key: dict, run: dict, adaptation, backbone, train_config,
-                        evaluation_steps: list[int], scratch: Path, **kwargs) -> list[dict]:
+    def train_evaluated(self, result: CellResult, run_key: dict, run: dict, adaptation, backbone,
+                        train_config, evaluation_steps: list[int], scratch: Path, **kwargs) -> list[dict]:
         """Train one run, evaluating the model at each of ``evaluation_steps``."""
         from bat.core.train import train
 
@@ -368,65 +468,105 @@ class GridRunner:
             if step in evaluation_steps:
                 row, samples = self.track.evaluate(model, run["data"], run_key["seed"],
                                                      with_benchmarks=step == evaluation_steps[-1])
-                self.add_evaluation(run_key, step, row, samples)
+                result.add_evaluation(run_key, step, row, samples)
 
         with tempfile.TemporaryDirectory(dir=scratch) as run_dir:  # full state: ~80 MB for DreamBooth
-            result = train(copy.deepcopy(self.track.start_model), run["adapter_config"],
-                           self.track.task, adaptation, backbone,
-                           replace(train_config, checkpoint_every=train_config.steps), run_dir,
-                           oracle=run["oracle"], progress=self.progress, on_step=evaluate, **kwargs)
-        return result.log
+            trained = train(copy.deepcopy(self.track.start_model), run["adapter_config"],
+                            self.track.task, adaptation, backbone,
+                            replace(train_config, checkpoint_every=train_config.steps), run_dir,
+                            oracle=run["oracle"], progress=self.progress, on_step=evaluate,
+                            runtime=self.context.runtime, **kwargs)
+        return trained.log
 
-    def add_steps(self, run_key: dict, log: list[dict], start_difference: float,
-                  selected: dict[int, dict]) -> None:
-        empty = dict.fromkeys(CHECK_COLUMNS)
-        self.step_rows.append({**run_key, "step": 0, "loss": np.nan,
-                               "weight_difference": start_difference, "n_adaptation": 0, "n_backbone": 0,
-                               "seconds": 0.0, "selection_seconds": 0.0, **empty})
-        for row in log:
-            self.step_rows.append({**run_key, "step": row["step"], "loss": row["loss"],
-                                   "weight_difference": row["weight_difference"],
-                                   "n_adaptation": row["n_adaptation"],
-                                   "n_backbone": row["n_backbone"], "seconds": row["seconds"],
-                                   "selection_seconds": row["selection_seconds"],
-                                   **selected.get(row["step"], empty)})
 
-    def add_evaluation(self, run_key: dict, step: int, row: dict, samples) -> None:
-        self.evaluation_rows.append({**run_key, "step": step, **row})
-        if samples is not None:
-            self.samples[sample_key(run_key, step)] = samples
+_RUNNERS: list[GridRunner] = []  # this process's runner: a worker keeps its track between cells
+
+
+def run_cell(context: GridContext, cell: Cell) -> CellResult:
+    """Train the runs of ``cell`` and return what they measured.
+
+    Pure (:mod:`bat.stages.executor`): the result depends on ``context``, ``cell`` and the files
+    they name only, wherever it runs. The process keeps one :class:`GridRunner`, replaced when
+    ``context`` changes (another grid, or changed inputs).
+    """
+    if not _RUNNERS or _RUNNERS[0].context != context:
+        _RUNNERS.clear()  # the previous track is freed before the next one loads
+        _RUNNERS.append(GridRunner(context))
+    with tempfile.TemporaryDirectory(prefix=f"grid-{context.config.name}-") as scratch:
+        return _RUNNERS[0].run_cell(cell, Path(scratch))
+
+
+def check_oracles(config: GridConfig, models: Path) -> None:
+    """Raise :class:`ConfigError` naming the first oracle θ^{A*} the grid needs and ``models`` lacks."""
+    from bat.core.checkpoint import state_path
+
+    for dataset, adapter in itertools.product(config.datasets, config.adapters):
+        folder = models / "oracles" / oracle_name(dataset, adapter)
+        if not state_path(folder).exists():
+            raise ConfigError(f"no oracle θ^A* in {folder}; add {oracle_name(dataset, adapter)!r} "
+                              f"to oracles.{config.track} and run its stage")
 
 
 def run_grid(config: GridConfig, out_folder: str | Path, models_folder: str | Path | None = None,
-             progress: bool = False, **track_options) -> Path:
+             progress: bool = False, executor: ExecutorConfig | None = None,
+             runtime: RuntimeConfig | None = None, **track_options) -> Path:
     """Train every run of ``config`` and write the tables into ``out_folder`` (all or nothing).
 
-    ``track_options``: what loading the track needs beyond the grid's settings
-    (:func:`bat.stages.oracle.track_options`: the text track's ``max_length``).
+    The runs are trained cell by cell (:func:`grid_cells`, :func:`run_cell`) by ``executor``
+    (default: in this process; :mod:`bat.stages.executor`), and the tables are the same under
+    every executor. Finished cells are staged in ``.<name>.cells`` beside ``out_folder``, so a
+    stage killed midway and run again trains only the cells it lacks; the folder is deleted once
+    the tables are written. ``track_options``: what loading the track needs beyond the grid's
+    settings (:func:`bat.stages.oracle.track_options`: the text track's ``max_length``).
+    ``runtime``: the device and precision every cell loads, trains and evaluates in
+    (:class:`bat.core.runtime.RuntimeConfig`; default float32 on the CPU).
+    Raises :class:`ConfigError` before any training when an oracle is missing.
     """
     import pandas as pd
 
     if not isinstance(config, GridConfig):
         raise ConfigError(f"config: need a GridConfig, not {type(config).__name__}")
-    models = Path(models_folder) if models_folder is not None else paths.MODELS
+    executor = ExecutorConfig() if executor is None else executor
+    if not isinstance(executor, ExecutorConfig):
+        raise ConfigError(f"executor: need an ExecutorConfig, not {type(executor).__name__}")
+    # Absolute: a worker's working directory may differ from this process's.
+    models = Path(models_folder if models_folder is not None else paths.MODELS).absolute()
     started = time.perf_counter()
-    track = track_module(config.track).load(models, **config.track_options(), **track_options)
-    runner = GridRunner(config, track, models / "oracles", progress)
-    with tempfile.TemporaryDirectory(prefix=f"grid-{config.name}-") as scratch:
-        runner.run(Path(scratch))
+    check_oracles(config, models)
+    # The stage's inputs as DVC sees them: models, prepared data and the code; a change in any
+    # discards the cells staged by an earlier, killed run.
+    settings = {"config": asdict(config), "models": str(models), "track_options": track_options,
+                "runtime": asdict(runtime) if runtime is not None else None}
+    inputs = [models, paths.PREPARED, Path(__file__).resolve().parents[1]]
+    context = GridContext(config, models, track_options, progress, fingerprint(settings, inputs),
+                          runtime)
+    cells = grid_cells(config)
+    staging = Staging(out_folder, context.fingerprint)
+    resumed = sum(staging.finished(cell.name) for cell in cells)
+    results = run_cells(run_cell, context, cells, [cell.name for cell in cells], executor, staging)
+    samples = {}
+    for result in results:  # a repeated <dataset>/reference keeps the place of its first cell
+        samples.update(result.samples)
     with atomic_directory(out_folder) as folder:
-        pd.DataFrame(runner.step_rows).to_csv(folder / "steps.csv", index=False)
-        pd.DataFrame(runner.evaluation_rows).to_csv(folder / "evaluations.csv", index=False)
-        if runner.samples:
-            np.savez_compressed(folder / "samples.npz", **runner.samples)
+        pd.DataFrame([row for result in results for row in result.step_rows]).to_csv(
+            folder / "steps.csv", index=False)
+        pd.DataFrame([row for result in results for row in result.evaluation_rows]).to_csv(
+            folder / "evaluations.csv", index=False)
+        if samples:
+            np.savez_compressed(folder / "samples.npz", **samples)
         write_json(folder / "grid.json", {
-            "config": asdict(config), "pools": runner.pools,
+            "config": asdict(config),
+            "pools": {str(cell.seed): result.pool for cell, result in zip(cells, results)},
             # Algorithm 1's effective settings at each γ (every key; the seed is the run's)
             "selection": {str(gamma): {key: value for key, value in
                                        asdict(config.selection_config(0, gamma)).items() if key != "seed"}
                           for gamma in config.gammas},
-            "captions": runner.captions,
+            "captions": {cell.dataset: result.captions for cell, result in zip(cells, results)
+                         if result.captions is not None},
+            # how the tables were computed, not what they hold
+            "executor": {**asdict(executor), "cells": len(cells), "cells_resumed": resumed},
             "seconds": time.perf_counter() - started})
+    staging.remove()
     return Path(out_folder)
 
 
@@ -440,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         params = read_yaml(paths.PARAMS)
         config = load_grid(args.grid, params)
         return run_grid(config, paths.ROOT / "runs" / args.grid, progress=args.progress,
+                        executor=load_executor(params), runtime=runtime_config(params),
                         **track_options(config.track, params))
 
     return run_cli(run)
