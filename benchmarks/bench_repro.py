@@ -15,7 +15,8 @@ lock, so the stages run their own ``cmd`` (as resolved by DVC) and ``dvc commit`
 once all have finished, exactly as ``dvc repro`` would have. Only stages that ``dvc status``
 reports changed, and everything downstream of them, run. A failed stage stops the run before the
 commit, so dvc.lock never records a half-finished pipeline. The summary's ``total_minutes`` is
-then the wall time of the whole run, not the sum of the stages.
+then wall time, not the sum of the stages: the sum of ``walls``, one per invocation with the same
+``--jobs`` (parts of the pipeline run one after another).
 """
 
 from __future__ import annotations
@@ -127,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--jobs", type=int, default=1, help="stages at once (see above)")
     args = parser.parse_args(argv)
-    previous = json.loads(args.out.read_text())["stages"] if args.out.exists() else []
-    rows = {row["stage"]: row for row in previous}
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {"stages": []}
+    rows = {row["stage"]: row for row in previous["stages"]}
+    # Parallel runs of parts of the pipeline, one after another: the total is the sum of their walls.
+    walls = previous.get("walls", []) if args.jobs > 1 and previous.get("jobs") == args.jobs else []
     started = time.perf_counter()
 
     def record(row: dict) -> None:
@@ -136,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             rows[row["stage"]] = row
         print(json.dumps(row), flush=True)
         ran = [row for row in rows.values() if row["ran"]]
-        total = (time.perf_counter() - started if args.jobs > 1
-                 else sum(row["seconds"] for row in ran))
+        wall = round(time.perf_counter() - started, 1)
+        total = sum(walls) + wall if args.jobs > 1 else sum(row["seconds"] for row in ran)
         summary = {"stages": list(rows.values()), "jobs": args.jobs,
+                   **({"walls": [*walls, wall]} if args.jobs > 1 else {}),
                    "total_minutes": round(total / 60, 1),
                    "peak_rss_gib": max((row["peak_rss_gib"] or 0) for row in ran) if ran else None}
         args.out.parent.mkdir(parents=True, exist_ok=True)
