@@ -15,13 +15,15 @@ lock, so the stages run their own ``cmd`` (as resolved by DVC) and ``dvc commit`
 once all have finished, exactly as ``dvc repro`` would have. Only stages that ``dvc status``
 reports changed, and everything downstream of them, run. A failed stage stops the run before the
 commit, so dvc.lock never records a half-finished pipeline. The summary's ``total_minutes`` is
-then wall time, not the sum of the stages: the sum of ``walls``, one per invocation with the same
-``--jobs`` (parts of the pipeline run one after another).
+then wall time, not the sum of the stages: the union of the ``intervals`` of the invocations that
+wrote the file with the same ``--jobs`` (parts of the pipeline may run one after another or side
+by side; the file is shared under a lock).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -122,31 +124,47 @@ def run_parallel(names: list[str], jobs: int, logs: Path, record) -> None:
         subprocess.run([DVC, "commit", "--force", "--quiet", *ran], cwd=ROOT, check=True)
 
 
+def covered_seconds(intervals) -> float:
+    """Seconds covered by the union of ``[start, end]`` intervals (overlaps counted once)."""
+    total, reach = 0.0, float("-inf")
+    for begin, end in sorted(intervals):
+        total += max(0.0, end - max(begin, reach))
+        reach = max(reach, end)
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stages", nargs="*", help="only these and what they need (default: all)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--jobs", type=int, default=1, help="stages at once (see above)")
     args = parser.parse_args(argv)
-    previous = json.loads(args.out.read_text()) if args.out.exists() else {"stages": []}
-    rows = {row["stage"]: row for row in previous["stages"]}
-    # Parallel runs of parts of the pipeline, one after another: the total is the sum of their walls.
-    walls = previous.get("walls", []) if args.jobs > 1 and previous.get("jobs") == args.jobs else []
-    started = time.perf_counter()
+    started = time.time()
 
     def record(row: dict) -> None:
-        if row["ran"] or row["stage"] not in rows:  # an up-to-date stage keeps its measured time
-            rows[row["stage"]] = row
         print(json.dumps(row), flush=True)
-        ran = [row for row in rows.values() if row["ran"]]
-        wall = round(time.perf_counter() - started, 1)
-        total = sum(walls) + wall if args.jobs > 1 else sum(row["seconds"] for row in ran)
-        summary = {"stages": list(rows.values()), "jobs": args.jobs,
-                   **({"walls": [*walls, wall]} if args.jobs > 1 else {}),
-                   "total_minutes": round(total / 60, 1),
-                   "peak_rss_gib": max((row["peak_rss_gib"] or 0) for row in ran) if ran else None}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+        # Several invocations may share the file (parts of the pipeline run side by side): each
+        # re-reads it under a lock and adds its own rows and its own time interval.
+        with open(args.out.with_name(args.out.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            previous = json.loads(args.out.read_text()) if args.out.exists() else {"stages": []}
+            rows = {old["stage"]: old for old in previous["stages"]}
+            if row["ran"] or row["stage"] not in rows:  # an up-to-date stage keeps its measured time
+                rows[row["stage"]] = row
+            ran = [old for old in rows.values() if old["ran"]]
+            summary = {"stages": list(rows.values()), "jobs": args.jobs}
+            if args.jobs > 1:
+                same = previous.get("jobs") == args.jobs
+                intervals = {tuple(i) for i in previous.get("intervals", []) if same and i[0] != started}
+                intervals.add((started, time.time()))
+                summary["intervals"] = sorted(intervals)
+                total = covered_seconds(summary["intervals"])
+            else:
+                total = sum(old["seconds"] for old in ran)
+            summary.update(total_minutes=round(total / 60, 1),
+                           peak_rss_gib=max((old["peak_rss_gib"] or 0) for old in ran) if ran else None)
+            args.out.write_text(json.dumps(summary, indent=1) + "\n")
 
     order = stage_order(args.stages)
     if args.jobs > 1:
