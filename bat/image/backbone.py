@@ -4,7 +4,9 @@ Tiny profile (``source: train``): a small ``AutoencoderKL`` (32×32 RGB ↔ 16×
 small ``UNet2DConditionModel`` are built from configs; the text encoder is the real, frozen
 all-MiniLM-L6-v2 (a BERT, 384-d token states as cross-attention context). The VAE is trained on
 the OpenMoji images first, then the UNet with the standard epsilon-prediction loss on the frozen
-VAE's latents, with 10 % empty captions so that classifier-free guidance works when sampling.
+VAE's latents (cached once), with 10 % empty captions so that classifier-free guidance works when
+sampling; optionally with diffusers' learning-rate schedules, EMA weights and min-SNR-γ weighting
+(``benchmarks/bench_backbone_image_sweep.py`` measures what each buys per CPU-minute).
 Training in latent space at 16×16 is what fits the 10-minute CPU budget: self-attention over
 32×32 pixels costs several times more per step (DESIGN.md §5).
 
