@@ -13,7 +13,7 @@
 # configs, the real frozen all-MiniLM-L6-v2 as text encoder) and pre-trains it on the OpenMoji
 # image–caption pairs, so the backbone's data D^B is known exactly. In the paper profile the same
 # code loads Stable Diffusion 1.4 instead. Below: the loss curves, samples beside their real
-# renders, and one number that says whether samples carry their prompt — for captions seen in
+# renders, and the numbers that say whether samples carry their prompt — for captions seen in
 # D^B and for OpenMoji concepts held out of it. The `pretrain_image` stage
 # (`python -m bat.stages.backbone_image`) trains and samples; this notebook reads `runs/backbone_image`.
 
@@ -23,23 +23,27 @@ model_id = "CompVis/stable-diffusion-v1-4"
 text_encoder = "data/raw/minilm"
 resolution = 32
 vae_channels = [32, 64]
-unet_channels = [64, 128]
+unet_channels = [32, 64, 64]
 max_caption_tokens = 16
-vae_steps = 120
+vae_steps = 200
 vae_learning_rate = 0.001
-unet_steps = 450
+unet_steps = 600
 unet_learning_rate = 0.001
+unet_lr_schedule = "cosine"
+ema_decay = 0.99
+snr_gamma = 5
 batch_size = 32
 caption_dropout = 0.1
 seed = 0
 torch_dtype = "float32"
 device = "cpu"
-eval_prompts = 32
+eval_prompts = 64
 sample_steps = 25
 guidance_scale = 7.5
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from bat import paths
@@ -56,18 +60,28 @@ check_kernel_parameters("backbone_image", globals())
 # %% [markdown]
 # ## Do samples carry their prompt?
 # For each caption, one sample (fixed seed per prompt), compared with the real renders of all
-# captions of its group in pixel-thumbnail space. `preference`: how often a sample is nearer its
-# own caption's render than another caption's (chance 0.5). `accuracy`: how often its own render
-# is the nearest of all (chance 1 / number of captions).
+# captions of its group in two feature spaces: 8×8 pixel thumbnails (`thumbnail_`, colour and
+# layout) and the image features of the trained `encoders` stand-in (`encoder_`, what the
+# personalization scores use). `preference`: how often a sample is nearer its own caption's render
+# than another caption's (chance 0.5). `accuracy`: how often its own render is the nearest of all
+# (chance 1 / number of captions). `kid`: kernel inception distance (cubic kernel, unbiased)
+# between the samples and the renders in encoder space; `kid_floor`: the same for as many real
+# renders of other D^B concepts, what real images score. `vae_psnr`: the VAE's reconstruction of
+# the renders, in dB.
 
 # %%
 scores = pd.DataFrame(result["prompt_fidelity"]).set_index("label").drop(columns="group")
+GROUP_LABELS = {measured["group"]: measured["label"] for measured in result["prompt_fidelity"]}
 scores
 
+# %% [markdown]
+# Loss curves, then 16 held-out captions spread over the set: each sample (left) beside the real
+# render of its caption (right), drawn large enough to judge by eye.
+
 # %%
-columns = min(8, eval_prompts)
-fig = plt.figure(figsize=(1.1 * columns, 8.5))
-grid = fig.add_gridspec(5, columns, height_ratios=[1.6, 1, 1, 1, 1], hspace=0.6)
+shown = np.linspace(0, len(arrays["heldout_captions"]) - 1, 16).round().astype(int)
+fig = plt.figure(figsize=(12, 13))
+grid = fig.add_gridspec(5, 8, height_ratios=[2.2, 1, 1, 1, 1], hspace=0.45, wspace=0.05)
 loss_axis = fig.add_subplot(grid[0, :])
 if log is not None:
     for name in ("vae", "unet"):
@@ -76,17 +90,17 @@ if log is not None:
     loss_axis.set_yscale("log")
     loss_axis.set_xlabel("step")
     loss_axis.legend()
-loss_axis.set_title("pre-training on D^B (10-step moving average)", fontsize=8)
-for row, measured in enumerate(result["prompt_fidelity"]):
-    group = measured["group"]
-    sample_axes = [fig.add_subplot(grid[1 + 2 * row, c]) for c in range(columns)]
-    reference_axes = [fig.add_subplot(grid[2 + 2 * row, c]) for c in range(columns)]
-    show_images(sample_axes, arrays[f"{group}_samples"], arrays[f"{group}_captions"])
-    show_images(reference_axes, arrays[f"{group}_images"])
-    sample_axes[0].text(-0.1, 0.5, f"{measured['label']}\nsample", transform=sample_axes[0].transAxes, ha="right",
-                        va="center", fontsize=7)
-    reference_axes[0].text(-0.1, 0.5, "real", transform=reference_axes[0].transAxes, ha="right",
-                           va="center", fontsize=7)
+loss_axis.set_title("pre-training on D^B (10-step moving average)", fontsize=10)
+heldout = scores.loc[GROUP_LABELS["heldout"]]
+for position, index in enumerate(shown):
+    row, column = 1 + position // 4, 2 * (position % 4)
+    sample_axis, real_axis = fig.add_subplot(grid[row, column]), fig.add_subplot(grid[row, column + 1])
+    show_images([sample_axis], arrays["heldout_samples"][[index]])
+    show_images([real_axis], arrays["heldout_images"][[index]])
+    sample_axis.set_title(str(arrays["heldout_captions"][index])[:28], fontsize=8, loc="left")
+fig.suptitle(f"held out of D^B: sample | real render — encoder preference {heldout['encoder_preference']:.2f}, "
+             f"top-1 {heldout['encoder_accuracy']:.2f}; thumbnail {heldout['thumbnail_preference']:.2f}, "
+             f"{heldout['thumbnail_accuracy']:.2f}", fontsize=10, y=0.92)
 save_figure(fig, "backbone_image")
 
 # %%
@@ -95,8 +109,9 @@ save_figure(fig, "backbone_image")
 metrics = {}
 for measured in result["prompt_fidelity"]:
     group = measured["group"]
-    metrics.update({f"{group}_preference": measured["preference"], f"{group}_accuracy": measured["accuracy"],
-                    f"{group}_accuracy_chance": measured["accuracy_chance"]})
+    metrics.update({f"{group}_{key}": measured[key] for key in (
+        "thumbnail_preference", "thumbnail_accuracy", "encoder_preference", "encoder_accuracy", "accuracy_chance",
+        "kid", "kid_floor", "vae_psnr")})
 for name in ("vae", "unet"):
     metrics[f"{name}_loss_last10"] = None if log is None else pd.DataFrame(log[name])["loss"].tail(10).mean()
 metrics["seconds"] = None if log is None else log["timings"]["total_seconds"]

@@ -48,20 +48,22 @@ def smoke_root(tmp_path_factory, raw, smoke_params) -> Path:
     return root
 
 
-def _run_stage(name: str, smoke_root: Path, smoke_params: dict) -> Path:
-    """Run the training stage ``bat.stages.<name>`` on its smoke section: ``models/<name>``, ``runs/<name>``."""
+def _run_stage(name: str, smoke_root: Path, smoke_params: dict, *extra) -> Path:
+    """Run the training stage ``bat.stages.<name>`` on its smoke section: ``models/<name>``, ``runs/<name>``;
+    ``extra``: further arguments of its ``run``."""
     import importlib
 
     stage = importlib.import_module(f"bat.stages.{name}")
     stage.run(smoke_params[name], smoke_root / "data" / "prepared", smoke_root / "models" / name,
-              smoke_root / "runs" / name)
+              smoke_root / "runs" / name, *extra)
     return smoke_root / "models" / name
 
 
 @pytest.fixture(scope="session")
-def smoke_image_backbone(smoke_root, smoke_params) -> Path:
-    """The smoke profile's image backbone, pre-trained and sampled by its stage under ``smoke_root``."""
-    return _run_stage("backbone_image", smoke_root, smoke_params)
+def smoke_image_backbone(smoke_root, smoke_params, smoke_encoders) -> Path:
+    """The smoke profile's image backbone, pre-trained and sampled by its stage under ``smoke_root``
+    (judged in the feature space of ``smoke_encoders``)."""
+    return _run_stage("backbone_image", smoke_root, smoke_params, smoke_encoders)
 
 
 @pytest.fixture(scope="session")

@@ -137,3 +137,27 @@ def test_pairwise_preference_is_one_for_perfect_and_half_for_unrelated_samples()
     sim = cosine_matrix(query, key)
     brute = np.mean([np.mean([sim[i, j] < sim[i, i] for j in range(5) if j != i]) for i in range(5)])
     assert pairwise_preference(query, key) == pytest.approx(brute)
+
+
+def test_kernel_distance_is_zero_on_average_for_one_distribution_and_grows_with_a_shift():
+    """KID is unbiased: over many pairs of sets from one distribution its mean is ≈ 0; a shifted set scores
+    far above that; a set against itself (the diagonal counted only across) scores below the floor."""
+    same = [im.kernel_distance(random_features(32, 8, 2 * s), random_features(32, 8, 2 * s + 1)) for s in range(50)]
+    shifted = im.kernel_distance(random_features(32, 8, 0) + 1.0, random_features(32, 8, 1))
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same))
+    assert shifted > max(same)
+    assert im.kernel_distance(random_features(32, 8, 0), random_features(32, 8, 0)) < min(same)
+
+
+def test_kernel_distance_matches_its_formula_by_loops():
+    x, y = random_features(5, 3, 0), random_features(4, 3, 1)
+
+    def k(a, b):
+        return (a @ b / 3 + 1) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(5) for j in range(5) if i != j) / 20
+    yy = sum(k(y[i], y[j]) for i in range(4) for j in range(4) if i != j) / 12
+    xy = sum(k(a, b) for a in x for b in y) / 20
+    assert im.kernel_distance(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+    with pytest.raises(ConfigError, match="feature sizes differ"):
+        im.kernel_distance(x, random_features(4, 2, 1))

@@ -27,7 +27,9 @@ def test_image_stage_writes_the_backbone_and_what_its_samples_show(smoke_image_b
     assert [group["group"] for group in result["prompt_fidelity"]] == list(backbone_image.GROUPS)
     for group in result["prompt_fidelity"]:
         assert group["count"] == section["eval_prompts"]
-        assert 0 <= group["preference"] <= 1 and 0 <= group["accuracy"] <= 1
+        for space in ("thumbnail", "encoder"):
+            assert 0 <= group[f"{space}_preference"] <= 1 and 0 <= group[f"{space}_accuracy"] <= 1
+        assert np.isfinite([group["kid"], group["kid_floor"], group["vae_psnr"]]).all()
         samples, images = arrays[f"{group['group']}_samples"], arrays[f"{group['group']}_images"]
         size = section["resolution"]
         assert samples.shape == images.shape == (section["eval_prompts"], size, size, 3)

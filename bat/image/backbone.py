@@ -4,7 +4,9 @@ Tiny profile (``source: train``): a small ``AutoencoderKL`` (32×32 RGB ↔ 16×
 small ``UNet2DConditionModel`` are built from configs; the text encoder is the real, frozen
 all-MiniLM-L6-v2 (a BERT, 384-d token states as cross-attention context). The VAE is trained on
 the OpenMoji images first, then the UNet with the standard epsilon-prediction loss on the frozen
-VAE's latents, with 10 % empty captions so that classifier-free guidance works when sampling.
+VAE's latents (cached once), with 10 % empty captions so that classifier-free guidance works when
+sampling; optionally with diffusers' learning-rate schedules, EMA weights and min-SNR-γ weighting
+(``benchmarks/bench_backbone_image_sweep.py`` measures what each buys per CPU-minute).
 Training in latent space at 16×16 is what fits the 10-minute CPU budget: self-attention over
 32×32 pixels costs several times more per step (DESIGN.md §5).
 
@@ -32,6 +34,7 @@ from bat.image.task import DiffusionTask, make_diffusion_batch
 
 BACKBONE_SOURCES = ("train", "pretrained")
 DEVICES = ("cpu", "cuda", "auto")
+LR_SCHEDULES = ("constant_with_warmup", "cosine", "linear")  # diffusers.optimization.get_scheduler names
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class ImageBackboneConfig:
     vae_learning_rate: float
     unet_steps: int
     unet_learning_rate: float
+    unet_lr_schedule: str  # after a warm-up of min(50, unet_steps / 10) steps; LR_SCHEDULES
+    ema_decay: float  # 0: keep the last UNet weights; else diffusers' EMAModel with this decay, in [0, 1)
+    snr_gamma: float  # 0: plain mean loss; else min-SNR-γ weights min(SNR, γ) / SNR (Hang et al. 2023)
     batch_size: int
     caption_dropout: float  # share of empty captions, for classifier-free guidance
     seed: int
@@ -65,6 +71,11 @@ class ImageBackboneConfig:
         validate.positive("backbone_image.vae_learning_rate", self.vae_learning_rate)
         validate.positive("backbone_image.unet_learning_rate", self.unet_learning_rate)
         validate.closed_interval("backbone_image.caption_dropout", self.caption_dropout, 0, 1)
+        validate.choice("backbone_image.unet_lr_schedule", self.unet_lr_schedule, LR_SCHEDULES)
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"backbone_image.ema_decay: {self.ema_decay!r} is not allowed; use 0 (off) "
+                              "or a decay in (0, 1), e.g. 0.995")
+        validate.non_negative("backbone_image.snr_gamma", self.snr_gamma)
         if not self.vae_channels or not self.unet_channels:
             raise ConfigError("backbone_image.vae_channels and unet_channels need at least one level")
         if self.source == "train":
@@ -186,11 +197,22 @@ def encode_images(pipe, pixels: torch.Tensor, scaled: bool = True, batch_size: i
 
 def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
                config: ImageBackboneConfig) -> list[dict]:
+    """Epsilon prediction on cached ``latents`` ``[N, 4, h, w]`` and caption states ``[N, T, 384]``.
+
+    With ``ema_decay`` the UNet ends with diffusers' EMA of its weights; with ``snr_gamma`` each
+    example's loss is weighted by diffusers' ``compute_snr`` of its timestep. Returns the log of
+    ``{step, loss, learning_rate}`` (the loss is the weighted one that is optimised).
+    """
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel, compute_snr
+
     unet = pipe.unet.train().requires_grad_(True)
     task = noise_task(pipe)
     empty = encode_captions(pipe, [""])
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
+    schedule = get_scheduler(config.unet_lr_schedule, optimizer, num_warmup_steps=min(50, config.unet_steps // 10),
+                             num_training_steps=config.unet_steps)
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay) if config.ema_decay else None
     generator = torch.Generator().manual_seed(config.seed + 1)
     log = []
     progress = tqdm(epoch_batches(len(latents), config.batch_size, config.unet_steps, generator,
@@ -201,14 +223,22 @@ def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
         dropped = torch.rand(len(index), generator=generator) < config.caption_dropout
         context[dropped] = empty
         batch = make_diffusion_batch(latents[index], context, generator, task.noise_scheduler.config.num_train_timesteps)
+        if config.snr_gamma:
+            snr = compute_snr(task.noise_scheduler, batch["timesteps"])
+            batch["loss_weight"] = snr.clamp(max=config.snr_gamma) / snr
         loss = task.batch_losses(unet, batch).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        learning_rate = schedule.get_last_lr()[0]
         optimizer.step()
         schedule.step()
+        if ema is not None:
+            ema.step(unet.parameters())
         progress.set_postfix(loss=f"{loss.item():.4f}")
-        log.append({"step": step, "loss": loss.item()})
+        log.append({"step": step, "loss": loss.item(), "learning_rate": learning_rate})
+    if ema is not None:
+        ema.copy_to(unet.parameters())
     unet.eval().requires_grad_(False)
     return log
 
@@ -245,21 +275,42 @@ def build_or_load(config: ImageBackboneConfig, backbone, folder: Path):
     return load_image_backbone(folder, config.torch_dtype, config.device), log
 
 
-def prompt_fidelity(pipe, image_set, seed: int, steps: int, guidance_scale: float) -> dict:
+def prompt_fidelity(pipe, image_set, seed: int, steps: int, guidance_scale: float, encoders,
+                    other_images: np.ndarray) -> dict:
     """Sample every caption of ``image_set``: do the samples look like their own prompt's reference?
 
-    ``preference``: how often a sample is nearer its own reference than another caption's (chance
-    0.5); ``accuracy``: how often its own reference is the nearest of all (chance 1/N). Nearness is
-    cosine similarity of :func:`bat.image.features.pixel_features`.
+    In two feature spaces, ``thumbnail`` (:func:`bat.image.features.pixel_features`, 8×8 colour
+    layout) and ``encoder`` (``encoders.image_features``, the trained stand-in for DINO):
+    ``<space>_preference``, how often a sample is nearer (cosine) its own reference than another
+    caption's (chance 0.5), and ``<space>_accuracy``, how often its own reference is the nearest of
+    all (chance 1/N). ``kid``: :func:`bat.image.metrics.kernel_distance` between samples and
+    references in encoder space; ``kid_floor``: the same between ``other_images`` (uint8
+    ``[M, H, W, 3]`` real renders of other concepts) and the references, what real images score.
+    ``vae_psnr``: dB of the references encoded and decoded by the VAE (peak 255).
     """
     from bat.image.features import pixel_features
-    from bat.image.metrics import pairwise_preference, retrieval_accuracy
+    from bat.image.metrics import kernel_distance, pairwise_preference, retrieval_accuracy
 
     samples = generate(pipe, list(image_set.captions), seed, steps, guidance_scale)
-    sample_features, reference_features = pixel_features(samples), pixel_features(image_set.images)
-    return {"samples": samples, "count": len(image_set),
-            "preference": pairwise_preference(sample_features, reference_features), "preference_chance": 0.5,
-            "accuracy": retrieval_accuracy(sample_features, reference_features), "accuracy_chance": 1 / len(image_set)}
+    measured = {"samples": samples, "count": len(image_set), "preference_chance": 0.5,
+                "accuracy_chance": 1 / len(image_set)}
+    for space, features in (("thumbnail", pixel_features), ("encoder", encoders.image_features)):
+        sample_features, reference_features = features(samples), features(image_set.images)
+        measured[f"{space}_preference"] = pairwise_preference(sample_features, reference_features)
+        measured[f"{space}_accuracy"] = retrieval_accuracy(sample_features, reference_features)
+        if space == "encoder":
+            measured["kid"] = kernel_distance(sample_features, reference_features)
+            measured["kid_floor"] = kernel_distance(features(other_images), reference_features)
+    measured["vae_psnr"] = reconstruction_psnr(pipe, image_set.images)
+    return measured
+
+
+@torch.no_grad()
+def reconstruction_psnr(pipe, images: np.ndarray) -> float:
+    """PSNR in dB (peak 255) of uint8 ``images`` ``[N, H, W, 3]`` through the VAE's posterior mean."""
+    decoded = tensor_to_images(pipe.vae.decode(encode_images(pipe, images_to_tensor(images), scaled=False)).sample)
+    mse = np.mean((decoded.astype(np.float64) - images.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255 ** 2 / max(mse, 1e-12)))
 
 
 def save_image_backbone(pipe, folder: Path) -> Path:
