@@ -86,7 +86,7 @@ def _train_oracles(track: str, backbone: Path, smoke_root: Path, smoke_params: d
         patch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
         for name in smoke_params["oracles"][track]:
             train_oracle(name, load_run(name, smoke_params), backbone.parent,
-                         smoke_root / "models" / "oracles" / name, **track_options(track, smoke_params))
+                         smoke_root / "models" / "oracles" / track / name, **track_options(track, smoke_params))
     return smoke_root / "models" / "oracles"
 
 

@@ -396,7 +396,8 @@ class GridRunner:
         if "captions" in data:  # the real renders that the samples are scored against
             result.samples[f"{cell.dataset}/reference"] = data["references"]
         adapter = AdapterConfig(cell.adapter)
-        oracle = trained_vector(self.context.models / "oracles" / oracle_name(cell.dataset, cell.adapter))
+        oracle = trained_vector(self.context.models / "oracles" / self.config.track
+                                / oracle_name(cell.dataset, cell.adapter))
         seed_everything(cell.seed)  # as train() does before attaching: θ at step 0
         start = float(torch.linalg.vector_norm(flat_parameters(
             attach_adapter(copy.deepcopy(self.track.start_model), adapter)).cpu() - oracle))
@@ -501,7 +502,7 @@ def check_oracles(config: GridConfig, models: Path) -> None:
     from bat.core.checkpoint import state_path
 
     for dataset, adapter in itertools.product(config.datasets, config.adapters):
-        folder = models / "oracles" / oracle_name(dataset, adapter)
+        folder = models / "oracles" / config.track / oracle_name(dataset, adapter)
         if not state_path(folder).exists():
             raise ConfigError(f"no oracle θ^A* in {folder}; add {oracle_name(dataset, adapter)!r} "
                               f"to oracles.{config.track} and run its stage")

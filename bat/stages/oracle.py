@@ -5,7 +5,8 @@ Usage: ``python -m bat.stages.oracle <run>``; the runs are the entries of ``orac
 Paper Sec. 4.3 and 5.1.1: an adapter trained long on D^A — here on the larger split of a style
 (image adapters) or of a text task (LoRA / DoRA), which shares no item with the few-shot split —
 stands in for the optimum that Proposition 2 and the weight difference are measured against. Figures read it with
-``bat.core.checkpoint.trained_vector(paths.MODELS / "oracles" / <run>)``.
+``bat.core.checkpoint.trained_vector(paths.MODELS / "oracles" / <track> / <run>)`` (one folder per
+track, so that a grid depends on its own track's oracles only).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def train_oracle(name: str, run: OracleRun, models_folder=None, out_folder=None,
     the backbone is loaded and trained on ``runtime``'s device and precision (None: CPU, float32)."""
     from bat.core.train import TrainConfig, train
 
-    out_folder = out_folder or paths.MODELS / "oracles" / name
+    out_folder = out_folder or paths.MODELS / "oracles" / run.track / name
     module = track_module(run.track)
     track = module.load(models_folder or paths.MODELS, runtime=runtime, **track_options)
     config = TrainConfig(regime="plain", steps=run.steps, batch_size=run.batch_size, mixing=module.MIXING,
