@@ -53,6 +53,10 @@ doc_to_text: context
 doc_to_choice: choices
 doc_to_target: gold
 target_delimiter: " "
+{metrics}"""
+
+# Both tasks report lm-eval's acc and acc_norm, averaged over items.
+METRICS = """\
 metric_list:
   - metric: acc
     aggregation: mean
@@ -61,7 +65,6 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
-
 
 # lm-eval's own winogrande task (dataset_path allenai/winogrande) on a local file of its rows, zero-shot
 # (no training split for few-shot examples); acc_norm added, which divides by the length of each filled-in sentence start as ours does.
@@ -74,25 +77,19 @@ dataset_kwargs:
   data_files:
     validation: {rows}
 training_split: null
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
+{metrics}"""
 
 
 def items_task(items_path: Path) -> str:
-    return TASK_YAML.format(task=TASK, items=items_path.resolve())
+    return TASK_YAML.format(task=TASK, items=items_path.resolve(), metrics=METRICS)
 
 
 def winogrande_task(rows_path: Path) -> str:
     import lm_eval
 
     default = Path(lm_eval.__file__).parent / "tasks" / "winogrande" / "default.yaml"
-    return WINOGRANDE_TASK_YAML.format(task=TASK, winogrande=default, rows=rows_path.resolve())
+    return WINOGRANDE_TASK_YAML.format(task=TASK, winogrande=default, rows=rows_path.resolve(),
+                                       metrics=METRICS)
 
 
 def lm_eval_scores(model, tokenizer, task_yaml: str, batch_size: int, repeats: int) -> dict:

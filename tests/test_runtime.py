@@ -21,21 +21,14 @@ from bat.core.runtime import RuntimeConfig
 from bat.core.selection import Prop2Selector, SelectionConfig
 from bat.core.train import TrainConfig, count_examples, seed_everything, select_backbone, train
 from bat.errors import ConfigError
-from bat.image.task import DiffusionTask
-from bat.text.task import CausalLMTask
 from bat.validate import device as check_device
-from tests.tiny_models import diffusion_examples, text_examples, tiny_llama, tiny_scheduler, tiny_unet
+from tests.tiny_models import adapter_setting
 
 BF16 = RuntimeConfig(dtype="bfloat16", mixed_precision="bf16")
 
 
 def setting(kind: str) -> dict:
-    if kind == "locon":
-        return {"build": tiny_unet, "task": DiffusionTask(tiny_scheduler()),
-                "adaptation": diffusion_examples(6, seed=0), "backbone": diffusion_examples(16, seed=1),
-                "mixing": "per_batch"}
-    return {"build": tiny_llama, "task": CausalLMTask(), "adaptation": text_examples(6, seed=0),
-            "backbone": text_examples(16, seed=1), "mixing": "regular_interval"}
+    return adapter_setting(kind, backbone_size=16)
 
 
 def config(kind: str, **fields) -> TrainConfig:

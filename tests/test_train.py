@@ -13,24 +13,15 @@ from bat.core.checkpoint import trained_vector
 from bat.errors import ConfigError
 from bat.io import read_json
 from bat.core.selection import Prop2Selector, SelectionConfig
-from bat.image.task import DiffusionTask
-from bat.text.task import CausalLMTask
 from bat.core.train import (REGIMES, TrainConfig, TrainingDiverged, backbone_schedule,
                        compute_matched_steps, seed_everything, train)
-from tests.tiny_models import diffusion_examples, text_examples, tiny_llama, tiny_scheduler, tiny_unet
+from tests.tiny_models import UNET_KINDS, adapter_setting, text_examples, tiny_llama
 
-UNET_KINDS = ("dreambooth", "locon", "loha", "lokr")
 LM_KINDS = ("lora", "dora")
 
 
 def setting(kind: str) -> dict:
-    """Backbone builder, task, D^A, D^B and the mixing scheme the paper uses for that family."""
-    if kind in UNET_KINDS:
-        return {"build": tiny_unet, "task": DiffusionTask(tiny_scheduler()),
-                "adaptation": diffusion_examples(6, seed=0), "backbone": diffusion_examples(24, seed=1),
-                "mixing": "per_batch"}
-    return {"build": tiny_llama, "task": CausalLMTask(), "adaptation": text_examples(6, seed=0),
-            "backbone": text_examples(24, seed=1), "mixing": "regular_interval"}
+    return adapter_setting(kind)
 
 
 def config(kind: str, **fields) -> TrainConfig:

@@ -98,3 +98,21 @@ def text_examples(count: int, seed: int, length: int = 12) -> dict:
     labels[:, :2] = -100  # the prompt part, as in instruction tuning
     return {"input_ids": input_ids * attention_mask, "attention_mask": attention_mask,
             "labels": labels}
+
+
+UNET_KINDS = ("dreambooth", "locon", "loha", "lokr")
+
+
+def adapter_setting(kind: str, backbone_size: int = 24) -> dict:
+    """Backbone builder, task, D^A, D^B (``backbone_size`` examples) and the mixing scheme the
+    paper uses for the family of adapter ``kind``: UNet adapters train on diffusion examples, the
+    rest on an LM."""
+    from bat.image.task import DiffusionTask
+    from bat.text.task import CausalLMTask
+
+    if kind in UNET_KINDS:
+        return {"build": tiny_unet, "task": DiffusionTask(tiny_scheduler()),
+                "adaptation": diffusion_examples(6, seed=0),
+                "backbone": diffusion_examples(backbone_size, seed=1), "mixing": "per_batch"}
+    return {"build": tiny_llama, "task": CausalLMTask(), "adaptation": text_examples(6, seed=0),
+            "backbone": text_examples(backbone_size, seed=1), "mixing": "regular_interval"}
