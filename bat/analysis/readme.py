@@ -8,7 +8,10 @@ committed files give, so no number in those tables is typed by hand:
 - ``budget``: wall minutes and peak memory per stage (``benchmarks/results/repro.json``, written
   by ``benchmarks/bench_repro.py``);
 - ``stages``: the flat metrics of the training and pilot stages (``metrics/<stem>.json``);
-- ``benchmarks``: the curvature benchmark's measurements against their goals.
+- ``benchmarks``: the curvature benchmark's measurements against their goals;
+- ``sweep``: the image backbone's sweep, one row per setting
+  (``benchmarks/results/backbone_image_sweep.json``, written by
+  ``benchmarks/bench_backbone_image_sweep.py``).
 
 Usage: ``python -m bat.analysis.readme`` (after the pipeline, or after a benchmark run).
 """
@@ -26,6 +29,7 @@ from bat.io import read_json
 STAGE_METRICS = ("backbone_image", "backbone_text", "encoders", "pilot_run_length")
 REPRO = Path("benchmarks") / "results" / "repro.json"
 CURVATURE = Path("benchmarks") / "results" / "curvature.json"
+SWEEP = Path("benchmarks") / "results" / "backbone_image_sweep.json"
 # What a curvature benchmark row measured against each kind of goal: the first key present.
 MEASURED = {"goal_speedup": ("speedup_hooks", "speedup"), "goal_gb": ("peak_projected_gb",),
             "goal_s": ("hooks_float32_s",), "goal_ratio": ("ratio",)}
@@ -112,12 +116,32 @@ def benchmarks_block(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_block(root: Path) -> str:
+    """Per setting of the image backbone's sweep: training minutes (empty for the model it
+    re-judged), guidance, and on held-out captions prompt preference / top-1 in thumbnail and
+    encoder space, KID beside its real-vs-real floor, and the VAE's PSNR."""
+    path = root / SWEEP
+    if not path.exists():
+        return "No sweep run yet: `python benchmarks/bench_backbone_image_sweep.py`.\n"
+    lines = ["| setting | guidance | train min | thumbnail pref / top-1 | encoder pref / top-1 | "
+             "KID (floor) | VAE PSNR dB |", "|---|---|---|---|---|---|---|"]
+    for row in read_json(path):
+        held = row["heldout"]
+        lines.append(
+            f"| {row['name']} | {_number(row['guidance_scale'])} | {_number(row['train_minutes'])} | "
+            f"{held['thumbnail_preference']:.2f} / {held['thumbnail_top1']} of {held['count']} | "
+            f"{held['encoder_preference']:.2f} / {held['encoder_top1']} of {held['count']} | "
+            f"{_number(held['kid'])} ({_number(held['kid_floor'])}) | {_number(held['vae_psnr'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def blocks(root: str | Path = paths.ROOT) -> dict[str, str]:
     from bat.analysis.claims import classify, render
 
     root = Path(root)
     return {"claims": render(classify(root=root)), "budget": budget_block(root),
-            "stages": stages_block(root), "benchmarks": benchmarks_block(root)}
+            "stages": stages_block(root), "benchmarks": benchmarks_block(root),
+            "sweep": sweep_block(root)}
 
 
 def update(readme: str | Path = paths.ROOT / "README.md", root: str | Path = paths.ROOT) -> bool:
