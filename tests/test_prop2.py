@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 
 from bat.convex import glm
 from bat.errors import ConfigError
 from bat.core.prop2 import Prop2Problem
-from bat.core.solvers import SolveOptions
+from bat.core.solvers import SolveOptions, solve
 
 D, N, M, RIDGE = 6, 8, 4, 1e-6
 GAMMA = N / (N + M)
@@ -37,12 +38,12 @@ KINDS = {
 }
 
 
-def problem(kind, curvature="hessian", reading="share", seed=0):
+def problem(kind, curvature="hessian", reading="share", seed=0, **kwargs):
     theta_star, x_a, y_a, x_b, e, u = setting(seed)
     theta_b = theta_star + KINDS[kind][0](e, u)
     return Prop2Problem(glm.LinearModel(theta_star), glm.GLMTask("ridge", RIDGE),
                         glm.as_batch(x_a, y_a), glm.as_batch(x_b, x_b @ theta_b), curvature,
-                        backbone_curvature=reading)
+                        backbone_curvature=reading, **kwargs)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -52,6 +53,36 @@ def test_check_holds_only_for_backbone_samples_that_agree_with_the_optimum(kind,
     scores = problem(kind, seed=seed).scores(SolveOptions(solver="dense", damping=1e-8), GAMMA,
                                              inequality=inequality, relative=True)
     assert scores.holds is KINDS[kind][1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_sampled_fisher_check_gives_the_hessian_verdicts(kind, seed):
+    """The grids' curvature: drawn-target rows (400 per example here) inverted by Woodbury."""
+    scores = problem(kind, "sampled_fisher", seed=seed, draws=400)
+    scores = scores.scores(SolveOptions(solver="woodbury", damping=1e-8), GAMMA, relative=True)
+    assert scores.holds is KINDS[kind][1]
+
+
+def test_row_curvatures_share_one_factor_and_give_the_dense_solution():
+    p = problem("unrelated", "sampled_fisher", draws=3)
+    difference, bat = p.operators()
+    assert difference.factor is bat.factor
+    for operator in (difference, bat):
+        woodbury = solve(operator, p.sum_bat, SolveOptions(solver="woodbury", damping=1e-2)).x
+        dense = solve(operator, p.sum_bat, SolveOptions(solver="dense", damping=1e-2)).x
+        torch.testing.assert_close(woodbury, dense, rtol=1e-9, atol=1e-12)
+        top = float(torch.linalg.eigvalsh(operator.dense()).abs().max())
+        assert operator.top_eigenvalue() == pytest.approx(top, rel=1e-9)
+
+
+def test_curvature_examples_reweight_a_subsample_of_the_adaptation_set():
+    full, part = problem("unrelated"), problem("unrelated", curvature_examples=4)
+    assert part.curvature_index.tolist()[4:] == list(range(N, N + M))
+    # weights sum as before: the subsample stands for all of D^A
+    assert float(part.bat_weights[part.curvature_index].sum()) == pytest.approx(1.0)
+    assert float(part.difference_weights[part.curvature_index].sum()) == pytest.approx(1.0)
+    torch.testing.assert_close(part.sum_bat, full.sum_bat)
 
 
 def test_empirical_fisher_passes_what_it_should_fail():

@@ -89,6 +89,12 @@ class DyingTask:
                 raise Killed
         return self.task.batch_losses(model, batch)
 
+    def draw_model_targets(self, model, batch, generator):  # the sampled Fisher of the selector
+        return self.task.draw_model_targets(model, batch, generator)
+
+    def model_target_losses(self, model, batch):
+        return self.task.model_target_losses(model, batch)
+
 
 def prop2_selector():
     """Algorithm 1 with a check at every step: its selection and Score_A carry across steps."""

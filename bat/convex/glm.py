@@ -169,6 +169,23 @@ class GLMTask:
         b = eta ** 2 / 2 if self.model == "ridge" else nn.functional.softplus(eta)
         return b - batch["y"] * eta + self.ridge * (model.theta ** 2).sum() / 2
 
+    def draw_model_targets(self, model: LinearModel, batch: Batch,
+                           generator: torch.Generator) -> Batch:
+        """``batch`` plus ``model_y`` ~ the model's distribution at η: N(η, 1) or Bernoulli(σ(η))."""
+        eta = model(batch["x"]).detach().cpu()
+        if self.model == "ridge":
+            drawn = eta + torch.randn(eta.shape, generator=generator, dtype=eta.dtype)
+        else:
+            drawn = torch.bernoulli(torch.sigmoid(eta), generator=generator)
+        return {**batch, "model_y": drawn.to(batch["x"])}
+
+    def model_target_losses(self, model: LinearModel, batch: Batch) -> torch.Tensor:
+        """b(η) − ŷη: gradient (b'(η) − ŷ) x with second moment b''(η) x xᵀ, the Hessian without
+        the ridge term (a parameter-space regulariser has no output distribution to sample)."""
+        eta = model(batch["x"])
+        b = eta ** 2 / 2 if self.model == "ridge" else nn.functional.softplus(eta)
+        return b - batch["model_y"] * eta
+
 
 def as_batch(x: np.ndarray, y: np.ndarray) -> Batch:
     return {"x": torch.as_tensor(x, dtype=torch.float64),

@@ -10,7 +10,13 @@ seen through products M v, where C_i is example i's
 - ``hessian``:       ∇²ℓ_i (exact; may be indefinite for a non-convex model),
 - ``gauss_newton``:  J_iᵀ (∂²ℓ_i/∂f²) J_i with J_i = ∂f_i/∂θ_A (PSD whenever ℓ is convex in the
                      outputs f; needs a task that exposes its outputs, see :class:`OutputTask`),
-- ``fisher``:        g_i g_iᵀ with g_i = ∇ℓ_i (empirical Fisher, PSD, rank ≤ batch size).
+- ``fisher``:        g_i g_iᵀ with g_i = ∇ℓ_i (empirical Fisher, PSD, rank ≤ batch size),
+- ``sampled_fisher``: r_i r_iᵀ with r_i = ∇ℓ̃_i, the gradient of the loss of a target drawn from
+                     the model's own predictive distribution (the "true" or Monte-Carlo Fisher
+                     of K-FAC, and kronfluence's ``compute_train_loss(sample=True)``); for a
+                     negative log-likelihood E[r_i r_iᵀ] is the Gauss-Newton C_i, and unlike the
+                     empirical Fisher it does not grow with the residuals. Rank ≤ batch × draws,
+                     so Woodbury inverts it exactly; needs a :class:`SampledFisherTask`.
 
 Per-sample gradients come three ways, all with the same rows: ``vmap(grad)``
 (:func:`per_sample_grads`), layer hooks with Opacus's per-layer rules, one backward pass per
@@ -40,7 +46,8 @@ from torch.func import functional_call, grad, hessian, jacrev, vmap
 from bat.errors import ConfigError
 from bat.core.protocols import Batch, Task
 
-CURVATURES = ("hessian", "gauss_newton", "fisher")
+CURVATURES = ("hessian", "gauss_newton", "fisher", "sampled_fisher")
+ROW_CURVATURES = ("fisher", "sampled_fisher")  # outer products of rows: Woodbury inverts them exactly
 
 
 # --- the adapter's parameters as one vector -------------------------------------------------
@@ -356,13 +363,15 @@ def _hooked_rows(model, task, batch, chunk_size, check_rtol, projector) -> torch
               if type(module) in samplers
               and any(p.requires_grad for p in module.parameters(recurse=False))]
     hooked = {id(p) for layer in layers for p in layer.parameters(recurse=False) if p.requires_grad}
+    poolings = _attention_poolings(model, layers)
+    hooked |= {id(embedding) for embedding in poolings}
     step = chunk_size or n
     chunks = []
     if hooked:
         for start in range(0, n, step):
             chunk = {key: value[start:start + step] for key, value in batch.items()}
             chunks.append(_hooked_chunk(model, task, chunk, layers, params, hooked, check_rtol,
-                                        projector))
+                                        projector, poolings))
     by_param = {i: torch.cat([chunk[i] for chunk in chunks]) for i in (chunks[0] if chunks else {})}
     missing = [i for i in range(len(params)) if i not in by_param]
     if missing:
@@ -378,7 +387,27 @@ def _hooked_rows(model, task, batch, chunk_size, check_rtol, projector) -> torch
                      1).detach()
 
 
-def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projector
+def _attention_poolings(model: nn.Module, layers: list[nn.Module]) -> dict:
+    """{positional embedding: (q_proj, k_proj, v_proj)} of diffusers' ``AttentionPooling``
+    (the caption pooling of ``addition_embed_type="text"``) where all three are hooked layers.
+
+    Its trainable ``positional_embedding`` [1, W] is added to the class token, which is q_proj's
+    input and position 0 of k_proj's and v_proj's, so example i's gradient is
+    Σ_{p ∈ q,k,v} δ_{p,i,0} W_p from output gradients the hooks catch anyway; without this rule
+    it would be the only DreamBooth parameter left to ``vmap`` (a whole extra pass).
+    """
+    try:
+        from diffusers.models.embeddings import AttentionPooling
+    except ImportError:
+        return {}
+    hooked = set(layers)
+    return {module.positional_embedding: (module.q_proj, module.k_proj, module.v_proj)
+            for module in model.modules()
+            if isinstance(module, AttentionPooling) and module.positional_embedding.requires_grad
+            and {module.q_proj, module.k_proj, module.v_proj} <= hooked}
+
+
+def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projector, poolings
                   ) -> dict[int, torch.Tensor]:
     """Per-sample gradients [n, …] of the hooked parameters (by index into ``params``) that
     pass the sum check, for one chunk; projected where ``projector`` projects."""
@@ -422,12 +451,29 @@ def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projec
                     samples = samplers[type(layer)](layer, [activation], backprop)
                 for param, sample in samples.items():
                     sums[id(param)] = sums[id(param)] + sample if id(param) in sums else sample
+        for embedding, projections in poolings.items():
+            records = [calls[layer] for layer in projections]
+            if all(r is not None and len(r) == 1 and r[0][1] is not None for r in records):
+                sample = sum(r[0][1][:, 0].to(embedding.dtype) @ layer.weight.to(embedding.dtype)
+                             for r, layer in zip(records, projections)).view(n, *embedding.shape)
+                if projector is not None:
+                    sample = torch.stack([projector.vector(embedding, row) for row in sample])
+                sums[id(embedding)] = sample
     # The batch gradient of a half-precision forward is rounded to that precision (relative error
     # up to its eps); a parameter used outside its layer's forward misses by far more than that.
     check_rtol = max([check_rtol] + [2 * torch.finfo(dtype).eps for dtype in computed])
     index = {id(p): i for i, p in enumerate(params)}
     unusable = {id(p) for layer, records in calls.items() if records is None
                 for p in layer.parameters(recurse=False)}
+    # A gradient that is round-off of its layer's scale (a key bias under softmax attention has
+    # gradient zero) cannot be checked relative to itself: the floor is eps × the layer's largest.
+    norms = {id(p): float(torch.linalg.vector_norm(t)) for p, t in zip(targets, totals)}
+    floor = {}
+    for layer in layers:
+        owned = [id(p) for p in layer.parameters(recurse=False) if id(p) in norms]
+        for key in owned:
+            floor[key] = max(norms[other] for other in owned)
+    eps = max(torch.finfo(dtype).eps for dtype in computed)
     kept = {}
     for param, total in zip(targets, totals):
         if id(param) in unusable:
@@ -437,7 +483,8 @@ def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projec
         sample = sums.get(id(param), torch.zeros((n, *total.shape), dtype=total.dtype,
                                                  device=total.device))
         error = torch.linalg.vector_norm(sample.sum(0) - total)
-        if error <= check_rtol * torch.linalg.vector_norm(total) + 1e-12:
+        tolerance = check_rtol * torch.linalg.vector_norm(total) + eps * floor.get(id(param), 0.0)
+        if error <= tolerance + 1e-12:
             kept[index[id(param)]] = sample
     return kept
 
@@ -462,6 +509,32 @@ def loss_gradient(model: nn.Module, task: Task, batch: Batch) -> torch.Tensor:
         return _flatten(torch.autograd.grad(loss, params, materialize_grads=True))
 
 
+def gradient_sums(model: nn.Module, task: Task, batch: Batch, n: int, *,
+                  chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_{i<n} ∇ℓ_i, Σ_i ∇ℓ_i) over θ_A, shape [d] each, in θ_A's dtype.
+
+    What Proposition 2's scores need when the curvature does not come from per-sample
+    gradients: the first n examples and the rest run as separate batches (``chunk_size``
+    examples at a time; None: each part at once), so every example is forwarded and
+    back-propagated once, the cost of one training step on ``batch``.
+    """
+    params = adapter_parameters(model)[1]
+    k = batch_size(batch)
+    sums = []
+    with scoring_mode(model):
+        for start, stop in ((0, n), (n, k)):
+            total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype,
+                                device=params[0].device)
+            step = chunk_size or max(stop - start, 1)
+            for first in range(start, stop, step):
+                chunk = {key: value[first:min(first + step, stop)] for key, value in batch.items()}
+                losses = task.batch_losses(model, chunk)
+                total += _flatten(torch.autograd.grad(losses.sum(), params,
+                                                      materialize_grads=True)).detach()
+            sums.append(total)
+    return sums[0], sums[0] + sums[1]
+
+
 # --- curvature operators --------------------------------------------------------------------
 
 @runtime_checkable
@@ -478,6 +551,57 @@ class OutputTask(Task, Protocol):
     def output_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """ℓ_i as a function of the outputs alone, shape [batch_size]."""
         ...
+
+
+@runtime_checkable
+class SampledFisherTask(Task, Protocol):
+    """A task whose loss is a negative log-likelihood, so targets can be drawn from the model.
+
+    kronfluence's ``Task.compute_train_loss(sample=True)`` in two halves, so that the loss stays
+    a deterministic function of the batch (``vmap`` and chunked hook passes call it again):
+    ``model_target_losses(model, draw_model_targets(model, batch, generator))`` must have
+    per-example gradients r_i with E[r_i r_iᵀ] = the Gauss-Newton C_i of ``batch_losses``.
+    """
+
+    def draw_model_targets(self, model: nn.Module, batch: Batch,
+                           generator: torch.Generator) -> Batch:
+        """``batch`` plus targets drawn from the model's predictive distribution at θ (no grad)."""
+        ...
+
+    def model_target_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """ℓ̃_i of the drawn targets, scaled as the docstring above requires, shape [batch_size]."""
+        ...
+
+
+class _ModelTargetLoss:
+    """``batch_losses`` = a :class:`SampledFisherTask`'s loss of its drawn targets."""
+
+    def __init__(self, task: SampledFisherTask):
+        self.task = task
+
+    def batch_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.task.model_target_losses(model, batch)
+
+
+def sampled_fisher_rows(model: nn.Module, task: Task, batch: Batch, *, draws: int = 1,
+                        seed: int = 0, chunk_size: int | None = None) -> torch.Tensor:
+    """Rows r [batch·draws, d] (example-major) of the ``sampled_fisher`` curvature.
+
+    Each example is repeated ``draws`` times, targets are drawn once per copy from a CPU
+    generator seeded with ``seed`` (the same rows on every device), and the rows are the
+    per-sample gradients (:func:`per_sample_grads_hooks`) of the drawn targets' loss, so
+    (1/draws) Σ_s r_{i,s} r_{i,s}ᵀ is an unbiased estimate of the Gauss-Newton C_i.
+    Raises ConfigError for a task that cannot draw targets.
+    """
+    if not isinstance(task, SampledFisherTask):
+        raise ConfigError(f"curvature: 'sampled_fisher' needs a task with draw_model_targets() "
+                          f"and model_target_losses() (bat.core.curvature.SampledFisherTask); "
+                          f"{type(task).__name__} has none: use 'fisher', 'gauss_newton' or "
+                          f"'hessian'")
+    repeated = {key: value.repeat_interleave(draws, 0) for key, value in batch.items()}
+    with torch.no_grad(), scoring_mode(model):
+        drawn = task.draw_model_targets(model, repeated, torch.Generator().manual_seed(seed))
+    return per_sample_grads_hooks(model, _ModelTargetLoss(task), drawn, chunk_size=chunk_size)
 
 
 class CurvatureOperator:
@@ -512,15 +636,68 @@ class MatrixOperator(CurvatureOperator):
         return self.matrix.to(torch.float64)
 
 
+class RowFactor:
+    """Gᵀ = Q R for rows G [n, d], computed once per precision and shared by the operators of G.
+
+    From the Gram matrix G Gᵀ = V diag(s) Vᵀ: Q = Gᵀ V diag(s)^(-1/2) [d, rank], orthonormal
+    columns spanning the rows, and R = diag(s)^(1/2) Vᵀ [rank, n] (with more rows than
+    weights, n > d, from Gᵀ G = Q diag(s) Qᵀ and R = Qᵀ Gᵀ instead). The d-sized products run
+    in ``dtype``, the small eigenproblem in float64; directions with s ≤ max(n, d)·eps·max(s)
+    of ``dtype`` are round-off, not data, and are left out of Q (they fall in the complement
+    the solvers treat with 1/λ). Two products with G: far cheaper than a QR
+    of Gᵀ (1.5 s on the 5.2M-weight UNet's 12 rows) and as accurate in float64; in float32 the
+    error of a solve is of order eps₃₂·‖M‖/λ, so only with damping relative to the spectrum
+    (tests/test_fast_curvature.py, benchmarks/results/curvature.json).
+    """
+
+    def __init__(self, grads: torch.Tensor):
+        self.grads, self._factors = grads, {}
+
+    def qr(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q [d, rank] in ``dtype``, R [rank, n] in float64)."""
+        if dtype not in self._factors:
+            g = self.grads.to(dtype)
+            wide = g.shape[0] <= g.shape[1]  # n ≤ d: the n×n Gram; else the d×d Gᵀ G
+            gram = ((g @ g.T) if wide else (g.T @ g)).to(torch.float64)
+            s, vectors = torch.linalg.eigh((gram + gram.T) / 2)
+            keep = s > max(g.shape) * torch.finfo(dtype).eps * max(float(s.max()), 0.0)
+            s, vectors = s[keep], vectors[:, keep]
+            if wide:
+                q, r = g.T @ (vectors / s.sqrt()).to(dtype), s.sqrt()[:, None] * vectors.T
+            else:
+                q = vectors.to(dtype)
+                r = (q.T @ g.T).to(torch.float64)
+            self._factors[dtype] = (q, r)
+        return self._factors[dtype]
+
+
 class FisherOperator(CurvatureOperator):
-    """M = Gᵀ diag(w) G = Σ_i w_i g_i g_iᵀ, from per-sample gradient rows G [n, d]."""
+    """M = Gᵀ diag(w) G = Σ_i w_i g_i g_iᵀ, from rows G [n, d] (per-sample gradients for
+    ``fisher``, drawn-target gradients for ``sampled_fisher``).
 
-    kind = "fisher"
+    Operators built on one :class:`RowFactor` share its QR (Proposition 2's two curvatures are
+    two weightings of the same rows); without one, zero-weight rows are dropped to keep n small.
+    """
 
-    def __init__(self, grads: torch.Tensor, weights: torch.Tensor):
-        keep = weights != 0  # rows with zero weight add nothing; dropping them keeps n small
-        self.grads, self.weights = grads[keep.to(grads.device)], weights[keep].to(grads)
+    def __init__(self, grads: torch.Tensor, weights: torch.Tensor, kind: str = "fisher",
+                 factor: RowFactor | None = None):
+        if factor is None:
+            keep = weights != 0
+            grads, weights = grads[keep.to(grads.device)], weights[keep]
+            factor = RowFactor(grads)
+        self.grads, self.weights, self.kind, self.factor = grads, weights.to(grads), kind, factor
         self.dim, self.device = grads.shape[1], grads.device
+
+    def kernel(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """R diag(w) Rᵀ [rank, rank] in float64: M in the basis Q of the rows' span, with the
+        factor of ``dtype``."""
+        r = self.factor.qr(dtype)[1]
+        return r @ (self.weights.to(torch.float64)[:, None] * r.T)
+
+    def top_eigenvalue(self) -> float:
+        """Largest |eigenvalue| of M, exactly, from the small :meth:`kernel`."""
+        kernel = self.kernel()
+        return float(torch.linalg.eigvalsh((kernel + kernel.T) / 2).abs().max())
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.grads.T @ (self.weights * (self.grads @ v.to(self.grads)))
@@ -575,17 +752,25 @@ class GaussNewtonOperator(CurvatureOperator):
 
 def curvature_operators(kind: str, model: nn.Module, task: Task, batch: Batch,
                         weight_sets: Sequence[torch.Tensor], *, grads: torch.Tensor | None = None,
-                        chunk_size: int | None = None) -> list[CurvatureOperator]:
+                        chunk_size: int | None = None, draws: int = 1, seed: int = 0
+                        ) -> list[CurvatureOperator]:
     """One operator Σ_i w_i C_i per weight vector in ``weight_sets``, sharing one forward pass.
 
-    ``grads`` (per-sample gradients of ``batch``) are reused for ``fisher`` when given.
+    ``grads`` (per-sample gradients of ``batch``) are reused for ``fisher`` when given;
+    ``sampled_fisher`` draws ``draws`` targets per example with ``seed``
+    (:func:`sampled_fisher_rows`), each row weighted w_i / draws.
     """
     if kind not in CURVATURES:
         raise ConfigError(f"curvature: {kind!r} is not allowed; choose one of {list(CURVATURES)}")
-    if kind == "fisher":
-        if grads is None:
+    if kind in ROW_CURVATURES:
+        if kind == "sampled_fisher":
+            grads = sampled_fisher_rows(model, task, batch, draws=draws, seed=seed,
+                                        chunk_size=chunk_size)
+            weight_sets = [w.repeat_interleave(draws) / draws for w in weight_sets]
+        elif grads is None:
             grads = per_sample_grads_hooks(model, task, batch, chunk_size=chunk_size)
-        return [FisherOperator(grads, w) for w in weight_sets]
+        factor = RowFactor(grads) if len(weight_sets) > 1 else None
+        return [FisherOperator(grads, w, kind, factor) for w in weight_sets]
     params = adapter_parameters(model)[1]
     with scoring_mode(model), math_attention():
         if kind == "hessian":
@@ -622,15 +807,19 @@ def projected_curvatures(kind: str, model: nn.Module, task: Task, batch: Batch,
     C_i is example i's ``hessian``, ``gauss_newton`` or ``fisher`` matrix (module docstring).
     Computed as the curvature of α ↦ ℓ_i(θ + Qα) at α = 0 with ``vmap`` over the examples, so
     the cost is r forward-over-reverse passes per example and d×d is never formed; with
-    Q = I this is C_i itself. ``fisher`` uses the rows of ``grads`` [batch, d] when given.
-    Raises ConfigError for an unknown ``kind`` or ``gauss_newton`` on a task without outputs.
+    Q = I this is C_i itself. ``fisher`` uses the rows of ``grads`` [batch, d] when given;
+    ``sampled_fisher`` one drawn target per example (seed 0). Raises ConfigError for an unknown
+    ``kind``, ``gauss_newton`` on a task without outputs or ``sampled_fisher`` on one that
+    cannot draw targets.
     """
     if kind not in CURVATURES:
         raise ConfigError(f"curvature: {kind!r} is not allowed; choose one of {list(CURVATURES)}")
-    if kind == "fisher":
-        projected = (grads if grads is not None
-                     else per_sample_grads_hooks(model, task, batch, chunk_size=chunk_size))
-        projected = projected.to(basis.dtype) @ basis
+    if kind in ROW_CURVATURES:
+        if kind == "sampled_fisher":
+            grads = sampled_fisher_rows(model, task, batch, chunk_size=chunk_size)
+        elif grads is None:
+            grads = per_sample_grads_hooks(model, task, batch, chunk_size=chunk_size)
+        projected = grads.to(basis.dtype) @ basis
         return projected[:, :, None] * projected[:, None, :]
     if kind == "gauss_newton" and not isinstance(task, OutputTask):
         raise ConfigError("curvature: 'gauss_newton' needs a task with batch_outputs() and "

@@ -27,12 +27,17 @@ Which inequality is tested (``inequality``), under ``share`` and with γ = n/k:
 
 Why these choices make the check discriminate:
 
-- **Curvature.** Use ``gauss_newton`` (or ``hessian`` for a convex loss). With the empirical
-  Fisher F̄ = mean g gᵀ the "Newton step" (F̄ + λI)⁻¹ Σ g depends only on the Gram matrix of the
-  gradients and shrinks as 1/‖g‖ when they grow, so a D^B' whose gradients are 100× larger than
-  D^A's makes Score_bat *smaller* and eq. 12 "holds" (tests/test_prop2.py shows it). With a
-  Gauss-Newton or Hessian curvature the curvature does not grow with the residuals, so large or
-  conflicting gradients give a long step and the check fails.
+- **Curvature.** Use ``gauss_newton`` (or ``hessian`` for a convex loss), or its unbiased
+  estimate ``sampled_fisher`` (gradients of targets drawn from the model, K-FAC's "true
+  Fisher"), which is as cheap as the empirical Fisher: one hooked pass, rank ≤ k·draws, inverted
+  exactly by Woodbury; the grids use it. With the empirical Fisher F̄ = mean g gᵀ the "Newton
+  step" (F̄ + λI)⁻¹ Σ g depends only on the Gram matrix of the gradients and shrinks as 1/‖g‖
+  when they grow, so a D^B' whose gradients are 100× larger than D^A's makes Score_bat
+  *smaller* and eq. 12 "holds" (tests/test_prop2.py shows it). The Gauss-Newton curvature and
+  its sampled estimate do not grow with the residuals, so large or conflicting gradients give
+  a long step and the check fails. With d ≫ k·draws most of Σ g lies outside the rows' span,
+  where the step is Σ g / λ: the check then weighs the D^bat gradient sum against D^A's outside
+  the sampled curvature's directions, and more draws widen the span.
 - **Damping.** λ = ``damping`` × the largest eigenvalue of H^{bat|A} (:func:`relative_damping`),
   the same λ in both scores: an absolute λ = 1e-3 is negligible for one model and dominant for
   another (a direction dominated by D^B' gets multiplied by 1/λ when clipped to λ).
@@ -51,8 +56,9 @@ import torch
 from torch import nn
 
 from bat import validate
-from bat.core.curvature import CurvatureOperator, curvature_operators, per_sample_grads_hooks
-from bat.core.protocols import Batch, Task, concat_batches
+from bat.core.curvature import (CurvatureOperator, FisherOperator, curvature_operators,
+                                gradient_sums, per_sample_grads_hooks)
+from bat.core.protocols import Batch, Task, concat_batches, take_examples
 from bat.core.solvers import CurvatureReport, SolveOptions, _power_norm, solve
 
 BACKBONE_CURVATURES = ("share", "conditional")
@@ -77,12 +83,25 @@ class Prop2Scores:
 def relative_damping(operator: CurvatureOperator, options: SolveOptions) -> SolveOptions:
     """``options`` with λ = options.damping × the largest |eigenvalue| of ``operator``.
 
-    The eigenvalue comes from 20 power iterations (within a few per cent, enough for a scale).
-    A zero operator keeps λ = options.damping, so the solve stays defined.
+    Exact for an operator made of rows (:meth:`FisherOperator.top_eigenvalue`, from its small
+    kernel); otherwise 20 power iterations (within a few per cent, enough for a scale). A zero
+    operator keeps λ = options.damping, so the solve stays defined.
     """
-    top = _power_norm(operator, 0.0, torch.zeros(operator.dim, dtype=torch.float64,
-                                                 device=operator.device))
+    if isinstance(operator, FisherOperator):
+        top = operator.top_eigenvalue()
+    else:
+        top = _power_norm(operator, 0.0, torch.zeros(operator.dim, dtype=torch.float64,
+                                                     device=operator.device))
     return replace(options, damping=options.damping * top if top > 0 else options.damping)
+
+
+def curvature_subsample(n: int, k: int, count: int | None, seed: int) -> torch.Tensor:
+    """Indices [≤ k] of the examples whose curvature is computed: ``count`` of the first n
+    (D^A; a seeded draw, in order) and all of the k − n after them; None: all k."""
+    if count is None or count >= n:
+        return torch.arange(k)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([order[:count].sort().values, torch.arange(n, k)])
 
 
 class Prop2Problem:
@@ -90,30 +109,52 @@ class Prop2Problem:
 
     def __init__(self, model: nn.Module, task: Task, adaptation_batch: Batch,
                  backbone_batch: Batch, curvature: str, *, backbone_curvature: str = "share",
-                 chunk_size: int | None = None, grads: torch.Tensor | None = None):
-        """``grads``: per-sample gradients of D^A then D^B' at the current θ, if known [k, d]."""
+                 chunk_size: int | None = None, grads: torch.Tensor | None = None,
+                 draws: int = 1, seed: int = 0, curvature_examples: int | None = None):
+        """``grads``: per-sample gradients of D^A then D^B' at the current θ, if known [k, d].
+
+        ``draws``, ``seed``: targets per example and their seed for ``sampled_fisher``.
+        ``curvature_examples``: the curvatures use this many examples of D^A (a subsample drawn
+        with ``seed``, reweighted to stand for all n) and all of D^B'; None: all of D^A. The
+        gradient sums always use every example.
+        """
         validate.choice("backbone_curvature", backbone_curvature, BACKBONE_CURVATURES)
         self.model, self.task, self.curvature = model, task, curvature
+        self.chunk_size, self.draws, self.seed = chunk_size, draws, seed
         self.batch = concat_batches(adaptation_batch, backbone_batch)
         self.n = len(next(iter(adaptation_batch.values())))
         self.m = len(next(iter(backbone_batch.values())))
         k = self.n + self.m
-        self.grads = (grads if grads is not None
-                      else per_sample_grads_hooks(model, task, self.batch, chunk_size=chunk_size))
+        if grads is None and curvature == "fisher":
+            grads = per_sample_grads_hooks(model, task, self.batch, chunk_size=chunk_size)
+        self.grads = grads
+        if grads is None:
+            self.sum_adaptation, self.sum_bat = gradient_sums(model, task, self.batch, self.n,
+                                                              chunk_size=chunk_size)
+        else:
+            self.sum_adaptation, self.sum_bat = grads[:self.n].sum(0), grads.sum(0)
         is_backbone = torch.arange(k) >= self.n
         self.bat_weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
         if backbone_curvature == "share":  # H^{bat|A} − H^{bat} = H^A, the mean over D^A
             self.difference_weights = (~is_backbone).to(torch.float64) / self.n
         else:  # H^{bat|A} − mean over D^B'
             self.difference_weights = self.bat_weights - is_backbone.to(torch.float64) / self.m
+        self.curvature_index = curvature_subsample(self.n, k, curvature_examples, seed)
+        # the subsample of D^A stands for all n of its examples
+        scale = torch.where(is_backbone, 1.0, self.n / min(self.n, curvature_examples or self.n))
+        self.bat_weights = self.bat_weights * scale.to(torch.float64)
+        self.difference_weights = self.difference_weights * scale.to(torch.float64)
         self._operators: list[CurvatureOperator] | None = None
 
     def operators(self) -> tuple[CurvatureOperator, CurvatureOperator]:
         """H^{bat|A} − H^{bat} and H^{bat|A}, from one forward pass (built once)."""
         if self._operators is None:
+            index = self.curvature_index
             self._operators = curvature_operators(
-                self.curvature, self.model, self.task, self.batch,
-                [self.difference_weights, self.bat_weights], grads=self.grads)
+                self.curvature, self.model, self.task, take_examples(self.batch, index),
+                [self.difference_weights[index], self.bat_weights[index]],
+                grads=None if self.grads is None else self.grads[index],
+                chunk_size=self.chunk_size, draws=self.draws, seed=self.seed)
         return self._operators[0], self._operators[1]
 
     def solve_options(self, options: SolveOptions, relative: bool) -> SolveOptions:
@@ -122,12 +163,12 @@ class Prop2Problem:
 
     def score_adaptation(self, options: SolveOptions) -> tuple[float, CurvatureReport]:
         """‖(H^{bat|A} − H^{bat} + λI)⁻¹ Σ_{D^A} ∇ℓ‖ with λ = options.damping."""
-        solution = solve(self.operators()[0], self.grads[:self.n].sum(0), options)
+        solution = solve(self.operators()[0], self.sum_adaptation, options)
         return float(torch.linalg.vector_norm(solution.x)), solution.report
 
     def score_bat(self, options: SolveOptions) -> tuple[float, CurvatureReport]:
         """‖(H^{bat|A} + λI)⁻¹ Σ_{D^bat} ∇ℓ‖ with λ = options.damping."""
-        solution = solve(self.operators()[1], self.grads.sum(0), options)
+        solution = solve(self.operators()[1], self.sum_bat, options)
         return float(torch.linalg.vector_norm(solution.x)), solution.report
 
     def scores(self, options: SolveOptions, gamma: float, *, inequality: str = "norms",
@@ -150,7 +191,7 @@ def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
                        candidate_grads: torch.Tensor, target_gradient: torch.Tensor,
                        curvature: str, options: SolveOptions, *,
                        training_grads: torch.Tensor | None = None, relative: bool = False,
-                       ) -> tuple[torch.Tensor, CurvatureReport]:
+                       draws: int = 1, seed: int = 0) -> tuple[torch.Tensor, CurvatureReport]:
     """Predicted decrease of a target T(θ) when each candidate joins the training set.
 
     Up-weighting candidate j (per-sample gradient g_j, a row of ``candidate_grads``) by ε in the
@@ -165,12 +206,12 @@ def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
     weight (1/k) and holds H fixed, which a single example changes by O(1/k) only.
     With T = ½‖θ − θ^{A*}‖², ∇T = θ − θ^{A*} (oracle); with T the loss on held-out
     adaptation data, ∇T is its gradient (oracle-free). ``relative``: λ scaled as in
-    :func:`relative_damping`.
+    :func:`relative_damping`; ``draws``, ``seed``: as in :class:`Prop2Problem`.
     """
     k = len(next(iter(training_batch.values())))
     operator = curvature_operators(curvature, model, task, training_batch,
                                    [torch.full((k,), 1.0 / k, dtype=torch.float64)],
-                                   grads=training_grads)[0]
+                                   grads=training_grads, draws=draws, seed=seed)[0]
     options = relative_damping(operator, options) if relative else options
     solution = solve(operator, target_gradient, options)
     return candidate_grads @ solution.x.to(candidate_grads.dtype), solution.report

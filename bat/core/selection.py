@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import torch
 
 from bat import validate
-from bat.core.curvature import (CURVATURES, flat_parameters, loss_gradient, per_sample_grads_hooks,
-                           projected_curvatures)
+from bat.core.curvature import (CURVATURES, ROW_CURVATURES, flat_parameters, loss_gradient,
+                                per_sample_grads_hooks, projected_curvatures)
 from bat.errors import ConfigError
 from bat.core.prop2 import (BACKBONE_CURVATURES, INEQUALITIES, Prop2Problem, Prop2Scores,
-                        candidate_benefits)
+                            candidate_benefits, curvature_subsample)
 from bat.core.protocols import Batch, SelectionContext, concat_batches, take_examples
 from bat.core.solvers import SOLVERS, SolveOptions
 
@@ -44,8 +44,12 @@ MODES = ("oracle", "oracle_free")
 @dataclass(frozen=True)
 class SelectionConfig:
     mode: str = "oracle"
-    curvature: str = "fisher"  # PSD, and the only one Woodbury inverts exactly
-    solver: str = "woodbury"  # exact for the Fisher with n ≪ d; cg/lissa for hessian/GN
+    # the sampled ("true") Fisher: unbiased for Gauss-Newton, so the check can fail, and made of
+    # rows, so Woodbury inverts it exactly (bat.core.prop2's docstring)
+    curvature: str = "sampled_fisher"
+    solver: str = "woodbury"  # exact for row curvatures with n ≪ d; cg/lissa for hessian/GN
+    fisher_draws: int = 1  # sampled_fisher: targets drawn per example
+    curvature_examples: int | None = None  # examples of D^A in the curvatures; None: all
     damping: float = 1e-3  # λ, or λ / top eigenvalue of H^{bat|A} when relative_damping
     relative_damping: bool = True  # λ relative to the spectrum, see bat.core.prop2
     indefinite: str = "clip"  # policy for an indefinite H^{bat|A} − H^{bat}, see bat.core.solvers
@@ -60,16 +64,19 @@ class SelectionConfig:
     score_bat_every: int = 1  # k in Algorithm 1
     holdout_fraction: float = 0.25  # oracle_free: part of D^A that stands in for θ^{A*}
     chunk_size: int | None = None  # examples per vmap chunk for per-sample gradients
-    seed: int = 0  # the held-out split
+    seed: int = 0  # the held-out split; with the step, the sampled Fisher's draws
 
     def __post_init__(self):
         validate.choice("mode", self.mode, MODES)
         validate.choice("curvature", self.curvature, CURVATURES)
         validate.choice("solver", self.solver, SOLVERS)
-        if self.solver == "woodbury" and self.curvature != "fisher":
-            raise ConfigError(f"solver: 'woodbury' needs curvature 'fisher', not "
-                              f"{self.curvature!r}; choose one of "
+        if self.solver == "woodbury" and self.curvature not in ROW_CURVATURES:
+            raise ConfigError(f"solver: 'woodbury' needs curvature one of {list(ROW_CURVATURES)}, "
+                              f"not {self.curvature!r}; choose one of "
                               f"{[s for s in SOLVERS if s != 'woodbury']}")
+        validate.positive("fisher_draws", self.fisher_draws, integer=True)
+        if self.curvature_examples is not None:
+            validate.positive("curvature_examples", self.curvature_examples, integer=True)
         self.solve_options  # validates damping, indefinite, eig_floor, tol, max_iter, lissa_scale
         validate.open_interval("gamma", self.gamma, 0.0, 1.0)
         validate.choice("inequality", self.inequality, INEQUALITIES)
@@ -213,9 +220,16 @@ class Prop2Selector:
 
     def _problem(self, context: SelectionContext, adaptation: Batch,
                  grads: torch.Tensor | None = None) -> Prop2Problem:
+        config = self.config
         return Prop2Problem(context.model, context.task, adaptation, self._selected_batch,
-                            self.config.curvature, chunk_size=self.config.chunk_size,
-                            backbone_curvature=self.config.backbone_curvature, grads=grads)
+                            config.curvature, chunk_size=config.chunk_size,
+                            backbone_curvature=config.backbone_curvature, grads=grads,
+                            draws=config.fisher_draws, seed=self._draw_seed(context.step),
+                            curvature_examples=config.curvature_examples)
+
+    def _draw_seed(self, step: int) -> int:
+        """The sampled Fisher's targets: fresh at every check, the same on a resumed run."""
+        return self.config.seed * 1_000_003 + step
 
     def _options(self, problem: Prop2Problem) -> SolveOptions:
         return problem.solve_options(self.config.solve_options, self.config.relative_damping)
@@ -233,21 +247,29 @@ class Prop2Selector:
             target_gradient = loss_gradient(context.model, context.task, holdout)
         training = (adaptation if self._selected_batch is None
                     else concat_batches(adaptation, self._selected_batch))
-        # One pass per set at this θ serves the benefits, the Fisher and both scores below.
-        training_grads = per_sample_grads_hooks(context.model, context.task, training,
-                                                chunk_size=config.chunk_size)
+        # With the empirical Fisher one pass per set at this θ serves the benefits, the Fisher and
+        # both scores below; other curvatures need no per-sample rows of the training set.
+        training_grads = (per_sample_grads_hooks(context.model, context.task, training,
+                                                 chunk_size=config.chunk_size)
+                          if config.curvature == "fisher" else None)
         candidate_grads = per_sample_grads_hooks(context.model, context.task,
                                                  context.candidate_batch, chunk_size=config.chunk_size)
+        # the benefits' curvature: the mean over the scores' subsample of D^A and the current D^B'
+        n = len(next(iter(adaptation.values())))
+        index = curvature_subsample(n, len(next(iter(training.values()))),
+                                    config.curvature_examples, self._draw_seed(context.step))
         benefits, report = candidate_benefits(
-            context.model, context.task, training, candidate_grads, target_gradient,
-            config.curvature, config.solve_options, training_grads=training_grads,
-            relative=config.relative_damping)
+            context.model, context.task, take_examples(training, index), candidate_grads,
+            target_gradient, config.curvature, config.solve_options,
+            training_grads=None if training_grads is None else training_grads[index],
+            relative=config.relative_damping, draws=config.fisher_draws,
+            seed=self._draw_seed(context.step))
         order = torch.argsort(benefits, descending=True, stable=True)[:count]
         self.selected_ids = [context.candidate_ids[i] for i in order.tolist()]
         self._selected_batch = {key: value.detach().clone() for key, value in
                                 take_examples(context.candidate_batch, order).items()}
-        n = len(next(iter(adaptation.values())))
-        grads = torch.cat([training_grads[:n], candidate_grads[order]])
+        grads = (None if training_grads is None
+                 else torch.cat([training_grads[:n], candidate_grads[order]]))
         scores = self._problem(context, adaptation, grads).scores(
             config.solve_options, config.gamma, inequality=config.inequality,
             relative=config.relative_damping)

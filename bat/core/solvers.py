@@ -1,7 +1,7 @@
 """Solvers for (M + λI) x = v, where M is a curvature operator that may be indefinite.
 
 - ``dense``:    eigendecomposition of M built from d products (small d only).
-- ``woodbury``: exact for the empirical Fisher M = Gᵀ diag(w) G with n ≪ d rows (DataInf-style).
+- ``woodbury``: exact for M = Gᵀ diag(w) G with n ≪ d rows (``fisher``, ``sampled_fisher``; DataInf-style).
                 With G = (QR)ᵀ and K = R diag(w) Rᵀ = U diag(μ) Uᵀ (an n×n problem),
                 M = (QU) diag(μ) (QU)ᵀ, so
                 (M + λI)⁻¹ v = QU diag(1/(μ+λ)) (QU)ᵀ v + (v − QU (QU)ᵀ v)/λ,
@@ -55,8 +55,8 @@ class SolveOptions:
     tol: float = 1e-6  # relative residual ‖(M+λI)x − v‖ / ‖v‖ at which iterations stop
     max_iter: int = 200
     lissa_scale: float | None = None  # None: 1.1 × a power-iteration estimate of ‖M+λI‖
-    # ``woodbury`` only: "float64" (QR of G in float64) or "float32" (Gram matrix GGᵀ in float32,
-    # see _woodbury_gram: no float64 copy of G and a matrix product instead of a QR)
+    # ``woodbury`` only: the precision of its d-sized products (bat.core.curvature.RowFactor);
+    # "float32" needs no float64 copy of G but is accurate only with damping relative to ‖M‖
     woodbury_precision: str = "float64"
 
     def __post_init__(self):
@@ -131,12 +131,14 @@ def solve(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions) -
 
     Raises :class:`IndefiniteCurvatureError` when M + λI is not positive definite under the
     ``raise`` policy, :class:`NonFiniteError` when v, a product M v or the Fisher rows hold NaN or
-    infinity, and :class:`ConfigError` for ``woodbury`` on a curvature other than ``fisher``.
+    infinity, and :class:`ConfigError` for ``woodbury`` on a curvature not made of rows
+    (``fisher``, ``sampled_fisher``).
     """
     start = time.perf_counter()
     solver = {"dense": _dense, "woodbury": _woodbury, "cg": _cg, "lissa": _lissa}[options.solver]
     if options.solver == "woodbury" and not isinstance(operator, FisherOperator):
-        raise ConfigError(f"solver: 'woodbury' needs curvature 'fisher', not {operator.kind!r}; "
+        raise ConfigError(f"solver: 'woodbury' needs curvature 'fisher' or 'sampled_fisher', not "
+                          f"{operator.kind!r}; "
                           f"choose one of {[s for s in SOLVERS if s != 'woodbury']}")
     _require_finite(v, "the right-hand side v")
     if torch.count_nonzero(v) == 0:
@@ -197,53 +199,22 @@ def _dense(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions):
 
 
 def _woodbury(operator: FisherOperator, v: torch.Tensor, options: SolveOptions):
+    """(M + λI)⁻¹ v = Q U (μ + λ)⁻¹ Uᵀ Qᵀ v + (v − Q Qᵀ v) / λ with M = Q (R diag(w) Rᵀ) Qᵀ and
+    R diag(w) Rᵀ = U diag(μ) Uᵀ (:class:`bat.core.curvature.RowFactor`), the d-sized products
+    in ``options.woodbury_precision``."""
     _require_finite(operator.weights, "the Fisher weights w")
-    _require_finite(operator.grads, "the per-sample gradients G of the Fisher")
-    if options.woodbury_precision == "float32":
-        return _woodbury_gram(operator, v, options)
-    g = operator.grads.to(torch.float64)
-    q, r = torch.linalg.qr(g.T)  # g.T = q r, q: [d, min(n, d)] orthonormal columns
-    kernel = r @ (operator.weights.to(torch.float64)[:, None] * r.T)
+    # Screened by row norms (a reduction, no d-sized temporary); a full pass only finds the entry.
+    if not bool(torch.isfinite(torch.linalg.vector_norm(operator.grads, dim=1)).all()):
+        _require_finite(operator.grads, "the per-sample gradients G of the Fisher")
+    dtype = getattr(torch, options.woodbury_precision)
+    q = operator.factor.qr(dtype)[0]
+    kernel = operator.kernel(dtype)
     mu, u = torch.linalg.eigh((kernel + kernel.T) / 2)
-    inverse, info = _spectral_inverse(mu, options, operator.grads.dtype)
-    basis = q @ u
-    v64 = v.to(torch.float64)
-    coefficients = basis.T @ v64
-    x = basis @ (inverse * coefficients) + (v64 - basis @ coefficients) / options.damping
+    inverse, info = _spectral_inverse(mu, options, dtype)
+    vd = v.to(dtype)
+    inside = (q.T @ vd).to(torch.float64)  # v in the rows' span; the rest is scaled by 1/λ
+    x = q @ (u @ (inverse * (u.T @ inside))).to(dtype) + (vd - q @ inside.to(dtype)) / options.damping
     return x.to(v.dtype), dict(iterations=0, converged=True, **info)
-
-
-def _woodbury_gram(operator: FisherOperator, v: torch.Tensor, options: SolveOptions):
-    """``woodbury`` from the Gram matrix K = G Gᵀ [n, n], with the d-sized work in float32.
-
-    K = V diag(s) Vᵀ gives G = V diag(√s) Qᵀ with Q = Gᵀ V diag(1/√s) orthonormal, i.e. the
-    R of the QR in :func:`_woodbury` up to rotation; the n×n eigenproblems run in float64,
-    the products with G (K, Q and the projections of v) in float32. Directions with
-    s ≤ n·eps₃₂·max(s) are round-off, not data, and are left out of Q (treated like the
-    orthogonal complement: 1/λ). Float32 rounding of the projection of v is amplified by 1/λ
-    in the complement, so the relative error is of order eps₃₂·‖M‖/λ (≈ 1e-4 at λ = 1e-3‖M‖);
-    tests/test_fast_curvature.py compares it with the float64 QR. It is not accurate when λ is
-    tiny against ‖M‖: on the tiny DreamBooth UNet's check with the grid's absolute λ = 1e-3 it
-    gave Score_bat 73 against float64's 5.6 (benchmarks/results/curvature.json), so float64
-    stays the default.
-    """
-    g = operator.grads.to(torch.float32)
-    gram = (g @ g.T).to(torch.float64)
-    s, vectors = torch.linalg.eigh((gram + gram.T) / 2)
-    keep = s > g.shape[0] * torch.finfo(torch.float32).eps * max(float(s.max()), 0.0)
-    s, vectors = s[keep], vectors[:, keep]
-    root = s.sqrt()
-    r = root[:, None] * vectors.T  # [rank, n]: Gᵀ = Q r, the R of the QR form up to rotation
-    kernel = r @ (operator.weights.to(torch.float64)[:, None] * r.T)
-    mu, u = torch.linalg.eigh((kernel + kernel.T) / 2)
-    inverse, info = _spectral_inverse(mu, options, torch.float32)
-    # Q U = Gᵀ V diag(1/√s) U, formed once in float32: [d, rank]
-    basis = g.T @ (vectors / root).to(torch.float32) @ u.to(torch.float32)
-    v32 = v.to(torch.float32)
-    coefficients = (basis.T @ v32).to(torch.float64)
-    inside = basis @ (inverse * coefficients).to(torch.float32)
-    outside = (v32 - basis @ coefficients.to(torch.float32)) / options.damping
-    return (inside + outside).to(v.dtype), dict(iterations=0, converged=True, **info)
 
 
 # --- iterative solvers ----------------------------------------------------------------------

@@ -95,3 +95,24 @@ class DiffusionTask:
 
     def batch_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self.output_losses(self.batch_outputs(model, batch), batch)
+
+    def draw_model_targets(self, model: nn.Module, batch: Batch,
+                           generator: torch.Generator) -> Batch:
+        """``batch`` plus ``fisher_noise`` z ~ N(0, I) of the predicted noise's shape.
+
+        The squared error is a Gaussian likelihood centred on the prediction, so a drawn target
+        differs from it by noise only and the model need not run (``sampled_fisher``).
+        """
+        z = torch.randn(batch["noise"].shape, generator=generator, dtype=torch.float32)
+        return {**batch, "fisher_noise": z.to(batch["noise"].device)}
+
+    def model_target_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """ℓ̃_i = √(2w_i/D) Σ_j f_ij z_ij, shape [batch].
+
+        Its gradient √(2w_i/D) J_iᵀ z_i has second moment (2w_i/D) J_iᵀJ_i, the Gauss-Newton
+        matrix of w_i · mean_j (f_ij − ε_ij)² over the D outputs (w_i the prior weight).
+        """
+        outputs = self.batch_outputs(model, batch).float()
+        weight = batch.get("loss_weight", torch.ones(len(outputs), device=outputs.device))
+        scale = (2 * weight.float() / outputs[0].numel()).sqrt()
+        return (outputs * batch["fisher_noise"]).flatten(1).sum(1) * scale

@@ -42,3 +42,27 @@ class CausalLMTask:
 
     def batch_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self.output_losses(self.batch_outputs(model, batch), batch)
+
+    def draw_model_targets(self, model: nn.Module, batch: Batch,
+                           generator: torch.Generator) -> Batch:
+        """``batch`` plus ``model_labels``: each labelled token replaced by a draw from the LM's
+        own next-token distribution (``sampled_fisher``); ignored positions stay ignored."""
+        logits = self.batch_outputs(model, batch)[:, :-1].float()
+        probabilities = torch.softmax(logits, dim=-1).cpu()
+        drawn = torch.multinomial(probabilities.flatten(0, 1), 1, generator=generator)
+        labels = batch["labels"].clone()
+        drawn = drawn.view(probabilities.shape[:2]).to(labels)
+        labels[:, 1:] = torch.where(labels[:, 1:] == IGNORE_INDEX, IGNORE_INDEX, drawn)
+        return {**batch, "model_labels": labels}
+
+    def model_target_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """ℓ̃_i = Σ_t CE(f_it, ŷ_it) / √T_i over the T_i labelled tokens, shape [batch].
+
+        Its gradient (1/√T_i) Σ_t J_itᵀ (p_it − e_ŷ) has second moment (1/T_i) Σ_t J_itᵀ
+        (diag p_it − p_it p_itᵀ) J_it, the Gauss-Newton matrix of the mean cross-entropy (the
+        tokens' draws are independent, so cross terms vanish in expectation).
+        """
+        losses = self.output_losses(self.batch_outputs(model, batch),
+                                    {"labels": batch["model_labels"]})
+        counts = (batch["model_labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+        return losses * counts.sqrt()
