@@ -15,8 +15,9 @@ locon_unet         LoCon on the UNet (bfloat16 backbone), plain regime
 lora_lm            LoRA r=8 on q,v of the LM (bfloat16 backbone), plain regime
 dora_lm            DoRA r=8 on q,v of the LM (bfloat16 backbone), plain regime
 prop2_lora_lm      LoRA on the LM in the ``bat`` regime with :class:`Prop2Selector`: one
-                   Proposition-2 selection at the first step (Fisher + Woodbury, per-sample
-                   gradients from layer hooks in chunks of ``chunk_size`` examples)
+                   Proposition-2 selection at the first step (the grids' sampled Fisher +
+                   Woodbury; candidates' per-sample gradients and the drawn-target rows from
+                   layer hooks in chunks of ``chunk_size`` examples)
 =================  ==========================================================================
 
 Inputs are random tensors in the form the tracks train on (SD latents 4×64×64 with 77×768 caption
@@ -281,7 +282,7 @@ def run_case(name: str, scale_name: str, device: torch.device, steps: int, workd
 
     selector = None
     if prop2:
-        selection = SelectionConfig(mode="oracle_free", curvature="fisher", solver="woodbury",
+        selection = SelectionConfig(mode="oracle_free", curvature="sampled_fisher", solver="woodbury",
                                     chunk_size=scale["chunk_size"],
                                     score_adaptation_every=NEVER_AGAIN, score_bat_every=NEVER_AGAIN)
         selector = Prop2Selector(selection)

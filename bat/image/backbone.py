@@ -95,7 +95,8 @@ def check_resolution(resolution: int, vae_channels, unet_channels) -> None:
                           f"the VAE and UNet levels need; e.g. {allowed}")
 
 
-def _groups(channels) -> int:
+def norm_groups(channels) -> int:
+    """GroupNorm groups for these widths: 32 as in SD where the widths allow it."""
     return min(32, *channels) if min(channels) % 8 else min(32, min(channels) // 2)
 
 
@@ -115,7 +116,7 @@ def build_pipeline(config: ImageBackboneConfig):
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
                         down_block_types=("DownEncoderBlock2D",) * levels,
                         up_block_types=("UpDecoderBlock2D",) * levels,
-                        block_out_channels=config.vae_channels, norm_num_groups=_groups(config.vae_channels),
+                        block_out_channels=config.vae_channels, norm_num_groups=norm_groups(config.vae_channels),
                         sample_size=config.resolution, mid_block_add_attention=False)
     unet_levels = len(config.unet_channels)
     # Cross-attention on every level, and the pooled caption added to the time embedding
@@ -128,7 +129,7 @@ def build_pipeline(config: ImageBackboneConfig):
                                 down_block_types=down, up_block_types=up,
                                 cross_attention_dim=text_encoder.config.hidden_size, attention_head_dim=8,
                                 addition_embed_type="text", addition_embed_type_num_heads=8,
-                                norm_num_groups=_groups(config.unet_channels))
+                                norm_num_groups=norm_groups(config.unet_channels))
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
