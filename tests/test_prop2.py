@@ -131,3 +131,14 @@ def test_relative_damping_scales_with_the_spectrum():
 def test_bad_gamma_or_inequality_names_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         problem("aligned").scores(SolveOptions(solver="dense"), **kwargs)
+
+
+def test_rows_that_are_all_zero_give_the_damped_identity():
+    """No curvature at all (e.g. every gradient zero): relative damping falls back to λ itself."""
+    from bat.core.curvature import FisherOperator
+    from bat.core.prop2 import relative_damping
+
+    operator = FisherOperator(torch.zeros(3, 10), torch.full((3,), 1 / 3, dtype=torch.float64))
+    options = relative_damping(operator, SolveOptions(solver="woodbury", damping=1e-3))
+    assert operator.top_eigenvalue() == 0.0 and options.damping == 1e-3
+    torch.testing.assert_close(solve(operator, torch.ones(10), options).x, torch.full((10,), 1e3))

@@ -697,6 +697,8 @@ class FisherOperator(CurvatureOperator):
     def top_eigenvalue(self) -> float:
         """Largest |eigenvalue| of M, exactly, from the small :meth:`kernel`."""
         kernel = self.kernel()
+        if kernel.numel() == 0:  # rows that are all zero: M = 0
+            return 0.0
         return float(torch.linalg.eigvalsh((kernel + kernel.T) / 2).abs().max())
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
