@@ -55,6 +55,7 @@ test: data
 # Speed, memory and agreement checks; each writes benchmarks/results/<name>.json (see README).
 bench: env
 	$(PY) benchmarks/bench_curvature.py --out benchmarks/results/curvature.json
+	$(PY) benchmarks/bench_grid_selection.py --out benchmarks/results/grid_selection.json
 	$(PY) benchmarks/bench_adapters.py --out benchmarks/results/adapters.json
 	$(PY) benchmarks/bench_backbone_text.py --out benchmarks/results/backbone_text.json
 	$(PY) benchmarks/bench_stage.py backbone_image --out benchmarks/results/backbone_image.json

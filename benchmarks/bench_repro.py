@@ -15,9 +15,11 @@ lock, so the stages run their own ``cmd`` (as resolved by DVC) and ``dvc commit`
 once all have finished, exactly as ``dvc repro`` would have. Only stages that ``dvc status``
 reports changed, and everything downstream of them, run. A failed stage stops the run before the
 commit, so dvc.lock never records a half-finished pipeline. The summary's ``total_minutes`` is
-then wall time, not the sum of the stages: the union of the ``intervals`` of the invocations that
-wrote the file with the same ``--jobs`` (parts of the pipeline may run one after another or side
-by side; the file is shared under a lock).
+then wall time, not the sum of the stages (parts of the pipeline may run one after another or
+side by side; the file is shared under a lock): each invocation with the same ``--jobs`` keeps
+its interval and the stages it measured (each row names its ``invocation``); an invocation whose
+rows are all still current counts with its whole interval (overlaps once), one whose rows were
+partly measured again later counts only its current rows' seconds, as if run one after another.
 """
 
 from __future__ import annotations
@@ -124,6 +126,21 @@ def run_parallel(names: list[str], jobs: int, logs: Path, record) -> None:
         subprocess.run([DVC, "commit", "--force", "--quiet", *ran], cwd=ROOT, check=True)
 
 
+def wall_seconds(invocations: list[dict], rows: list[dict]) -> float:
+    """The pipeline's wall seconds from the invocations that measured its current rows.
+
+    An invocation all of whose measured stages still hold its rows counts with its interval
+    (the union, overlaps once); the other current rows (from invocations partly measured again
+    later, or from files written before rows named their invocation) count their own seconds.
+    """
+    current = {row["stage"]: row.get("invocation") for row in rows if row["ran"]}
+    whole = [i for i in invocations
+             if i["measured"] and all(current.get(stage) == i["start"] for stage in i["measured"])]
+    starts = {i["start"] for i in whole}
+    rest = sum(row["seconds"] for row in rows if row["ran"] and row.get("invocation") not in starts)
+    return covered_seconds([(i["start"], i["end"]) for i in whole]) + rest
+
+
 def covered_seconds(intervals) -> float:
     """Seconds covered by the union of ``[start, end]`` intervals (overlaps counted once)."""
     total, reach = 0.0, float("-inf")
@@ -142,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     def record(row: dict) -> None:
+        if row["ran"]:
+            row["invocation"] = started
         print(json.dumps(row), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         # Several invocations may share the file (parts of the pipeline run side by side): each
@@ -156,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             summary = {"stages": list(rows.values()), "jobs": args.jobs}
             if args.jobs > 1:
                 same = previous.get("jobs") == args.jobs
-                intervals = {tuple(i) for i in previous.get("intervals", []) if same and i[0] != started}
-                intervals.add((started, time.time()))
-                summary["intervals"] = sorted(intervals)
-                total = covered_seconds(summary["intervals"])
+                invocations = {i["start"]: i for i in previous.get("invocations", [])
+                               if same and i["start"] != started}
+                mine = [old["stage"] for old in ran if old.get("invocation") == started]
+                invocations[started] = {"start": started, "end": time.time(), "measured": mine}
+                summary["invocations"] = sorted(invocations.values(), key=lambda i: i["start"])
+                total = wall_seconds(summary["invocations"], list(rows.values()))
             else:
                 total = sum(old["seconds"] for old in ran)
             summary.update(total_minutes=round(total / 60, 1),

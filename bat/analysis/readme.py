@@ -30,6 +30,7 @@ STAGE_METRICS = ("backbone_image", "backbone_text", "encoders", "pilot_run_lengt
 REPRO = Path("benchmarks") / "results" / "repro.json"
 CURVATURE = Path("benchmarks") / "results" / "curvature.json"
 SWEEP = Path("benchmarks") / "results" / "backbone_image_sweep.json"
+GRID_SELECTION = Path("benchmarks") / "results" / "grid_selection.json"
 # What a curvature benchmark row measured against each kind of goal: the first key present.
 MEASURED = {"goal_speedup": ("speedup_hooks", "speedup"), "goal_gb": ("peak_projected_gb",),
             "goal_s": ("grid_check_s",), "goal_ratio": ("ratio",)}
@@ -104,13 +105,17 @@ def _goal_rows(tree: dict, path: str = ""):
 
 
 def benchmarks_block(root: Path) -> str:
-    """Every measurement of ``benchmarks/results/curvature.json`` that has a goal, and whether it
-    met it (written by ``benchmarks/bench_curvature.py``)."""
+    """Every measurement that has a goal, and whether it met it: ``benchmarks/results/
+    curvature.json`` (``benchmarks/bench_curvature.py``), then Algorithm 1's cost inside the
+    committed grid runs, ``grid_selection.json`` (``benchmarks/bench_grid_selection.py``)."""
     path = root / CURVATURE
     if not path.exists():
         return "No curvature benchmark run yet: `make bench`.\n"
+    rows = list(_goal_rows(read_json(path)))
+    if (root / GRID_SELECTION).exists():
+        rows += _goal_rows(read_json(root / GRID_SELECTION), "grid_selection.")
     lines = ["| measurement | measured | goal | met |", "|---|---|---|---|"]
-    for name, measured, value, goal, target, met in _goal_rows(read_json(path)):
+    for name, measured, value, goal, target, met in rows:
         lines.append(f"| `{name}` | {measured} = {_number(value)} | {goal} = {_number(target)} | "
                      f"{'yes' if met else '**no**'} |")
     return "\n".join(lines) + "\n"
