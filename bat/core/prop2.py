@@ -191,7 +191,8 @@ def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
                        candidate_grads: torch.Tensor, target_gradient: torch.Tensor,
                        curvature: str, options: SolveOptions, *,
                        training_grads: torch.Tensor | None = None, relative: bool = False,
-                       draws: int = 1, seed: int = 0) -> tuple[torch.Tensor, CurvatureReport]:
+                       draws: int = 1, seed: int = 0, chunk_size: int | None = None
+                       ) -> tuple[torch.Tensor, CurvatureReport]:
     """Predicted decrease of a target T(θ) when each candidate joins the training set.
 
     Up-weighting candidate j (per-sample gradient g_j, a row of ``candidate_grads``) by ε in the
@@ -206,12 +207,13 @@ def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
     weight (1/k) and holds H fixed, which a single example changes by O(1/k) only.
     With T = ½‖θ − θ^{A*}‖², ∇T = θ − θ^{A*} (oracle); with T the loss on held-out
     adaptation data, ∇T is its gradient (oracle-free). ``relative``: λ scaled as in
-    :func:`relative_damping`; ``draws``, ``seed``: as in :class:`Prop2Problem`.
+    :func:`relative_damping`; ``draws``, ``seed``, ``chunk_size``: as in :class:`Prop2Problem`.
     """
     k = len(next(iter(training_batch.values())))
     operator = curvature_operators(curvature, model, task, training_batch,
                                    [torch.full((k,), 1.0 / k, dtype=torch.float64)],
-                                   grads=training_grads, draws=draws, seed=seed)[0]
+                                   grads=training_grads, chunk_size=chunk_size, draws=draws,
+                                   seed=seed)[0]
     options = relative_damping(operator, options) if relative else options
     solution = solve(operator, target_gradient, options)
     return candidate_grads @ solution.x.to(candidate_grads.dtype), solution.report
@@ -230,7 +232,7 @@ def weight_difference(model: nn.Module, task: Task, batch: Batch, curvature: str
     grads = per_sample_grads_hooks(model, task, batch, chunk_size=chunk_size)
     operator = curvature_operators(curvature, model, task, batch,
                                    [torch.full((k,), 1.0 / k, dtype=torch.float64)],
-                                   grads=grads)[0]
+                                   grads=grads, chunk_size=chunk_size)[0]
     solution = solve(operator, grads.sum(0), options)
     return float(torch.linalg.vector_norm(solution.x)), solution.report
 

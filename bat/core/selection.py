@@ -263,7 +263,7 @@ class Prop2Selector:
             target_gradient, config.curvature, config.solve_options,
             training_grads=None if training_grads is None else training_grads[index],
             relative=config.relative_damping, draws=config.fisher_draws,
-            seed=self._draw_seed(context.step))
+            seed=self._draw_seed(context.step), chunk_size=config.chunk_size)
         order = torch.argsort(benefits, descending=True, stable=True)[:count]
         self.selected_ids = [context.candidate_ids[i] for i in order.tolist()]
         self._selected_batch = {key: value.detach().clone() for key, value in
