@@ -205,19 +205,18 @@ def test_every_pass_of_a_selection_honours_chunk_size(monkeypatch):
     gradients and the gradient sums all go chunk by chunk (a DoRA selection once ran one pass
     unchunked and doubled the LoRA/DoRA grid's peak memory)."""
     import bat.core.curvature as curvature
+    import bat.core.prop2 as prop2
     import bat.core.selection as selection
 
     seen = []
     for module, name in [(curvature, "per_sample_grads_hooks"), (selection, "per_sample_grads_hooks"),
-                         (curvature, "gradient_sums")]:
+                         (prop2, "gradient_sums")]:
         original = getattr(module, name)
 
         def recording(*args, _original=original, **kwargs):
             seen.append(kwargs.get("chunk_size"))
             return _original(*args, **kwargs)
         monkeypatch.setattr(module, name, recording)
-    import bat.core.prop2 as prop2
-    monkeypatch.setattr(prop2, "gradient_sums", curvature.gradient_sums)
     context, theta_a = problem()
     config = SelectionConfig(curvature="sampled_fisher", chunk_size=3, fisher_draws=2)
     Prop2Selector(config, target=theta_a).select(context, 4)
