@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh clone:
 #   make repro   create the environment if missing, fetch the pinned raw data, `dvc repro`
+#                with independent stages side by side (JOBS at a time, bat.stages.repro)
 #   make test    create the environment and fetch the raw data if missing, run the test suite
 # PROFILE=smoke|paper runs the pipeline under another profile (see README).
 
@@ -7,6 +8,13 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 PROFILE ?= tiny
+# Stages at once: the tiny pipeline's text and image chains share two cores; the paper profile's
+# stages each want the whole GPU machine (its grids spread over GPUs themselves, README).
+ifeq ($(PROFILE),paper)
+JOBS ?= 1
+else
+JOBS ?= 2
+endif
 
 # Keep Jupyter, IPython, DVC and Hugging Face state inside the project. The tiny and smoke
 # profiles never reach for a hub; the paper profile downloads its models and data unless the
@@ -47,7 +55,7 @@ data: env
 
 repro: data
 	$(PY) -m bat.stages.profile use $(PROFILE)
-	$(VENV)/bin/dvc repro
+	$(PY) -m bat.stages.repro --jobs $(JOBS)
 
 test: data
 	$(PY) -m pytest
@@ -60,7 +68,7 @@ bench: env
 	$(PY) benchmarks/bench_backbone_text.py --out benchmarks/results/backbone_text.json
 	$(PY) benchmarks/bench_stage.py backbone_image --out benchmarks/results/backbone_image.json
 	$(PY) -m benchmarks.lm_eval_compare --model models/backbone_text \
-	  --items data/prepared/text/eval/hypernym_choice.jsonl --out benchmarks/results/lm_eval_compare.json
+	  --items data/prepared/text/eval/*.jsonl --repeats 1 --out benchmarks/results/lm_eval_compare.json
 
 # Jupyter refuses to run as root (containers, CI) without --allow-root; others do not need it.
 lab: env

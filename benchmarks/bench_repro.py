@@ -9,13 +9,11 @@ and ``ran`` (False when DVC found it up to date: a row measured earlier is then 
 is rewritten after every stage, so an interrupted run keeps what it measured. Stages of a
 ``foreach`` are timed one item at a time.
 
-``--jobs N`` (N > 1) runs up to N stages at once, each with one thread (``OMP_NUM_THREADS=1``),
-as soon as the stages it depends on are done: DVC runs one stage at a time under its repository
-lock, so the stages run their own ``cmd`` (as resolved by DVC) and ``dvc commit`` records them
-once all have finished, exactly as ``dvc repro`` would have. Only stages that ``dvc status``
-reports changed, and everything downstream of them, run. A failed stage stops the run before the
-commit, so dvc.lock never records a half-finished pipeline. The summary's ``total_minutes`` is
-then wall time, not the sum of the stages (parts of the pipeline may run one after another or
+``--jobs N`` (N > 1) runs the stages as ``make repro`` does (:mod:`bat.stages.repro`: up to N
+at a time, ``cores // N`` threads each, the changed ones and what is downstream of them, recorded
+by ``dvc commit``), each under ``time -v``, with its log in ``results/repro_logs``. ``--force``
+runs every stage, changed or not: the pipeline of a fresh clone. The summary's
+``total_minutes`` is then wall time, not the sum of the stages (parts of the pipeline may run one after another or
 side by side; the file is shared under a lock): each invocation with the same ``--jobs`` keeps
 its interval and the stages it measured (each row names its ``invocation``); an invocation whose
 rows are all still current counts with its whole interval (overlaps once), one whose rows were
@@ -27,40 +25,16 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bat.stages.repro import pipeline_graph, run_side_by_side, stage_order
+
 ROOT = Path(__file__).resolve().parent.parent
 DVC = str(Path(sys.executable).parent / "dvc")  # the environment's, also when it is not on PATH
-
-
-def stage_graph():
-    from dvc.repo import Repo
-
-    repo = Repo(str(ROOT))
-    return repo, repo.index.graph  # edges point from a stage to the stages it depends on
-
-
-def stage_order(targets: list[str]) -> list[str]:
-    import networkx as nx
-
-    _, graph = stage_graph()
-    stages = {stage.addressing: stage for stage in graph.nodes}
-    order = [stage.addressing for stage in reversed(list(nx.topological_sort(graph)))
-             if stage.addressing != "data.dvc"]
-    if not targets:
-        return order
-    unknown = sorted(set(targets) - set(stages))
-    if unknown:
-        sys.exit(f"error: no stage {unknown[0]!r}; stages: {order}")
-    wanted = set()
-    for target in targets:
-        wanted |= {s.addressing for s in nx.descendants(graph, stages[target])} | {target}
-    return [name for name in order if name in wanted]
 
 
 def peak_gib(time_report: str) -> float | None:
@@ -68,9 +42,10 @@ def peak_gib(time_report: str) -> float | None:
     return round(int(peak.group(1)) / 2**20, 2) if peak else None
 
 
-def run_stage(name: str) -> dict:
+def run_stage(name: str, force: bool) -> dict:
     started = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", DVC, "repro", "--single-item", name],
+    done = subprocess.run(["/usr/bin/time", "-v", DVC, "repro", "--single-item",
+                           *(["--force"] if force else []), name],
                           cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
@@ -78,52 +53,6 @@ def run_stage(name: str) -> dict:
         raise SystemExit(f"error: stage {name} failed (exit {done.returncode})")
     return {"stage": name, "seconds": round(seconds, 1), "peak_rss_gib": peak_gib(done.stderr),
             "ran": "didn't change" not in done.stdout and "is cached" not in done.stdout}
-
-
-def run_parallel(names: list[str], jobs: int, logs: Path, record) -> None:
-    """Run the changed stages of ``names`` (in dependency order) ``jobs`` at a time; see the
-    module docstring. ``record(row)`` is called as each stage finishes."""
-    import networkx as nx
-
-    repo, graph = stage_graph()
-    stages = {stage.addressing: stage for stage in graph.nodes}
-    needs = {name: {s.addressing for s in graph.successors(stages[name])} & set(names) for name in names}
-    changed = {name for name in names if repo.status(targets=[name], with_deps=False)}
-    for name in list(changed):
-        changed |= {s.addressing for s in nx.ancestors(graph, stages[name])} & set(names)
-    for name in names:
-        if name not in changed:
-            record({"stage": name, "seconds": 0.0, "peak_rss_gib": None, "ran": False})
-    pending = [name for name in names if name in changed]
-    running, finished = {}, {name for name in names if name not in changed}
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    while pending or running:
-        for name in [n for n in pending if needs[n] <= finished][:max(0, jobs - len(running))]:
-            pending.remove(name)
-            log = open(logs / f"{name}.log", "w")
-            process = subprocess.Popen(["/usr/bin/time", "-v", "bash", "-c", stages[name].cmd],
-                                       cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            running[name] = (process, log, time.perf_counter())
-        time.sleep(2)
-        for name, (process, log, started) in list(running.items()):
-            if process.poll() is None:
-                continue
-            log.close()
-            del running[name]
-            report = (logs / f"{name}.log").read_text()
-            if process.returncode != 0:
-                for other, (rest, _, _) in running.items():
-                    rest.terminate()
-                sys.stderr.write(report[-4000:])
-                raise SystemExit(f"error: stage {name} failed (exit {process.returncode}); "
-                                 "nothing committed")
-            finished.add(name)
-            record({"stage": name, "seconds": round(time.perf_counter() - started, 1),
-                    "peak_rss_gib": peak_gib(report), "ran": True})
-    ran = [name for name in names if name in changed]
-    if ran:
-        subprocess.run([DVC, "commit", "--force", "--quiet", *ran], cwd=ROOT, check=True)
 
 
 def wall_seconds(invocations: list[dict], rows: list[dict]) -> float:
@@ -155,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stages", nargs="*", help="only these and what they need (default: all)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--jobs", type=int, default=1, help="stages at once (see above)")
+    parser.add_argument("--force", action="store_true", help="run every stage, changed or not")
     args = parser.parse_args(argv)
     started = time.time()
 
@@ -187,12 +117,22 @@ def main(argv: list[str] | None = None) -> int:
                            peak_rss_gib=max((old["peak_rss_gib"] or 0) for old in ran) if ran else None)
             args.out.write_text(json.dumps(summary, indent=1) + "\n")
 
-    order = stage_order(args.stages)
+    _, graph, _ = pipeline_graph()
+    order = stage_order(graph, args.stages)
     if args.jobs > 1:
-        run_parallel(order, args.jobs, args.out.parent / "repro_logs", record)
+        def finished(name: str, seconds: float, log: Path) -> None:
+            record({"stage": name, "seconds": round(seconds, 1),
+                    "peak_rss_gib": peak_gib(log.read_text()), "ran": True})
+
+        ran = run_side_by_side(order, args.jobs, force=args.force,
+                               logs=args.out.parent / "repro_logs", wrap=["/usr/bin/time", "-v"],
+                               on_finish=finished)
+        for name in order:
+            if name not in ran:
+                record({"stage": name, "seconds": 0.0, "peak_rss_gib": None, "ran": False})
     else:
         for name in order:
-            record(run_stage(name))
+            record(run_stage(name, args.force))
     return 0
 
 
