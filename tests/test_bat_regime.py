@@ -1,5 +1,7 @@
 """The bat regime end to end: Proposition-2 selectors, oracle and oracle-free, inside bat.core.train."""
 
+import math
+
 import pytest
 import torch
 
@@ -87,3 +89,20 @@ def test_library_tasks_sampled_fisher_is_unbiased_for_gauss_newton(kind):
         exact = float(v @ gauss_newton.matvec(v).double())
         estimate = float(v @ sampled.matvec(v).double())
         assert estimate == pytest.approx(exact, rel=0.15)
+
+
+def test_text_checks_with_fresh_candidate_draws_mix_batches_of_other_widths(tmp_path):
+    """The LM task trims each offered batch to its widest example: a D^B' kept from one draw of
+    candidates is narrower or wider than a later step's D^A, and Algorithm 1's checks stack them."""
+    setting = SETTINGS["lora"]
+    selector = Prop2Selector(SelectionConfig(mode="oracle_free", seed=0, score_adaptation_every=1,
+                                             score_bat_every=1))
+    config = TrainConfig(regime="bat", steps=4, batch_size=4, learning_rate=1e-3, gamma=0.5,
+                         candidates=4, mixing="regular_interval", log_every=1)
+    adaptation = text_examples(8, seed=1, length=20)
+    adaptation["attention_mask"][:, 12:] = 0  # D^A ends by column 12, D^B runs to 20
+    adaptation["labels"][:, 12:] = -100
+    train(setting["build"](), AdapterConfig("lora"), CausalLMTask(), adaptation,
+          text_examples(16, seed=2, length=20), config, tmp_path, selector=selector, progress=False)
+    checks = [record for record in selector.records if "score_bat" in record]
+    assert len(checks) >= 2 and all(math.isfinite(record["score_bat"]) for record in checks)

@@ -95,13 +95,20 @@ def relative_damping(operator: CurvatureOperator, options: SolveOptions) -> Solv
     return replace(options, damping=options.damping * top if top > 0 else options.damping)
 
 
-def curvature_subsample(n: int, k: int, count: int | None, seed: int) -> torch.Tensor:
-    """Indices [≤ k] of the examples whose curvature is computed: ``count`` of the first n
-    (D^A; a seeded draw, in order) and all of the k − n after them; None: all k."""
+def curvature_subsample(n: int, k: int, count: int | None, seed: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples whose curvature stands for the mean over all k of D^bat, and their weights.
+
+    Indices [≤ k]: ``count`` of the first n (D^A; a seeded draw, in order) and all of the
+    k − n after them (D^B'); None: all k. Weights [same length, float64]: 1/k, the D^A ones
+    times n/count, so that Σ weight·C_i estimates the mean curvature over D^bat without bias.
+    """
     if count is None or count >= n:
-        return torch.arange(k)
+        return torch.arange(k), torch.full((k,), 1.0 / k, dtype=torch.float64)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return torch.cat([order[:count].sort().values, torch.arange(n, k)])
+    index = torch.cat([order[:count].sort().values, torch.arange(n, k)])
+    weights = torch.where(index < n, n / count, 1.0).to(torch.float64) / k
+    return index, weights
 
 
 class Prop2Problem:
@@ -121,7 +128,8 @@ class Prop2Problem:
         validate.choice("backbone_curvature", backbone_curvature, BACKBONE_CURVATURES)
         self.model, self.task, self.curvature = model, task, curvature
         self.chunk_size, self.draws, self.seed = chunk_size, draws, seed
-        self.batch = concat_batches(adaptation_batch, backbone_batch)
+        self.batch = concat_batches(adaptation_batch, backbone_batch,
+                                    getattr(task, "padding", None))
         self.n = len(next(iter(adaptation_batch.values())))
         self.m = len(next(iter(backbone_batch.values())))
         k = self.n + self.m
@@ -133,17 +141,16 @@ class Prop2Problem:
                                                               chunk_size=chunk_size)
         else:
             self.sum_adaptation, self.sum_bat = grads[:self.n].sum(0), grads.sum(0)
-        is_backbone = torch.arange(k) >= self.n
-        self.bat_weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        # The curvatures' examples and the weights of their mean over D^bat (the D^A subsample
+        # stands for all n); the difference H^{bat|A} − H^{bat} is reweighted alike.
+        self.curvature_index, self.bat_weights = curvature_subsample(self.n, k, curvature_examples,
+                                                                     seed)
+        scale = self.bat_weights * k
+        is_backbone = self.curvature_index >= self.n
         if backbone_curvature == "share":  # H^{bat|A} − H^{bat} = H^A, the mean over D^A
-            self.difference_weights = (~is_backbone).to(torch.float64) / self.n
+            self.difference_weights = (~is_backbone).to(torch.float64) * scale / self.n
         else:  # H^{bat|A} − mean over D^B'
             self.difference_weights = self.bat_weights - is_backbone.to(torch.float64) / self.m
-        self.curvature_index = curvature_subsample(self.n, k, curvature_examples, seed)
-        # the subsample of D^A stands for all n of its examples
-        scale = torch.where(is_backbone, 1.0, self.n / min(self.n, curvature_examples or self.n))
-        self.bat_weights = self.bat_weights * scale.to(torch.float64)
-        self.difference_weights = self.difference_weights * scale.to(torch.float64)
         self._operators: list[CurvatureOperator] | None = None
 
     def operators(self) -> tuple[CurvatureOperator, CurvatureOperator]:
@@ -152,7 +159,7 @@ class Prop2Problem:
             index = self.curvature_index
             self._operators = curvature_operators(
                 self.curvature, self.model, self.task, take_examples(self.batch, index),
-                [self.difference_weights[index], self.bat_weights[index]],
+                [self.difference_weights, self.bat_weights],
                 grads=None if self.grads is None else self.grads[index],
                 chunk_size=self.chunk_size, draws=self.draws, seed=self.seed)
         return self._operators[0], self._operators[1]
@@ -190,7 +197,8 @@ class Prop2Problem:
 def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
                        candidate_grads: torch.Tensor, target_gradient: torch.Tensor,
                        curvature: str, options: SolveOptions, *,
-                       training_grads: torch.Tensor | None = None, relative: bool = False,
+                       training_grads: torch.Tensor | None = None,
+                       training_weights: torch.Tensor | None = None, relative: bool = False,
                        draws: int = 1, seed: int = 0, chunk_size: int | None = None
                        ) -> tuple[torch.Tensor, CurvatureReport]:
     """Predicted decrease of a target T(θ) when each candidate joins the training set.
@@ -206,12 +214,15 @@ def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
     step −(H + λI)⁻¹ g_j goes down T. The approximation is first order in the candidate's
     weight (1/k) and holds H fixed, which a single example changes by O(1/k) only.
     With T = ½‖θ − θ^{A*}‖², ∇T = θ − θ^{A*} (oracle); with T the loss on held-out
-    adaptation data, ∇T is its gradient (oracle-free). ``relative``: λ scaled as in
-    :func:`relative_damping`; ``draws``, ``seed``, ``chunk_size``: as in :class:`Prop2Problem`.
+    adaptation data, ∇T is its gradient (oracle-free). H is Σ_i w_i C_i with
+    ``training_weights`` w (default 1/k each; :func:`curvature_subsample`'s for a subsample).
+    ``relative``: λ scaled as in :func:`relative_damping`; ``draws``, ``seed``, ``chunk_size``:
+    as in :class:`Prop2Problem`.
     """
     k = len(next(iter(training_batch.values())))
-    operator = curvature_operators(curvature, model, task, training_batch,
-                                   [torch.full((k,), 1.0 / k, dtype=torch.float64)],
+    if training_weights is None:
+        training_weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    operator = curvature_operators(curvature, model, task, training_batch, [training_weights],
                                    grads=training_grads, chunk_size=chunk_size, draws=draws,
                                    seed=seed)[0]
     options = relative_damping(operator, options) if relative else options

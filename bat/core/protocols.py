@@ -13,10 +13,12 @@ A :class:`Selector` picks which backbone samples join the adaptation batch (the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Batch = dict[str, torch.Tensor]
@@ -28,10 +30,27 @@ def take_examples(batch: Batch, indices) -> Batch:
     return {key: value[indices] for key, value in batch.items()}
 
 
-def concat_batches(first: Batch, second: Batch) -> Batch:
+def concat_batches(first: Batch, second: Batch,
+                   padding: Mapping[str, int | float] | None = None) -> Batch:
     """``first``'s examples, then ``second``'s, on ``first``'s device (a selector's kept D^B'
-    comes back on the CPU from a checkpoint while the run's batches are on its GPU)."""
-    return {key: torch.cat([first[key], second[key].to(first[key].device)]) for key in first}
+    comes back on the CPU from a checkpoint while the run's batches are on its GPU).
+
+    ``padding``: a task's ``padding`` (e.g. :attr:`bat.text.task.CausalLMTask.padding`), the
+    fill value of each key [count, width] whose width the task's ``prepare`` trims per batch: the
+    narrower batch is right-padded to the wider one (a D^B' kept from one offered batch meets the
+    D^A of a later one). Without it, or for other keys, the shapes must agree.
+    """
+    def widened(key: str, values: torch.Tensor, width: int) -> torch.Tensor:
+        return F.pad(values, (0, width - values.shape[1]), value=padding[key])
+
+    joined = {}
+    for key in first:
+        a, b = first[key], second[key].to(first[key].device)
+        if padding and key in padding and a.shape[1] != b.shape[1]:
+            width = max(a.shape[1], b.shape[1])
+            a, b = widened(key, a, width), widened(key, b, width)
+        joined[key] = torch.cat([a, b])
+    return joined
 
 
 @runtime_checkable

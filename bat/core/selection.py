@@ -246,7 +246,8 @@ class Prop2Selector:
         else:
             target_gradient = loss_gradient(context.model, context.task, holdout)
         training = (adaptation if self._selected_batch is None
-                    else concat_batches(adaptation, self._selected_batch))
+                    else concat_batches(adaptation, self._selected_batch,
+                                        getattr(context.task, "padding", None)))
         # With the empirical Fisher one pass per set at this θ serves the benefits, the Fisher and
         # both scores below; other curvatures need no per-sample rows of the training set.
         training_grads = (per_sample_grads_hooks(context.model, context.task, training,
@@ -254,14 +255,16 @@ class Prop2Selector:
                           if config.curvature == "fisher" else None)
         candidate_grads = per_sample_grads_hooks(context.model, context.task,
                                                  context.candidate_batch, chunk_size=config.chunk_size)
-        # the benefits' curvature: the mean over the scores' subsample of D^A and the current D^B'
+        # the benefits' curvature: the mean over D^A and the current D^B', estimated from the
+        # scores' subsample of D^A, weighted as the scores weigh it
         n = len(next(iter(adaptation.values())))
-        index = curvature_subsample(n, len(next(iter(training.values()))),
-                                    config.curvature_examples, self._draw_seed(context.step))
+        index, weights = curvature_subsample(n, len(next(iter(training.values()))),
+                                             config.curvature_examples, self._draw_seed(context.step))
         benefits, report = candidate_benefits(
             context.model, context.task, take_examples(training, index), candidate_grads,
             target_gradient, config.curvature, config.solve_options,
             training_grads=None if training_grads is None else training_grads[index],
+            training_weights=weights,
             relative=config.relative_damping, draws=config.fisher_draws,
             seed=self._draw_seed(context.step), chunk_size=config.chunk_size)
         order = torch.argsort(benefits, descending=True, stable=True)[:count]

@@ -22,6 +22,10 @@ class CausalLMTask:
     branches on the mask's values, which vmap cannot trace.
     """
 
+    # What right-pads a trimmed batch to a wider one (bat.core.protocols.concat_batches): the
+    # padded tokens are masked and unlabelled, so no loss or gradient sees them.
+    padding = {"input_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX}
+
     def prepare(self, examples: Batch, generator: torch.Generator) -> Batch:
         """Drop the padding columns that no example in this batch attends to (saves compute)."""
         attended = examples["attention_mask"].any(dim=0).nonzero()
