@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from bat import validate
-from bat.core.curvature import CurvatureOperator, FisherOperator
+from bat.core.curvature import ROW_CURVATURES, CurvatureOperator, FisherOperator
 from bat.errors import ConfigError
 
 SOLVERS = ("dense", "woodbury", "cg", "lissa")
@@ -137,8 +137,8 @@ def solve(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions) -
     start = time.perf_counter()
     solver = {"dense": _dense, "woodbury": _woodbury, "cg": _cg, "lissa": _lissa}[options.solver]
     if options.solver == "woodbury" and not isinstance(operator, FisherOperator):
-        raise ConfigError(f"solver: 'woodbury' needs curvature 'fisher' or 'sampled_fisher', not "
-                          f"{operator.kind!r}; "
+        raise ConfigError(f"solver: 'woodbury' needs a curvature made of rows "
+                          f"{list(ROW_CURVATURES)}, not {operator.kind!r}; "
                           f"choose one of {[s for s in SOLVERS if s != 'woodbury']}")
     _require_finite(v, "the right-hand side v")
     if torch.count_nonzero(v) == 0:
