@@ -6,9 +6,9 @@
     python -m benchmarks.lm_eval_compare --model /tmp/tiny-llama \\
         --winogrande-rows benchmarks/lm_eval/winogrande.jsonl --out /tmp/lm_eval_winogrande.json
 
-Scores one saved Hugging Face causal LM on one item file three times, on the same loaded model:
-with :func:`bat.text.benchmarks.score_loglikelihood` one forward sequence per (context, choice)
-pair, with it again reading each context once for all its choices (``shared_context=True``), and
+Scores one saved Hugging Face causal LM on one set of items (``--items``: one or more files)
+three times, on the same loaded model: with :func:`bat.text.benchmarks.score_loglikelihood` one
+forward sequence per (context, choice) pair, with it again reading each context once for all its choices (``shared_context=True``), and
 with lm-eval's ``hf`` model (``HFLM`` around the same model) on a task whose YAML reads the same
 file through ``dataset_path: json``. ``--winogrande-rows`` takes rows of WinoGrande's hub schema
 instead: ours are read by :func:`bat.text.benchmarks.load_hub_items` (partial scoring), lm-eval's
@@ -17,8 +17,8 @@ fastest of ``--repeats`` runs (lm-eval: its ``evaluate`` only, after the task is
 tokenization and scoring), as items/s. Writes the accuracies, the largest per-choice
 log-likelihood difference of each of ours to lm-eval's, per-item disagreements and the
 throughputs to ``--out``; exits 1 if the predictions differ or a
-log-likelihood differs by more than 1e-4. Needs lm-eval (tested with 0.4.13); the test suite
-skips its comparisons without it. Run it as a module from the project root: as a script, the
+log-likelihood of the per-pair scorer (the one the grids use) differs by more than 1e-4. Needs
+lm-eval (tested with 0.4.13); the test suite skips its comparisons without it. Run it as a module from the project root: as a script, the
 folder ``benchmarks/lm_eval`` would stand in for the ``lm_eval`` package.
 """
 
@@ -34,10 +34,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bat import io
-from bat.text.benchmarks import load_hub_items, load_items, predict, score_loglikelihood
+from bat.text.benchmarks import (load_hub_items, load_items, predict, score_loglikelihood,
+                                 write_items)
 
 TASK = "bat_items"
 TOLERANCE = 1e-4  # largest per-choice log-likelihood difference to lm-eval still counted as equal
+SPEEDUP_GOAL = 2.0  # items/s of our faster scorer over lm-eval's, same model, items and batch size
 
 # doc_to_text/choice/target name the item file's columns, which lm-eval reads as they are;
 # target_delimiter " " is lm-eval's default, written out because bat relies on it too.
@@ -138,7 +140,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="save_pretrained folder")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--items", type=Path, help=".jsonl or .json item file")
+    source.add_argument("--items", type=Path, nargs="+",
+                        help=".jsonl or .json item files (several: scored as one set)")
     source.add_argument("--winogrande-rows", type=Path,
                         help=".jsonl of WinoGrande rows (sentence, option1, option2, answer)")
     parser.add_argument("--out", type=Path, required=True, help="JSON report to write")
@@ -147,8 +150,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per scorer (fastest kept)")
     args = parser.parse_args()
 
+    scratch = tempfile.TemporaryDirectory()
     if args.items:
-        items, task_yaml = load_items(args.items), items_task(args.items)
+        items = [item for path in args.items for item in load_items(path)]
+        joined = Path(scratch.name) / "items.jsonl"  # lm-eval's task reads one file
+        write_items(joined, items)
+        task_yaml = items_task(joined)
     else:
         items = load_hub_items("json", "train", "winogrande", data_files=str(args.winogrande_rows))
         task_yaml = winogrande_task(args.winogrande_rows)
@@ -171,14 +178,20 @@ def main() -> int:
         )
         if not (p.pred, p.pred_norm) == (q.pred, q.pred_norm) == predict(their_lls, item.choices)
     ]
-    agree = (not disagreements and max(differences.values()) <= TOLERANCE
-             and ours.acc == shared.acc == theirs["acc"]
-             and ours.acc_norm == shared.acc_norm == theirs["acc_norm"])
+    same_predictions = (not disagreements and ours.acc == shared.acc == theirs["acc"]
+                        and ours.acc_norm == shared.acc_norm == theirs["acc_norm"])
+    # per scorer: the same predictions and every log-likelihood within TOLERANCE of lm-eval's
+    agrees = {"bat": same_predictions and differences["pairs"] <= TOLERANCE,
+              "bat_shared_context": same_predictions and differences["shared_context"] <= TOLERANCE}
+    agree = all(agrees.values())
     throughput = {"bat": len(items) / ours_seconds, "bat_shared_context": len(items) / shared_seconds,
                   "lm_eval": len(items) / theirs["seconds"]}
+    speedups = {name: value / throughput["lm_eval"]
+                for name, value in throughput.items() if name != "lm_eval"}
+    fastest = max(speedups, key=lambda name: (agrees[name], speedups[name]))
     report = {
         "model": str(args.model),
-        "items": str(args.items or args.winogrande_rows),
+        "items": [str(path) for path in args.items] if args.items else str(args.winogrande_rows),
         "n_items": len(items),
         "batch_size": args.batch_size,
         "repeats": args.repeats,
@@ -187,10 +200,15 @@ def main() -> int:
         "lm_eval": {"acc": theirs["acc"], "acc_norm": theirs["acc_norm"]},
         "max_abs_loglikelihood_difference": differences,
         "items_per_second": throughput,
-        "speedup_over_lm_eval": {name: value / throughput["lm_eval"]
-                                 for name, value in throughput.items() if name != "lm_eval"},
+        "speedup_over_lm_eval": speedups,
+        # the experiments issue's goal: at least twice lm-eval's items/s with the same numbers,
+        # by the fastest scorer that agrees (the fastest of all when none does)
+        "scoring_speed": {"scorer": fastest, "speedup": speedups[fastest],
+                          "goal_speedup": SPEEDUP_GOAL,
+                          "meets_goal": agrees[fastest] and speedups[fastest] >= SPEEDUP_GOAL},
         "torch_threads": torch.get_num_threads(),
         "prediction_disagreements": disagreements,
+        "agrees": agrees,
         "agree": agree,
     }
     io.write_json(args.out, report)
@@ -202,7 +220,9 @@ def main() -> int:
         f"{throughput['bat']:.1f}, shared {throughput['bat_shared_context']:.1f}, lm-eval "
         f"{throughput['lm_eval']:.1f} | {'agree' if agree else 'DISAGREE'}"
     )
-    return 0 if agree else 1
+    # the exit status follows the scorer the grids use (pairs); a shared-context log-likelihood
+    # off by float32 round-off over a long continuation is reported, not fatal
+    return 0 if agrees["bat"] else 1
 
 
 if __name__ == "__main__":

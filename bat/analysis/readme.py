@@ -8,7 +8,7 @@ committed files give, so no number in those tables is typed by hand:
 - ``budget``: wall minutes and peak memory per stage (``benchmarks/results/repro.json``, written
   by ``benchmarks/bench_repro.py``);
 - ``stages``: the flat metrics of the training and pilot stages (``metrics/<stem>.json``);
-- ``benchmarks``: the curvature benchmark's measurements against their goals;
+- ``benchmarks``: the benchmarks' measurements that have a goal, against it;
 - ``sweep``: the image backbone's sweep, one row per setting
   (``benchmarks/results/backbone_image_sweep.json``, written by
   ``benchmarks/bench_backbone_image_sweep.py``).
@@ -31,6 +31,7 @@ REPRO = Path("benchmarks") / "results" / "repro.json"
 CURVATURE = Path("benchmarks") / "results" / "curvature.json"
 SWEEP = Path("benchmarks") / "results" / "backbone_image_sweep.json"
 GRID_SELECTION = Path("benchmarks") / "results" / "grid_selection.json"
+LM_EVAL_COMPARE = Path("benchmarks") / "results" / "lm_eval_compare.json"
 # What a curvature benchmark row measured against each kind of goal: the first key present.
 MEASURED = {"goal_speedup": ("speedup_hooks", "speedup"), "goal_gb": ("peak_projected_gb",),
             "goal_s": ("grid_check_s",), "goal_ratio": ("ratio",)}
@@ -107,13 +108,16 @@ def _goal_rows(tree: dict, path: str = ""):
 def benchmarks_block(root: Path) -> str:
     """Every measurement that has a goal, and whether it met it: ``benchmarks/results/
     curvature.json`` (``benchmarks/bench_curvature.py``), then Algorithm 1's cost inside the
-    committed grid runs, ``grid_selection.json`` (``benchmarks/bench_grid_selection.py``)."""
+    committed grid runs, ``grid_selection.json`` (``benchmarks/bench_grid_selection.py``), and
+    the multiple-choice scorer's speed against lm-evaluation-harness, ``lm_eval_compare.json``
+    (``benchmarks/lm_eval_compare.py``)."""
     path = root / CURVATURE
     if not path.exists():
         return "No curvature benchmark run yet: `make bench`.\n"
     rows = list(_goal_rows(read_json(path)))
-    if (root / GRID_SELECTION).exists():
-        rows += _goal_rows(read_json(root / GRID_SELECTION), "grid_selection.")
+    for extra, prefix in ((GRID_SELECTION, "grid_selection."), (LM_EVAL_COMPARE, "lm_eval_compare.")):
+        if (root / extra).exists():
+            rows += _goal_rows(read_json(root / extra), prefix)
     lines = ["| measurement | measured | goal | met |", "|---|---|---|---|"]
     for name, measured, value, goal, target, met in rows:
         lines.append(f"| `{name}` | {measured} = {_number(value)} | {goal} = {_number(target)} | "

@@ -511,8 +511,10 @@ def score_eval_sets(model, tokenizer, sets: Mapping[str, Sequence[MultipleChoice
 
     rows = []
     for name, items in sets.items():
-        scores = score_loglikelihood(model, tokenizer, items, batch_size=batch_size, progress=progress,
-                                     shared_context=True)  # each context read once for all its choices
+        # One sequence per (context, choice), as lm-eval scores: on the tiny sets, whose choices
+        # are as long as their contexts, reading each context once saves no time and drifts from
+        # lm-eval's numbers by float32 round-off (benchmarks/results/lm_eval_compare.json).
+        scores = score_loglikelihood(model, tokenizer, items, batch_size=batch_size, progress=progress)
         chance = sum(1 / len(item.choices) for item in items) / len(items)
         rows.append({"set": name, "paper": EVAL_SETS.get(name, ""), "items": len(items), "chance": chance,
                      "acc": scores.acc, "acc_norm": scores.acc_norm})

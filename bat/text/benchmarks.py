@@ -341,7 +341,10 @@ def continuation_loglikelihoods(
 
     Sequences longer than ``max_length`` (default: the model's context length) keep their last
     ``max_length`` input tokens, as in lm-eval. Batches are right-padded; log-softmax runs in
-    float32 whatever the model's dtype.
+    float32 whatever the model's dtype. Logits are computed at the continuation's positions only
+    (transformers' ``logits_to_keep`` as a boolean position mask; the vocabulary projection is a
+    fifth of a 135M LM's cost per token), so the model must take it (transformers' decoder-only
+    LMs do).
     """
     validate.positive("batch_size", batch_size, integer=True)
     max_length = max_length or _max_length(model)
@@ -369,24 +372,31 @@ def continuation_loglikelihoods(
             width = len(encoded[batch[0]][0]) - 1
             input_ids = torch.zeros((len(batch), width), dtype=torch.long)
             attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                inputs = encoded[index][0][:-1]
-                input_ids[row, : len(inputs)] = torch.tensor(inputs)
-                attention_mask[row, : len(inputs)] = 1
-            logits = model(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
-            ).logits
+            # Input position p predicts token p + 1: the continuation's n tokens are predicted by
+            # the last n real input positions, the only ones whose logits are computed.
+            predicting = torch.zeros((len(batch), width), dtype=torch.bool)
+            targets = []
             for row, index in enumerate(batch):
                 sequence, n_continuation = encoded[index]
-                # Input position p predicts token p + 1: the continuation's n tokens are
-                # predicted by the last n real input positions.
                 end = len(sequence) - 1
-                logprobs = torch.log_softmax(
-                    logits[row, end - n_continuation : end].float(), dim=-1
-                )
-                targets = torch.tensor(sequence[-n_continuation:], device=logprobs.device)
-                loglikelihoods[index] = logprobs.gather(1, targets[:, None]).sum().item()
+                input_ids[row, :end] = torch.tensor(sequence[:-1])
+                attention_mask[row, :end] = 1
+                predicting[row, end - n_continuation : end] = True
+                targets.extend(sequence[-n_continuation:])
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                           logits_to_keep=predicting.to(device)).logits
+            token_logprobs = _target_logprobs(logits, targets)
+            counts = [encoded[index][1] for index in batch]
+            for index, total in zip(batch, token_logprobs.split(counts), strict=True):
+                loglikelihoods[index] = total.sum().item()
     return loglikelihoods
+
+
+def _target_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+    """log p(target) of each row of ``logits`` [t, vocab] (log-softmax in float32) [t]."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    index = torch.tensor(targets, device=logprobs.device)
+    return logprobs.gather(1, index[:, None])[:, 0]
 
 
 def encode_groups(
@@ -431,8 +441,8 @@ def shared_context_loglikelihoods(
     Tokens are split exactly as :func:`encode_pair` splits them, so the numbers are those of
     :func:`continuation_loglikelihoods` up to float rounding. A group with a sequence longer than
     ``max_length`` + 1 tokens is scored by :func:`continuation_loglikelihoods`, which truncates
-    each sequence on its own as lm-eval does. Needs a model that takes ``cache`` (a ``DynamicCache``) and
-    ``position_ids`` (transformers' decoder-only LMs). Raises :class:`ConfigError` for an empty
+    each sequence on its own as lm-eval does. Needs a model that takes ``cache`` (a ``DynamicCache``),
+    ``position_ids`` and ``logits_to_keep`` (transformers' decoder-only LMs). Raises :class:`ConfigError` for an empty
     continuation or one longer than ``max_length``.
     """
     from transformers import DynamicCache
@@ -467,32 +477,32 @@ def shared_context_loglikelihoods(
             for row, (_, context_ids, _) in enumerate(batch):
                 input_ids[row, : len(context_ids)] = torch.tensor(context_ids)
             cache = DynamicCache()
+            # The last context position predicts every continuation's first token: the only
+            # logits of this pass.
             logits = model(input_ids=input_ids.to(device), attention_mask=context_mask.to(device),
-                           cache=cache, use_cache=True).logits
-            # The last context position predicts every continuation's first token.
-            first = torch.log_softmax(logits[torch.arange(len(batch)), lengths - 1].float(), dim=-1)
+                           cache=cache, use_cache=True,
+                           logits_to_keep=(lengths - 1)[:, None].to(device)).logits
             owners = [row for row, (_, _, choices) in enumerate(batch) for _ in choices]
             rows = [ids for _, _, choices in batch for ids in choices]
-            cache.reorder_cache(torch.tensor(owners, device=device))
+            owner_index = torch.tensor(owners)
+            totals = _target_logprobs(logits[owner_index.to(device), 0], [ids[0] for ids in rows])
+            cache.reorder_cache(owner_index.to(device))
             steps = max(len(ids) for ids in rows) - 1
-            totals = [first[owner, ids[0]].item() for owner, ids in zip(owners, rows)]
             if steps:
                 follow = torch.zeros((len(rows), steps), dtype=torch.long)
                 follow_mask = torch.zeros((len(rows), steps), dtype=torch.long)
                 for row, ids in enumerate(rows):
                     follow[row, : len(ids) - 1] = torch.tensor(ids[:-1])
                     follow_mask[row, : len(ids) - 1] = 1
-                owner_index = torch.tensor(owners)
                 mask = torch.cat([context_mask[owner_index], follow_mask], dim=1)
                 positions = lengths[owner_index][:, None] + torch.arange(steps)[None, :]
                 logits = model(input_ids=follow.to(device), attention_mask=mask.to(device),
-                               position_ids=positions.to(device), cache=cache,
-                               use_cache=True).logits
-                for row, ids in enumerate(rows):
-                    if len(ids) > 1:
-                        logprobs = torch.log_softmax(logits[row, : len(ids) - 1].float(), dim=-1)
-                        targets = torch.tensor(ids[1:], device=logprobs.device)
-                        totals[row] += logprobs.gather(1, targets[:, None]).sum().item()
+                               position_ids=positions.to(device), cache=cache, use_cache=True,
+                               logits_to_keep=follow_mask.bool().to(device)).logits
+                rest = _target_logprobs(logits, [token for ids in rows for token in ids[1:]])
+                owner_rows = torch.repeat_interleave(torch.arange(len(rows)), follow_mask.sum(1))
+                totals = totals.index_add(0, owner_rows.to(device), rest)
+            totals = totals.tolist()
             offset = 0
             for index, _, choices in batch:
                 results[index] = totals[offset : offset + len(choices)]
