@@ -12,7 +12,9 @@ is rewritten after every stage, so an interrupted run keeps what it measured. St
 ``--jobs N`` (N > 1) runs the stages as ``make repro`` does (:mod:`bat.stages.repro`: up to N
 at a time, ``cores // N`` threads each, the changed ones and what is downstream of them, recorded
 by ``dvc commit``), each under ``time -v``, with its log in ``results/repro_logs``. ``--force``
-runs every stage, changed or not: the pipeline of a fresh clone. The summary's
+runs every stage, changed or not: the pipeline of a fresh clone. Each invocation also records
+``machine_peak_gib``, the memory in use on the machine above its level at the start (sampled
+every second), and the summary the largest of them. The summary's
 ``total_minutes`` is then wall time, not the sum of the stages (parts of the pipeline may run one after another or
 side by side; the file is shared under a lock): each invocation with the same ``--jobs`` keeps
 its interval and the stages it measured (each row names its ``invocation``); an invocation whose
@@ -28,6 +30,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +56,28 @@ def run_stage(name: str, force: bool) -> dict:
         raise SystemExit(f"error: stage {name} failed (exit {done.returncode})")
     return {"stage": name, "seconds": round(seconds, 1), "peak_rss_gib": peak_gib(done.stderr),
             "ran": "didn't change" not in done.stdout and "is cached" not in done.stdout}
+
+
+def memory_in_use_gib() -> float:
+    """Memory in use on the machine (MemTotal − MemAvailable of /proc/meminfo), GiB."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    kib = {key: int(fields[key].split()[0]) for key in ("MemTotal", "MemAvailable")}
+    return (kib["MemTotal"] - kib["MemAvailable"]) / 2**20
+
+
+class MachinePeak(threading.Thread):
+    """The most memory in use on the machine while the run lasts, above what was in use when
+    it started (sampled every ``interval`` seconds): what two stages side by side use together,
+    shared pages counted once, which the per-stage peaks of ``time -v`` cannot show."""
+
+    def __init__(self, interval: float = 1.0):
+        super().__init__(daemon=True)
+        self.interval, self.baseline, self.peak = interval, memory_in_use_gib(), 0.0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.peak = max(self.peak, memory_in_use_gib() - self.baseline)
 
 
 def wall_seconds(invocations: list[dict], rows: list[dict]) -> float:
@@ -87,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="run every stage, changed or not")
     args = parser.parse_args(argv)
     started = time.time()
+    machine = MachinePeak()
+    machine.start()
 
     def record(row: dict) -> None:
         if row["ran"]:
@@ -108,9 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                 invocations = {i["start"]: i for i in previous.get("invocations", [])
                                if same and i["start"] != started}
                 mine = [old["stage"] for old in ran if old.get("invocation") == started]
-                invocations[started] = {"start": started, "end": time.time(), "measured": mine}
+                invocations[started] = {"start": started, "end": time.time(), "measured": mine,
+                                        "machine_peak_gib": round(machine.peak, 2)}
                 summary["invocations"] = sorted(invocations.values(), key=lambda i: i["start"])
                 total = wall_seconds(summary["invocations"], list(rows.values()))
+                summary["machine_peak_gib"] = max(i.get("machine_peak_gib", 0.0)
+                                                  for i in summary["invocations"])
             else:
                 total = sum(old["seconds"] for old in ran)
             summary.update(total_minutes=round(total / 60, 1),

@@ -25,3 +25,15 @@ def test_side_by_side_invocations_count_their_overlap_once():
 
 def test_rows_written_before_invocations_were_named_count_their_seconds():
     assert wall_seconds([], [row("a", 5.0), {"stage": "b", "seconds": 9.0, "ran": False}]) == 5.0
+
+
+def test_the_machine_peak_sees_memory_taken_while_it_samples():
+    from benchmarks.bench_repro import MachinePeak
+
+    sampler = MachinePeak(interval=0.05)
+    sampler.start()
+    block = bytearray(b"\x01") * (256 * 2**20)  # written, so every page is resident
+    sampler.done.wait(0.5)
+    sampler.done.set()
+    sampler.join()
+    assert len(block) and sampler.peak > 0.1

@@ -62,7 +62,8 @@ def _number(value) -> str:
 
 
 def budget_block(root: Path) -> str:
-    """Per stage (DVC's order): wall minutes and peak resident GiB; the total of the stages run."""
+    """Per stage (the file's order, the order they finished): wall minutes and peak resident
+    GiB; the total of the stages run, and the machine's peak when the run measured it."""
     path = root / REPRO
     if not path.exists():
         return f"No timed run yet: `python {Path('benchmarks') / 'bench_repro.py'} --out {REPRO}`.\n"
@@ -74,8 +75,15 @@ def budget_block(root: Path) -> str:
     jobs = run.get("jobs", 1)
     label = "all stages" if jobs == 1 else f"all stages, {jobs} at a time (wall)"
     lines.append(f"| **{label}** | **{run['total_minutes']:.1f}** | **{_number(run['peak_rss_gib'])}** |")
-    note = ("" if jobs == 1 else f"\nWith {jobs} stages at a time (one thread each), memory in use at "
-            f"once can reach the sum of {jobs} stages' peaks.\n")
+    if jobs == 1:
+        note = ""
+    elif "machine_peak_gib" in run:
+        note = (f"\nWith {jobs} stages at a time (one thread each), the most memory in use on the "
+                f"machine at once, above its level when the run started: "
+                f"{_number(run['machine_peak_gib'])} GiB.\n")
+    else:
+        note = (f"\nWith {jobs} stages at a time (one thread each), memory in use at once can "
+                f"reach the sum of {jobs} stages' peaks (this run did not sample the machine's).\n")
     return "\n".join(lines) + "\n" + note
 
 
