@@ -12,13 +12,14 @@ is rewritten after every stage, so an interrupted run keeps what it measured. St
 ``--jobs N`` (N > 1) runs the stages as ``make repro`` does (:mod:`bat.stages.repro`: up to N
 at a time, ``cores // N`` threads each, the changed ones and what is downstream of them, recorded
 by ``dvc commit``), each under ``time -v``, with its log in ``results/repro_logs``. ``--force``
-runs every stage, changed or not: the pipeline of a fresh clone. Each invocation also records
-``machine_peak_gib``, the memory in use on the machine above its level at the start (sampled
-every second), and the summary the largest of them. The summary's
-``total_minutes`` is then wall time, not the sum of the stages (parts of the pipeline may run one after another or
-side by side; the file is shared under a lock): each invocation with the same ``--jobs`` keeps
-its interval and the stages it measured (each row names its ``invocation``); an invocation whose
-rows are all still current counts with its whole interval (overlaps once), one whose rows were
+runs every stage, changed or not: the pipeline of a fresh clone.
+
+With ``--jobs`` > 1 the summary's ``total_minutes`` is wall time, not the sum of the stages.
+Several invocations may share the file (parts of the pipeline run one after another or side by
+side), under a lock. Each invocation keeps its interval and the stages it measured (each row
+names its ``invocation``), and ``machine_peak_gib``: the memory in use on the machine above its
+level at the start, sampled every second (the summary keeps the largest). An invocation whose
+rows are all still current counts with its whole interval (overlaps once); one whose rows were
 partly measured again later counts only its current rows' seconds, as if run one after another.
 """
 
@@ -58,9 +59,9 @@ def run_stage(name: str, force: bool) -> dict:
             "ran": "didn't change" not in done.stdout and "is cached" not in done.stdout}
 
 
-def memory_in_use_gib() -> float:
-    """Memory in use on the machine (MemTotal − MemAvailable of /proc/meminfo), GiB."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+def memory_in_use_gib(meminfo: Path = Path("/proc/meminfo")) -> float:
+    """Memory in use on the machine (MemTotal − MemAvailable of ``meminfo``), GiB."""
+    fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines())
     kib = {key: int(fields[key].split()[0]) for key in ("MemTotal", "MemAvailable")}
     return (kib["MemTotal"] - kib["MemAvailable"]) / 2**20
 
@@ -70,14 +71,18 @@ class MachinePeak(threading.Thread):
     it started (sampled every ``interval`` seconds): what two stages side by side use together,
     shared pages counted once, which the per-stage peaks of ``time -v`` cannot show."""
 
-    def __init__(self, interval: float = 1.0):
+    def __init__(self, interval: float = 1.0, read=memory_in_use_gib):
         super().__init__(daemon=True)
-        self.interval, self.baseline, self.peak = interval, memory_in_use_gib(), 0.0
+        self.interval, self.read = interval, read
+        self.baseline, self.peak = read(), 0.0
         self.done = threading.Event()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self.read() - self.baseline)
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
-            self.peak = max(self.peak, memory_in_use_gib() - self.baseline)
+            self.sample()
 
 
 def wall_seconds(invocations: list[dict], rows: list[dict]) -> float:

@@ -74,7 +74,8 @@ def budget_block(root: Path) -> str:
             lines.append(f"| `{row['stage']}` | {row['seconds'] / 60:.1f} | {_number(row['peak_rss_gib'])} |")
     jobs = run.get("jobs", 1)
     label = "all stages" if jobs == 1 else f"all stages, {jobs} at a time (wall)"
-    lines.append(f"| **{label}** | **{run['total_minutes']:.1f}** | **{_number(run['peak_rss_gib'])}** |")
+    lines.append(f"| **{label}** | **{run['total_minutes']:.1f}** | "
+                 f"**{_number(run['peak_rss_gib'])}** (largest stage) |")
     if jobs == 1:
         note = ""
     elif "machine_peak_gib" in run:

@@ -6,8 +6,8 @@ DVC runs one stage at a time under its repository lock (parallel ``dvc repro`` i
 iterative/dvc#755, open since 2018; ``dvc queue`` runs whole experiments in parallel, not the
 stages of one), while this pipeline has two chains that share nothing after ``prepare``: the text
 chain (``pretrain_text`` → the LoRA/DoRA grid) and the image chain (``pretrain_image`` → the
-image grids), each about half of the work. With ``--jobs 1`` (or ``1`` job on a 1-core machine)
-this module is ``dvc repro`` itself. With N > 1 it runs every stage that ``dvc status`` reports
+image grids), each about half of the work. With ``--jobs 1`` this module is ``dvc repro``
+itself. With N > 1 it runs every stage that ``dvc status`` reports
 changed (``--force``: every stage), and everything downstream of one, as soon as the stages it
 depends on are done, up to N at a time, each with ``cores // N`` threads (``OMP_NUM_THREADS``),
 by the command DVC resolved for it, after removing the stage's outputs as DVC does; among the
