@@ -35,10 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from bat.stages.repro import pipeline_graph, run_side_by_side, stage_order
-
-ROOT = Path(__file__).resolve().parent.parent
-DVC = str(Path(sys.executable).parent / "dvc")  # the environment's, also when it is not on PATH
+from bat.stages.repro import DVC, ROOT, pipeline_graph, run_side_by_side, stage_order
 
 
 def peak_gib(time_report: str) -> float | None:
@@ -117,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="run every stage, changed or not")
     args = parser.parse_args(argv)
     started = time.time()
-    machine = MachinePeak()
-    machine.start()
+    machine = MachinePeak()  # what two stages side by side hold at once; read with --jobs > 1
+    if args.jobs > 1:
+        machine.start()
 
     def record(row: dict) -> None:
         if row["ran"]:

@@ -6,20 +6,21 @@
     python -m benchmarks.lm_eval_compare --model /tmp/tiny-llama \\
         --winogrande-rows benchmarks/lm_eval/winogrande.jsonl --out /tmp/lm_eval_winogrande.json
 
-Scores one saved Hugging Face causal LM on one set of items (``--items``: one or more files)
-three times, on the same loaded model: with :func:`bat.text.benchmarks.score_loglikelihood` one
-forward sequence per (context, choice) pair, with it again reading each context once for all its choices (``shared_context=True``), and
-with lm-eval's ``hf`` model (``HFLM`` around the same model) on a task whose YAML reads the same
-file through ``dataset_path: json``. ``--winogrande-rows`` takes rows of WinoGrande's hub schema
-instead: ours are read by :func:`bat.text.benchmarks.load_hub_items` (partial scoring), lm-eval's
-by its own ``winogrande`` task (its YAML included, its preprocess functions). Each is timed,
-fastest of ``--repeats`` runs (lm-eval: its ``evaluate`` only, after the task is built; ours:
-tokenization and scoring), as items/s. Writes the accuracies, the largest per-choice
-log-likelihood difference of each of ours to lm-eval's, per-item disagreements and the
-throughputs to ``--out``; exits 1 if the predictions differ or a
-log-likelihood of the per-pair scorer (the one the grids use) differs by more than 1e-4. Needs
-lm-eval (tested with 0.4.13); the test suite skips its comparisons without it. Run it as a module from the project root: as a script, the
-folder ``benchmarks/lm_eval`` would stand in for the ``lm_eval`` package.
+Scores one saved Hugging Face causal LM on one set of items (``--items``: one or more files) three
+times, on the same loaded model: with :func:`bat.text.benchmarks.score_loglikelihood` one forward
+sequence per (context, choice) pair, with it again reading each context once for all its choices
+(``shared_context=True``), and with lm-eval's ``hf`` model (``HFLM`` around the same model) on a
+task whose YAML reads the same file through ``dataset_path: json``. ``--winogrande-rows`` takes
+rows of WinoGrande's hub schema instead: ours are read by
+:func:`bat.text.benchmarks.load_hub_items` (partial scoring), lm-eval's by its own ``winogrande``
+task (its YAML included, its preprocess functions). Each is timed, fastest of ``--repeats`` runs
+(lm-eval: its ``evaluate`` only, after the task is built; ours: tokenization and scoring), as
+items/s. Writes the accuracies, the largest per-choice log-likelihood difference of each of ours to
+lm-eval's, per-item disagreements and the throughputs to ``--out``; exits 1 if the predictions
+differ or a log-likelihood of the per-pair scorer (the one the grids use) differs by more than
+1e-4. Needs lm-eval (tested with 0.4.13); the test suite skips its comparisons without it. Run it
+as a module from the project root: as a script, the folder ``benchmarks/lm_eval`` would stand in
+for the ``lm_eval`` package.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ def test_independent_stages_run_side_by_side_and_are_committed(tmp_path):
 
 
 def test_a_failed_stage_is_not_recorded_and_the_finished_ones_are(tmp_path):
-    root = project(tmp_path, other="other && exit 3")
+    # fails 3 s after "slow" has finished, so that stage is done, not stopped
+    root = project(tmp_path, other="other && sleep 3 && exit 3")
     with pytest.raises(SystemExit, match="stage other failed"):
         run_side_by_side(stage_order(pipeline_graph(root)[1]), 2, root=root,
                          logs=tmp_path / "logs")

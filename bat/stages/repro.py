@@ -38,7 +38,7 @@ from bat.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).parent / "dvc")  # the environment's, also when it is not on PATH
 LOGS = ROOT / ".cache" / "repro_logs"
-TIMINGS = ROOT / "benchmarks" / "results" / "repro.json"  # the last timed run, if any
+TIMINGS = Path("benchmarks") / "results" / "repro.json"  # the last timed run, if any
 
 
 def pipeline_graph(root: Path = ROOT):
@@ -110,8 +110,10 @@ def critical_path_seconds(graph, names: Sequence[str], expected: Mapping[str, fl
     return chain
 
 
-def last_stage_seconds(path: Path = TIMINGS) -> dict[str, float]:
-    """Each stage's wall seconds in the last timed run (``benchmarks/bench_repro.py``), if any."""
+def last_stage_seconds(root: Path = ROOT) -> dict[str, float]:
+    """Each stage's wall seconds in ``root``'s last timed run (``benchmarks/bench_repro.py``),
+    if any."""
+    path = root / TIMINGS
     if not path.exists():
         return {}
     return {row["stage"]: row["seconds"] for row in json.loads(path.read_text())["stages"]
@@ -141,7 +143,7 @@ def run_side_by_side(names: Sequence[str], jobs: int, *, force: bool = False, lo
     with contextlib.chdir(root):  # DVC reads targets relative to the working directory
         todo = changed_stages(repo, graph, names, force)
     needs = {name: set(graph.successors(name)) & todo for name in todo}
-    chain = critical_path_seconds(graph, names, last_stage_seconds(root / TIMINGS.relative_to(ROOT)))
+    chain = critical_path_seconds(graph, names, last_stage_seconds(root))
     # longest chain first; ties (and a first run, with no timings) in dependency order
     pending = sorted((name for name in names if name in todo), key=lambda name: -chain[name])
     running: dict[str, tuple[subprocess.Popen, object, float]] = {}
