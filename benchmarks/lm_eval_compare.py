@@ -17,8 +17,8 @@ task (its YAML included, its preprocess functions). Each is timed, fastest of ``
 (lm-eval: its ``evaluate`` only, after the task is built; ours: tokenization and scoring), as
 items/s. Writes the accuracies, the largest per-choice log-likelihood difference of each of ours to
 lm-eval's, per-item disagreements and the throughputs to ``--out``; exits 1 if the predictions
-differ or a log-likelihood of the per-pair scorer (the one the grids use) differs by more than
-1e-4. Needs lm-eval (tested with 0.4.13); the test suite skips its comparisons without it. Run it
+differ or a log-likelihood of the shared-context scorer (the one the pipeline uses) differs by
+more than 1e-4. Needs lm-eval (tested with 0.4.13); the test suite skips its comparisons without it. Run it
 as a module from the project root: as a script, the folder ``benchmarks/lm_eval`` would stand in
 for the ``lm_eval`` package.
 """
@@ -221,9 +221,9 @@ def main() -> int:
         f"{throughput['bat']:.1f}, shared {throughput['bat_shared_context']:.1f}, lm-eval "
         f"{throughput['lm_eval']:.1f} | {'agree' if agree else 'DISAGREE'}"
     )
-    # the exit status follows the scorer the grids use (pairs); a shared-context log-likelihood
+    # the exit status follows the scorer the pipeline uses (shared context); a per-pair log-likelihood
     # off by float32 round-off over a long continuation is reported, not fatal
-    return 0 if agrees["bat"] else 1
+    return 0 if agrees["bat_shared_context"] else 1
 
 
 if __name__ == "__main__":

@@ -504,17 +504,20 @@ def load_eval_sets(folder: str | Path, size: int, names: Sequence[str] | None = 
 
 def score_eval_sets(model, tokenizer, sets: Mapping[str, Sequence[MultipleChoiceItem]], *,
                     batch_size: int = 8, progress: bool = True):
-    """lm-eval ``acc`` and ``acc_norm`` per set: a DataFrame with set, paper, items, chance, acc, acc_norm."""
+    """lm-eval ``acc`` and ``acc_norm`` per set: a DataFrame with set, paper, items, chance, acc, acc_norm.
+
+    Each context is read once for all its choices (``shared_context``; ``batch_size`` counts
+    items): the same numbers as lm-eval's one sequence per choice up to float32 round-off, at
+    about twice its items/s on the tiny sets (benchmarks/results/lm_eval_compare.json).
+    """
     import pandas as pd
 
     from bat.text.data import EVAL_SETS
 
     rows = []
     for name, items in sets.items():
-        # One sequence per (context, choice), as lm-eval scores: on the tiny sets, whose choices
-        # are as long as their contexts, reading each context once saves no time and drifts from
-        # lm-eval's numbers by float32 round-off (benchmarks/results/lm_eval_compare.json).
-        scores = score_loglikelihood(model, tokenizer, items, batch_size=batch_size, progress=progress)
+        scores = score_loglikelihood(model, tokenizer, items, batch_size=batch_size,
+                                     progress=progress, shared_context=True)
         chance = sum(1 / len(item.choices) for item in items) / len(items)
         rows.append({"set": name, "paper": EVAL_SETS.get(name, ""), "items": len(items), "chance": chance,
                      "acc": scores.acc, "acc_norm": scores.acc_norm})

@@ -435,18 +435,21 @@ def shared_context_loglikelihoods(
     """:func:`continuation_loglikelihoods` of each ``(context, continuations)`` group, reading the
     context once for all its continuations: ``[group][continuation]`` summed log-probabilities.
 
-    Per batch of ``batch_size`` groups, one forward pass over the contexts (right-padded) fills a
-    KV cache; the cache is repeated once per continuation and a second pass reads every
-    continuation after its context (padding masked, positions continuing the context's own).
-    Tokens are split exactly as :func:`encode_pair` splits them, so the numbers are those of
-    :func:`continuation_loglikelihoods` up to float rounding. A group with a sequence longer than
-    ``max_length`` + 1 tokens is scored by :func:`continuation_loglikelihoods`, which truncates
-    each sequence on its own as lm-eval does. Needs a model that takes ``cache`` (a ``DynamicCache``),
-    ``position_ids`` and ``logits_to_keep`` (transformers' decoder-only LMs). Raises :class:`ConfigError` for an empty
-    continuation or one longer than ``max_length``.
+    Each group is one packed row, the context followed by every continuation but its last token,
+    read in one forward pass with a 4-D attention mask: a continuation's tokens see the context
+    and their own continuation's earlier tokens, never another continuation's, and their position
+    ids continue the context's, so each continuation is read exactly as after its context alone
+    (the packing of choices that tree attention and lm-eval's one-token-continuation cache use in
+    part). Rows of ``batch_size`` groups, longest first, are right-padded. The last context
+    position predicts every continuation's first token. Tokens are split as :func:`encode_pair`
+    splits them, so the numbers are those of :func:`continuation_loglikelihoods` up to float
+    rounding. A group with a sequence longer than ``max_length`` + 1 tokens is scored by
+    :func:`continuation_loglikelihoods`, which truncates each sequence on its own as lm-eval does.
+    Needs a model that takes a prepared 4-D ``attention_mask`` [batch, 1, query, key],
+    ``position_ids`` and ``logits_to_keep`` (transformers' decoder-only LMs, sdpa or eager
+    attention). Raises :class:`ConfigError` for an empty continuation or one longer than
+    ``max_length``.
     """
-    from transformers import DynamicCache
-
     validate.positive("batch_size", batch_size, integer=True)
     max_length = max_length or _max_length(model)
     encoded, results, long_groups = [], [None] * len(groups), []
@@ -463,50 +466,65 @@ def shared_context_loglikelihoods(
         if len(context_ids) + max(len(ids) for _, ids in pairs) > max_length + 1:
             long_groups.append(index)
         else:
-            encoded.append((index, context_ids, [ids for _, ids in pairs]))
+            choices = [ids for _, ids in pairs]
+            width = len(context_ids) + sum(len(ids) - 1 for ids in choices)
+            encoded.append((index, context_ids, choices, width))
     device = model_device(model)
-    encoded.sort(key=lambda entry: -len(entry[1]))  # similar context lengths share a batch
+    encoded.sort(key=lambda entry: -entry[3])  # similar row lengths share a batch
     with _evaluating(model):
         for start in tqdm(range(0, len(encoded), batch_size), desc="log-likelihood",
                           disable=not progress):
             batch = encoded[start : start + batch_size]
-            lengths = torch.tensor([len(context_ids) for _, context_ids, _ in batch])
-            width = int(lengths.max())
-            context_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+            width = batch[0][3]
             input_ids = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, context_ids, _) in enumerate(batch):
-                input_ids[row, : len(context_ids)] = torch.tensor(context_ids)
-            cache = DynamicCache()
-            # The last context position predicts every continuation's first token: the only
-            # logits of this pass.
-            logits = model(input_ids=input_ids.to(device), attention_mask=context_mask.to(device),
-                           cache=cache, use_cache=True,
-                           logits_to_keep=(lengths - 1)[:, None].to(device)).logits
-            owners = [row for row, (_, _, choices) in enumerate(batch) for _ in choices]
-            rows = [ids for _, _, choices in batch for ids in choices]
-            owner_index = torch.tensor(owners)
-            totals = _target_logprobs(logits[owner_index.to(device), 0], [ids[0] for ids in rows])
-            cache.reorder_cache(owner_index.to(device))
-            steps = max(len(ids) for ids in rows) - 1
-            if steps:
-                follow = torch.zeros((len(rows), steps), dtype=torch.long)
-                follow_mask = torch.zeros((len(rows), steps), dtype=torch.long)
-                for row, ids in enumerate(rows):
-                    follow[row, : len(ids) - 1] = torch.tensor(ids[:-1])
-                    follow_mask[row, : len(ids) - 1] = 1
-                mask = torch.cat([context_mask[owner_index], follow_mask], dim=1)
-                positions = lengths[owner_index][:, None] + torch.arange(steps)[None, :]
-                logits = model(input_ids=follow.to(device), attention_mask=mask.to(device),
-                               position_ids=positions.to(device), cache=cache, use_cache=True,
-                               logits_to_keep=follow_mask.bool().to(device)).logits
-                rest = _target_logprobs(logits, [token for ids in rows for token in ids[1:]])
-                owner_rows = torch.repeat_interleave(torch.arange(len(rows)), follow_mask.sum(1))
-                totals = totals.index_add(0, owner_rows.to(device), rest)
-            totals = totals.tolist()
-            offset = 0
-            for index, _, choices in batch:
-                results[index] = totals[offset : offset + len(choices)]
-                offset += len(choices)
+            position_ids = torch.zeros((len(batch), width), dtype=torch.long)
+            # segment: -1 context, j continuation j, -2 padding
+            segment = torch.full((len(batch), width), -2, dtype=torch.long)
+            keep = torch.zeros((len(batch), width), dtype=torch.bool)
+            targets, owners = [], []  # per scored token: its target and (group row, choice)
+            kept = 0  # logits rows before this row's, in logits_to_keep's row-major order
+            for row, (_, context_ids, choices, _) in enumerate(batch):
+                n_context = len(context_ids)
+                input_ids[row, :n_context] = torch.tensor(context_ids)
+                position_ids[row, :n_context] = torch.arange(n_context)
+                segment[row, :n_context] = -1
+                keep[row, n_context - 1] = True
+                at, rows = n_context, []
+                for choice, ids in enumerate(choices):
+                    inputs = ids[:-1]
+                    input_ids[row, at : at + len(inputs)] = torch.tensor(inputs, dtype=torch.long)
+                    position_ids[row, at : at + len(inputs)] = n_context + torch.arange(len(inputs))
+                    segment[row, at : at + len(inputs)] = choice
+                    keep[row, at : at + len(inputs)] = True
+                    rows.append(range(at, at + len(inputs)))
+                    at += len(inputs)
+                # kept positions of this row, in order: the context's last, then each choice's
+                first = kept
+                offsets = {position: first + 1 + k for k, position in
+                           enumerate(p for positions in rows for p in positions)}
+                for choice, (ids, positions) in enumerate(zip(choices, rows, strict=True)):
+                    reading = [first] + [offsets[p] for p in positions]
+                    targets.extend(zip(reading, ids))
+                    owners.extend([(row, choice)] * len(ids))
+                kept += 1 + sum(len(positions) for positions in rows)
+            query, key = torch.arange(width)[:, None], torch.arange(width)[None, :]
+            mask = ((key <= query)[None] & (segment[:, None, :] == -1)
+                    | (segment[:, None, :] == segment[:, :, None]) & (key <= query)[None])
+            mask &= (segment != -2)[:, None, :]
+            mask |= torch.eye(width, dtype=torch.bool)[None]  # no all-masked row (padding)
+            logits = model(input_ids=input_ids.to(device),
+                           attention_mask=_prepared_mask(model, mask[:, None]).to(device),
+                           position_ids=position_ids.to(device),
+                           logits_to_keep=keep.to(device)).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            reading, tokens = zip(*targets)
+            token_logprobs = logprobs[torch.tensor(reading, device=logprobs.device),
+                                      torch.tensor(tokens, device=logprobs.device)].tolist()
+            totals = [[0.0] * len(choices) for _, _, choices, _ in batch]
+            for (row, choice), value in zip(owners, token_logprobs, strict=True):
+                totals[row][choice] += value
+            for (index, *_), row_totals in zip(batch, totals, strict=True):
+                results[index] = row_totals
     if long_groups:
         pairs = [(groups[i][0], continuation) for i in long_groups for continuation in groups[i][1]]
         flat = continuation_loglikelihoods(model, tokenizer, pairs, batch_size=batch_size,
@@ -516,6 +534,15 @@ def shared_context_loglikelihoods(
             results[index] = flat[offset : offset + len(groups[index][1])]
             offset += len(groups[index][1])
     return results
+
+
+def _prepared_mask(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    """A boolean 4-D mask (True: attend) in the form the model's attention takes as prepared:
+    sdpa and flex take booleans, eager adds the mask to its scores (0 or the dtype's minimum)."""
+    if getattr(model.config, "_attn_implementation", None) != "eager":
+        return mask
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 @dataclass(frozen=True)
