@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from bat.core import curvature
 from bat.core.adapters import AdapterConfig, attach_adapter
 from bat.core.curvature import (FisherOperator, GradientProjector, per_sample_grads,
                            per_sample_grads_hooks, per_sample_grads_loop,
@@ -40,9 +41,10 @@ def scored(kind):
 
 
 @pytest.mark.parametrize("kind", list(SETTINGS))
-def test_hook_gradients_equal_the_per_example_loop(kind):
-    """LoRA/LoCon/full UNet and LoRA LM by hooks alone; DoRA through the vmap fallback."""
+def test_hook_gradients_equal_the_per_example_loop(kind, monkeypatch):
+    """Every setting by hooks alone (DoRA's magnitude by its own rule): no vmap fallback."""
     model, task, batch = scored(kind)
+    monkeypatch.setattr(curvature, "per_sample_grads", None)  # a fallback would call it
     loop = per_sample_grads_loop(model, task, batch)
     hooks = per_sample_grads_hooks(model, task, batch)
     scale = float(loop.abs().max())
@@ -73,6 +75,28 @@ def test_a_weight_used_outside_its_layer_falls_back_to_vmap():
     model, batch = DirectWeight(), {"x": torch.randn(5, 3)}
     torch.testing.assert_close(per_sample_grads_hooks(model, SquaredTask(), batch),
                                per_sample_grads_loop(model, SquaredTask(), batch))
+
+
+class SharedProbe(nn.Module):
+    """A Linear also applied to a fixed matrix whose output the loss uses: no hook rule fits."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.register_buffer("probe", torch.randn(4, 3))
+
+    def forward(self, x):
+        return self.linear(x) * self.linear(self.probe).sum()
+
+
+def test_a_layer_called_on_other_inputs_the_loss_uses_falls_back_to_vmap(monkeypatch):
+    torch.manual_seed(0)
+    model, batch = SharedProbe(), {"x": torch.randn(5, 3)}
+    expected = per_sample_grads_loop(model, SquaredTask(), batch)
+    torch.testing.assert_close(per_sample_grads_hooks(model, SquaredTask(), batch), expected)
+    monkeypatch.setattr(curvature, "per_sample_grads", None)
+    with pytest.raises(TypeError):  # the fallback was needed
+        per_sample_grads_hooks(model, SquaredTask(), batch)
 
 
 def test_unprojected_layers_give_the_exact_rows():

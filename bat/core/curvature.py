@@ -218,10 +218,26 @@ def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
 
 
 def _layer_samplers() -> dict[type, Callable]:
-    """Opacus's per-sample gradient rules by layer type (nn.Linear, nn.Conv2d, nn.GroupNorm, …)."""
+    """Opacus's per-sample gradient rules by layer type (nn.Linear, nn.Conv2d, nn.GroupNorm, …),
+    and ours for peft's DoRA magnitude (:func:`_dora_magnitude_samples`)."""
     from opacus.grad_sample import GradSampleModule  # importing registers the samplers
+    from peft.tuners.lora.dora import DoraLinearLayer
 
-    return GradSampleModule.GRAD_SAMPLERS
+    return {**GradSampleModule.GRAD_SAMPLERS, DoraLinearLayer: _dora_magnitude_samples}
+
+
+def _dora_magnitude_samples(layer: nn.Module, activations: list[torch.Tensor],
+                            backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients [n, out] of a DoRA magnitude m (peft's ``DoraLinearLayer.weight``).
+
+    DoRA adds y = (m/‖W + sBA‖ − 1)·base + (m/‖W + sBA‖)·s·BAx to the base output, the column
+    norm detached as in peft and the DoRA paper (Sec. 4.3), so ∂y/∂m = (base + s·BAx)/‖W + sBA‖
+    = (y + base)/m: the hook records that direction [n, …, out] in place of an input, and the
+    rule is Σ_t δ_t ⊙ direction_t over every position.
+    """
+    (direction,) = activations
+    product = backprops * direction
+    return {layer.weight: product.reshape(product.shape[0], -1, product.shape[-1]).sum(1)}
 
 
 def per_sample_grads_hooks(model: nn.Module, task: Task, batch: Batch, *,
@@ -240,9 +256,11 @@ def per_sample_grads_hooks(model: nn.Module, task: Task, batch: Batch, *,
 
     Falls back to :func:`per_sample_grads` (``vmap``) for
 
-    - parameters no supported layer owns (LoHa/LoKr factors, DoRA magnitudes),
-    - parameters of a layer that is also called on something other than the batch (DoRA calls
-      ``lora_A`` on an identity matrix): its inputs' first dimension is not the example, and
+    - parameters no supported layer owns (LoHa/LoKr factors; DoRA's magnitude has its own rule,
+      :func:`_dora_magnitude_samples`),
+    - parameters of a layer that is also called on something other than the batch, when a loss
+      depends on that call (its inputs' first dimension is not the example; DoRA's calls of
+      ``lora_A`` and ``lora_B`` on an identity matrix feed a detached norm and are ignored), and
     - parameters of a supported layer that are also used outside its forward: found because
       their per-sample gradients do not sum to the batch gradient that the same backward pass
       gives (relative error above ``check_rtol``, or twice the machine epsilon of the dtype the
@@ -414,16 +432,42 @@ def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projec
     n = batch_size(batch)
     calls: dict[nn.Module, list | None] = {layer: [] for layer in layers}
 
-    def capture(layer, inputs, output):
-        if inputs[0].shape[0] != n:  # e.g. DoRA calls lora_A on an identity matrix
-            calls[layer] = None
+    def unusable(layer):
+        return lambda grad: calls.__setitem__(layer, None)
+
+    def record(layer, caught, output):
         if calls[layer] is None:
             return
-        record = [inputs[0].detach(), None]
-        calls[layer].append(record)
-        output.register_hook(lambda grad: record.__setitem__(1, grad.detach()))
+        if caught.shape[0] != n:
+            # DoRA calls lora_A and lora_B on an identity matrix for its weight norm, which it
+            # detaches: harmless unless a loss depends on the call
+            output.register_hook(unusable(layer))
+            return
+        entry = [caught.detach(), None]
+        calls[layer].append(entry)
+        output.register_hook(lambda grad: entry.__setitem__(1, grad.detach()))
 
-    handles = [layer.register_forward_hook(capture) for layer in layers]
+    def capture(layer, inputs, output):
+        record(layer, inputs[0], output)
+
+    def capture_dora(layer, inputs, kwargs, output):
+        # the rule's direction (y + base)/m, base without bias as in peft's forward; peft passes
+        # no base output when dropout is active, which scoring (eval mode) never is
+        base, base_layer = kwargs.get("base_result"), kwargs["base_layer"]
+        if base is None:
+            calls[layer] = None
+            return
+        with torch.no_grad():
+            if base_layer.bias is not None:
+                base = base - base_layer.bias
+            direction = (output + base) / layer.weight
+        record(layer, direction, output)
+
+    from peft.tuners.lora.dora import DoraLinearLayer as dora
+
+    handles = [layer.register_forward_hook(capture_dora, with_kwargs=True)
+               if type(layer) is dora else layer.register_forward_hook(capture)
+               for layer in layers]
     targets = [p for p in params if id(p) in hooked]
     try:
         with scoring_mode(model):
