@@ -18,7 +18,8 @@ With ``--jobs`` > 1 the summary's ``total_minutes`` is wall time, not the sum of
 Several invocations may share the file (parts of the pipeline run one after another or side by
 side), under a lock. Each invocation keeps its interval and the stages it measured (each row
 names its ``invocation``), and ``machine_peak_gib``: the memory in use on the machine above its
-level at the start, sampled every second (the summary keeps the largest). An invocation whose
+level at the start, sampled every second (the summary keeps the largest). Invocations none of
+whose rows are current any more are dropped, their peaks with them. An invocation whose
 rows are all still current counts with its whole interval (overlaps once); one whose rows were
 partly measured again later counts only its current rows' seconds, as if run one after another.
 """
@@ -97,6 +98,13 @@ def wall_seconds(invocations: list[dict], rows: list[dict]) -> float:
     return covered_seconds([(i["start"], i["end"]) for i in whole]) + rest
 
 
+def current_invocations(invocations: list[dict], rows: list[dict]) -> list[dict]:
+    """The invocations that measured at least one current row: one whose every stage was
+    measured again later says nothing about the pipeline as it stands (its memory peak included)."""
+    current = {row.get("invocation") for row in rows if row["ran"]}
+    return [i for i in invocations if i["start"] in current]
+
+
 def covered_seconds(intervals) -> float:
     """Seconds covered by the union of ``[start, end]`` intervals (overlaps counted once)."""
     total, reach = 0.0, float("-inf")
@@ -140,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 mine = [old["stage"] for old in ran if old.get("invocation") == started]
                 invocations[started] = {"start": started, "end": time.time(), "measured": mine,
                                         "machine_peak_gib": round(machine.peak, 2)}
-                summary["invocations"] = sorted(invocations.values(), key=lambda i: i["start"])
+                summary["invocations"] = current_invocations(
+                    sorted(invocations.values(), key=lambda i: i["start"]), list(rows.values()))
                 total = wall_seconds(summary["invocations"], list(rows.values()))
                 summary["machine_peak_gib"] = max(i.get("machine_peak_gib", 0.0)
                                                   for i in summary["invocations"])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.bench_repro import wall_seconds
+from benchmarks.bench_repro import current_invocations, wall_seconds
 
 
 def row(stage, seconds, invocation=None):
@@ -25,6 +25,14 @@ def test_side_by_side_invocations_count_their_overlap_once():
 
 def test_rows_written_before_invocations_were_named_count_their_seconds():
     assert wall_seconds([], [row("a", 5.0), {"stage": "b", "seconds": 9.0, "ran": False}]) == 5.0
+
+
+def test_an_invocation_measured_again_in_full_is_dropped():
+    invocations = [{"start": 0.0, "end": 100.0, "measured": ["a", "b"], "machine_peak_gib": 9.0},
+                   {"start": 200.0, "end": 260.0, "measured": ["b"], "machine_peak_gib": 2.0},
+                   {"start": 300.0, "end": 320.0, "measured": ["a"], "machine_peak_gib": 3.0}]
+    rows = [row("a", 20.0, 300.0), row("b", 60.0, 200.0)]
+    assert [i["start"] for i in current_invocations(invocations, rows)] == [200.0, 300.0]
 
 
 def test_the_machine_peak_is_the_most_in_use_above_the_start(tmp_path):
