@@ -73,13 +73,13 @@ class MachinePeak(threading.Thread):
         super().__init__(daemon=True)
         self.interval, self.read = interval, read
         self.baseline, self.peak = read(), 0.0
-        self.done = threading.Event()
 
     def sample(self) -> None:
         self.peak = max(self.peak, self.read() - self.baseline)
 
-    def run(self) -> None:
-        while not self.done.wait(self.interval):
+    def run(self) -> None:  # a daemon: it samples until the process ends
+        while True:
+            time.sleep(self.interval)
             self.sample()
 
 
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                 invocations[started] = {"start": started, "end": time.time(), "measured": mine,
                                         "machine_peak_gib": round(machine.peak, 2)}
                 summary["invocations"] = current_invocations(
-                    sorted(invocations.values(), key=lambda i: i["start"]), list(rows.values()))
-                total = wall_seconds(summary["invocations"], list(rows.values()))
+                    sorted(invocations.values(), key=lambda i: i["start"]), summary["stages"])
+                total = wall_seconds(summary["invocations"], summary["stages"])
                 summary["machine_peak_gib"] = max(i.get("machine_peak_gib", 0.0)
                                                   for i in summary["invocations"])
             else:

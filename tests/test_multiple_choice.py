@@ -80,11 +80,17 @@ def test_batched_loglikelihoods_match_one_pass_per_pair(model, tokenizer):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager adds the mask to its scores
+@pytest.fixture(params=["sdpa", "eager"])  # eager adds the mask to its scores
+def attention(request, model):
+    """``model`` with this attention implementation, back to sdpa for the tests after it."""
+    model.set_attn_implementation(request.param)
+    yield request.param
+    model.set_attn_implementation("sdpa")
+
+
 def test_shared_context_scoring_matches_one_pass_per_pair(model, tokenizer, attention):
     # Contexts of different lengths (padding inside a batch), single- and multi-token choices,
     # an empty context (BOS as context) and a context with a trailing space.
-    model.set_attn_implementation(attention)
     items = items_for_scoring() + [
         mc.MultipleChoiceItem("", ["backbone", "yes no"], 0, "d"),
         mc.MultipleChoiceItem("Question: which backbone augmented training? ", ["no", "yes"], 1, "e"),
@@ -97,7 +103,6 @@ def test_shared_context_scoring_matches_one_pass_per_pair(model, tokenizer, atte
         got = [ll for prediction in shared.predictions for ll in prediction.loglikelihoods]
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
     plain = mc.score_loglikelihood(model, tokenizer, items, progress=False)
-    model.set_attn_implementation("sdpa")
     assert (shared.acc, shared.acc_norm) == (plain.acc, plain.acc_norm)
 
 

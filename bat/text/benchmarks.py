@@ -481,50 +481,42 @@ def shared_context_loglikelihoods(
             # segment: -1 context, j continuation j, -2 padding
             segment = torch.full((len(batch), width), -2, dtype=torch.long)
             keep = torch.zeros((len(batch), width), dtype=torch.bool)
-            targets, owners = [], []  # per scored token: its target and (group row, choice)
-            kept = 0  # logits rows before this row's, in logits_to_keep's row-major order
+            reading, targets, counts = [], [], []  # per scored token: its logits row and token
+            kept = 0  # logits rows of the rows before, in logits_to_keep's row-major order
             for row, (_, context_ids, choices, _) in enumerate(batch):
                 n_context = len(context_ids)
                 input_ids[row, :n_context] = torch.tensor(context_ids)
                 position_ids[row, :n_context] = torch.arange(n_context)
                 segment[row, :n_context] = -1
                 keep[row, n_context - 1] = True
-                at, rows = n_context, []
+                # this row's logits: its context's last position, then its continuation inputs
+                at = n_context
                 for choice, ids in enumerate(choices):
                     inputs = ids[:-1]
-                    input_ids[row, at : at + len(inputs)] = torch.tensor(inputs, dtype=torch.long)
-                    position_ids[row, at : at + len(inputs)] = n_context + torch.arange(len(inputs))
-                    segment[row, at : at + len(inputs)] = choice
-                    keep[row, at : at + len(inputs)] = True
-                    rows.append(range(at, at + len(inputs)))
+                    span = slice(at, at + len(inputs))
+                    input_ids[row, span] = torch.tensor(inputs, dtype=torch.long)
+                    position_ids[row, span] = n_context + torch.arange(len(inputs))
+                    segment[row, span] = choice
+                    keep[row, span] = True
+                    first_input = kept + 1 + at - n_context
+                    reading += [kept] + list(range(first_input, first_input + len(inputs)))
+                    targets += ids
+                    counts.append(len(ids))
                     at += len(inputs)
-                # kept positions of this row, in order: the context's last, then each choice's
-                first = kept
-                offsets = {position: first + 1 + k for k, position in
-                           enumerate(p for positions in rows for p in positions)}
-                for choice, (ids, positions) in enumerate(zip(choices, rows, strict=True)):
-                    reading = [first] + [offsets[p] for p in positions]
-                    targets.extend(zip(reading, ids))
-                    owners.extend([(row, choice)] * len(ids))
-                kept += 1 + sum(len(positions) for positions in rows)
+                kept += 1 + at - n_context
             query, key = torch.arange(width)[:, None], torch.arange(width)[None, :]
-            mask = ((key <= query)[None] & (segment[:, None, :] == -1)
-                    | (segment[:, None, :] == segment[:, :, None]) & (key <= query)[None])
-            mask &= (segment != -2)[:, None, :]
+            seen = (segment[:, None, :] == -1) | (segment[:, None, :] == segment[:, :, None])
+            mask = seen & (key <= query)[None] & (segment != -2)[:, None, :]
             mask |= torch.eye(width, dtype=torch.bool)[None]  # no all-masked row (padding)
             logits = model(input_ids=input_ids.to(device),
                            attention_mask=_prepared_mask(model, mask[:, None]).to(device),
                            position_ids=position_ids.to(device),
                            logits_to_keep=keep.to(device)).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            reading, tokens = zip(*targets)
-            token_logprobs = logprobs[torch.tensor(reading, device=logprobs.device),
-                                      torch.tensor(tokens, device=logprobs.device)].tolist()
-            totals = [[0.0] * len(choices) for _, _, choices, _ in batch]
-            for (row, choice), value in zip(owners, token_logprobs, strict=True):
-                totals[row][choice] += value
-            for (index, *_), row_totals in zip(batch, totals, strict=True):
-                results[index] = row_totals
+            token_logprobs = _target_logprobs(logits[torch.tensor(reading, device=logits.device)],
+                                              targets)
+            totals = iter(sum(part.tolist()) for part in token_logprobs.split(counts))
+            for index, _, choices, _ in batch:
+                results[index] = [next(totals) for _ in choices]
     if long_groups:
         pairs = [(groups[i][0], continuation) for i in long_groups for continuation in groups[i][1]]
         flat = continuation_loglikelihoods(model, tokenizer, pairs, batch_size=batch_size,
