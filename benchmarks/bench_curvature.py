@@ -113,20 +113,14 @@ def bench_per_sample(model, task, batch, repeats):
 
 
 def dreambooth_unet(text_width=384):
-    """The tiny profile's UNet: bat.image.backbone.build_pipeline's, with params.yaml's sizes."""
-    import yaml
-    from diffusers import UNet2DConditionModel
+    """The tiny profile's UNet: bat.image.backbone.build_unet with params.yaml's sizes."""
+    from bat import paths
+    from bat.config import build_parts, read_yaml, section
+    from bat.image.backbone import ImageBackboneConfig, build_unet
+    from bat.stages.backbone_image import SECTION, FidelityConfig
 
-    from bat.image.backbone import norm_groups
-
-    config = yaml.safe_load(open("params.yaml"))["backbone_image"]
-    channels = config["unet_channels"]
-    return UNet2DConditionModel(
-        sample_size=config["resolution"] // 2, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=channels, down_block_types=("CrossAttnDownBlock2D",) * len(channels),
-        up_block_types=("CrossAttnUpBlock2D",) * len(channels), cross_attention_dim=text_width,
-        attention_head_dim=8, addition_embed_type="text", addition_embed_type_num_heads=8,
-        norm_num_groups=norm_groups(channels))
+    config, _ = build_parts(section(read_yaml(paths.PARAMS), SECTION), SECTION, ImageBackboneConfig, FidelityConfig)
+    return build_unet(config, text_width)
 
 
 def bench_dreambooth_check(repeats):

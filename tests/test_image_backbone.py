@@ -14,7 +14,7 @@ from bat.image.backbone import (ImageBackboneConfig, generate, load_image_backbo
 from bat.image.data import load_image_set
 
 SMOKE = dict(source="train", model_id="unused", text_encoder="data/raw/minilm", resolution=16,
-             vae_channels=[8, 16], unet_channels=[16, 32], max_caption_tokens=8, vae_steps=2,
+             vae_channels=[8, 16], unet_channels=[16, 32], unet_attention=[False, True], max_caption_tokens=8, vae_steps=2,
              vae_learning_rate=1e-3, unet_steps=2, unet_learning_rate=1e-3, unet_lr_schedule="cosine",
              ema_decay=0.9, snr_gamma=5.0, batch_size=4, caption_dropout=0.5, seed=0, torch_dtype="float32",
              device="cpu")
@@ -31,6 +31,20 @@ def trained(backbone_set, tmp_path_factory):
     pipe, log = pretrain(config, backbone_set.images[:8], backbone_set.captions[:8])
     folder = save_image_backbone(pipe, tmp_path_factory.mktemp("models") / "backbone_image")
     return pipe, log, folder
+
+
+@pytest.mark.parametrize("attention, match", [([True], "needs one true or false per entry of unet_channels"),
+                                               ([True, "yes"], "needs one true or false"),
+                                               ([False, False], "at least one level needs attention")])
+def test_unet_attention_must_name_each_level(attention, match):
+    with pytest.raises(ConfigError, match=rf"backbone_image.unet_attention: .*{match}"):
+        build(ImageBackboneConfig, {**SMOKE, "unet_attention": attention}, "backbone_image")
+
+
+def test_unet_levels_without_attention_are_plain_resnet_blocks(trained):
+    unet = trained[0].unet
+    assert unet.config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D")
+    assert unet.config.up_block_types == ("CrossAttnUpBlock2D", "UpBlock2D")
 
 
 def test_resolution_the_levels_cannot_take_is_refused():
@@ -136,8 +150,23 @@ def test_fidelity_of_samples_that_are_the_references_is_perfect(trained, backbon
     pipe = trained[0]
     shown = backbone_set.spread(8)
     monkeypatch.setattr(backbone, "generate", lambda *args, **kwargs: shown.images.copy())
-    measured = backbone.prompt_fidelity(pipe, shown, 0, 2, 3.0, _Identity(), backbone_set.images[-8:])
+    measured = backbone.prompt_fidelity(pipe, shown, 0, 2, 3.0, _Identity(), backbone_set.images[-8:],
+                                        backbone_set)
     for space in ("thumbnail", "encoder"):
         assert measured[f"{space}_preference"] == 1.0 and measured[f"{space}_accuracy"] == 1.0
+        assert 0 <= measured[f"nearest_caption_{space}_preference"] <= 1
     assert measured["kid"] < measured["kid_floor"]
     assert np.isfinite(measured["vae_psnr"])
+
+
+def test_nearest_caption_lookup_leaves_the_concept_out_and_finds_an_identical_caption(trained, backbone_set):
+    from bat.image.backbone import nearest_caption_renders
+    from bat.image.data import ImageSet
+
+    pipe, shown = trained[0], backbone_set.spread(8)
+    found = nearest_caption_renders(pipe, shown, backbone_set)
+    own = {emoji: image for emoji, image in zip(backbone_set.emoji, backbone_set.images)}
+    assert not any(np.array_equal(image, own[emoji]) for image, emoji in zip(found, shown.emoji))
+    # The same captions under other concepts' names, with other images: found exactly.
+    twins = ImageSet(255 - shown.images, [f"twin {emoji}" for emoji in shown.emoji], shown.captions, shown.source)
+    np.testing.assert_array_equal(nearest_caption_renders(pipe, shown, twins), 255 - shown.images)

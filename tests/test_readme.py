@@ -31,3 +31,19 @@ def test_budget_lists_the_stages_that_ran(tmp_path):
                                          '"ran": false}], "total_minutes": 1.5, "peak_rss_gib": 1.5}')
     block = readme.budget_block(tmp_path)
     assert "| `a` | 1.5 | 1.5 |" in block and "`b`" not in block and "**1.5**" in block
+
+
+def test_sweep_ends_with_the_lookup_reference_when_the_stage_measured_it(tmp_path):
+    import json
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    held = {"count": 64, "thumbnail_preference": 0.6, "thumbnail_top1": 3, "encoder_preference": 0.7,
+            "encoder_top1": 4, "kid": 0.5, "kid_floor": 0.0, "vae_psnr": 23.0}
+    (tmp_path / readme.SWEEP).write_text(json.dumps([{"name": "a", "guidance_scale": 7.5, "train_minutes": 9.0,
+                                                      "heldout": held}]))
+    assert "nearest caption" not in readme.sweep_block(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "backbone_image.json").write_text(json.dumps(
+        {"heldout_nearest_caption_thumbnail_preference": 0.78, "heldout_nearest_caption_encoder_preference": 0.82}))
+    last = readme.sweep_block(tmp_path).splitlines()[-1]
+    assert "nearest caption" in last and "0.78 / –" in last and "0.82 / –" in last

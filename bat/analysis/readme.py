@@ -137,7 +137,8 @@ def benchmarks_block(root: Path) -> str:
 def sweep_block(root: Path) -> str:
     """Per setting of the image backbone's sweep: training minutes (empty for the model it
     re-judged), guidance, and on held-out captions prompt preference / top-1 in thumbnail and
-    encoder space, KID beside its real-vs-real floor, and the VAE's PSNR."""
+    encoder space, KID beside its real-vs-real floor, and the VAE's PSNR; last, when the stage's
+    metrics have it, the preferences of D^B renders looked up by caption, drawn by no model."""
     path = root / SWEEP
     if not path.exists():
         return "No sweep run yet: `python benchmarks/bench_backbone_image_sweep.py`.\n"
@@ -150,6 +151,12 @@ def sweep_block(root: Path) -> str:
             f"{held['thumbnail_preference']:.2f} / {held['thumbnail_top1']} of {held['count']} | "
             f"{held['encoder_preference']:.2f} / {held['encoder_top1']} of {held['count']} | "
             f"{_number(held['kid'])} ({_number(held['kid_floor'])}) | {_number(held['vae_psnr'])} |")
+    stage = root / paths.metrics("backbone_image").relative_to(paths.ROOT)
+    reference = read_json(stage) if stage.exists() else {}
+    if "heldout_nearest_caption_encoder_preference" in reference:
+        lines.append(f"| no model: the D^B render of the nearest caption (`metrics/backbone_image.json`) | – | – | "
+                     f"{reference['heldout_nearest_caption_thumbnail_preference']:.2f} / – | "
+                     f"{reference['heldout_nearest_caption_encoder_preference']:.2f} / – | – | – |")
     return "\n".join(lines) + "\n"
 
 

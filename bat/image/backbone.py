@@ -1,14 +1,15 @@
 """The text-to-image backbone: a real ``StableDiffusionPipeline``, pre-trained here on D^B.
 
-Tiny profile (``source: train``): a small ``AutoencoderKL`` (32×32 RGB ↔ 16×16×4 latents) and a
-small ``UNet2DConditionModel`` are built from configs; the text encoder is the real, frozen
-all-MiniLM-L6-v2 (a BERT, 384-d token states as cross-attention context). The VAE is trained on
-the OpenMoji images first, then the UNet with the standard epsilon-prediction loss on the frozen
-VAE's latents (cached once), with 10 % empty captions so that classifier-free guidance works when
-sampling; optionally with diffusers' learning-rate schedules, EMA weights and min-SNR-γ weighting
-(``benchmarks/bench_backbone_image_sweep.py`` measures what each buys per CPU-minute).
-Training in latent space at 16×16 is what fits the 10-minute CPU budget: self-attention over
-32×32 pixels costs several times more per step (DESIGN.md §5).
+Tiny profile (``source: train``): a small ``AutoencoderKL`` (32×32 RGB ↔ 8×8×4 latents in
+params.yaml) and a small ``UNet2DConditionModel`` are built from configs; the text encoder is the
+real, frozen all-MiniLM-L6-v2 (a BERT, 384-d token states as cross-attention context). The VAE is
+trained on the OpenMoji images first, then the UNet with the standard epsilon-prediction loss on
+the frozen VAE's latents (cached once), with 10 % empty captions so that classifier-free guidance
+works when sampling; optionally with diffusers' learning-rate schedules, EMA weights and
+min-SNR-γ weighting. ``benchmarks/bench_backbone_image_sweep.py`` measures what each setting buys
+per CPU-minute: 8×8 latents lose reconstruction detail (PSNR ~19 dB against ~23 at 16×16) but
+make a UNet step cheap enough for a few thousand steps, and that is what made samples follow
+their prompt; self-attention over 32×32 pixels would cost several times more per step.
 
 Paper profile (``source: pretrained``): the same loader opens ``CompVis/stable-diffusion-v1-4``
 (or any local folder in that format) and no training happens.
@@ -45,6 +46,7 @@ class ImageBackboneConfig:
     resolution: int  # pixels
     vae_channels: tuple[int, ...]  # one entry per VAE level; latents are resolution / 2**(levels-1)
     unet_channels: tuple[int, ...]
+    unet_attention: tuple[bool, ...]  # per UNet level: transformer (self- and cross-attention) blocks or plain ResNet ones
     max_caption_tokens: int  # captions are short CLDR names; 77 (CLIP's) would waste attention
     vae_steps: int
     vae_learning_rate: float
@@ -62,6 +64,7 @@ class ImageBackboneConfig:
     def __post_init__(self):
         object.__setattr__(self, "vae_channels", tuple(self.vae_channels))
         object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
+        object.__setattr__(self, "unet_attention", tuple(self.unet_attention))
         validate.choice("backbone_image.source", self.source, BACKBONE_SOURCES)
         validate.choice("backbone_image.torch_dtype", self.torch_dtype, DTYPES)
         validate.device("backbone_image.device", self.device, DEVICES)
@@ -78,6 +81,13 @@ class ImageBackboneConfig:
         validate.non_negative("backbone_image.snr_gamma", self.snr_gamma)
         if not self.vae_channels or not self.unet_channels:
             raise ConfigError("backbone_image.vae_channels and unet_channels need at least one level")
+        if len(self.unet_attention) != len(self.unet_channels) or not all(
+                isinstance(flag, bool) for flag in self.unet_attention):
+            raise ConfigError(f"backbone_image.unet_attention: {list(self.unet_attention)!r} needs one true or false "
+                              f"per entry of unet_channels ({len(self.unet_channels)})")
+        if not any(self.unet_attention):
+            raise ConfigError("backbone_image.unet_attention: at least one level needs attention, or the UNet "
+                              "never reads the caption's tokens")
         if self.source == "train":
             check_resolution(self.resolution, self.vae_channels, self.unet_channels)
 
@@ -100,9 +110,27 @@ def norm_groups(channels) -> int:
     return min(32, *channels) if min(channels) % 8 else min(32, min(channels) // 2)
 
 
+def build_unet(config: ImageBackboneConfig, cross_attention_dim: int):
+    """The untrained UNet of :func:`build_pipeline`, for captions of ``cross_attention_dim``-wide
+    token states; its samples are ``[4, latent_size, latent_size]`` latents."""
+    from diffusers import UNet2DConditionModel
+
+    # The pooled caption is added to the time embedding (addition_embed_type="text") so every
+    # ResNet block sees the prompt, attention or not: with a few hundred CPU steps, a UNet with
+    # cross-attention on the coarse level alone and no pooled caption learnt to ignore its prompt.
+    down = tuple("CrossAttnDownBlock2D" if flag else "DownBlock2D" for flag in config.unet_attention)
+    up = tuple("CrossAttnUpBlock2D" if flag else "UpBlock2D" for flag in reversed(config.unet_attention))
+    return UNet2DConditionModel(sample_size=config.latent_size, in_channels=4, out_channels=4,
+                                layers_per_block=1, block_out_channels=config.unet_channels,
+                                down_block_types=down, up_block_types=up,
+                                cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+                                addition_embed_type="text", addition_embed_type_num_heads=8,
+                                norm_num_groups=norm_groups(config.unet_channels))
+
+
 def build_pipeline(config: ImageBackboneConfig):
     """An untrained tiny pipeline around the real frozen text encoder."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
     from transformers import AutoModel, AutoTokenizer
 
     folder = paths.ROOT / config.text_encoder  # relative paths are the project's
@@ -118,18 +146,7 @@ def build_pipeline(config: ImageBackboneConfig):
                         up_block_types=("UpDecoderBlock2D",) * levels,
                         block_out_channels=config.vae_channels, norm_num_groups=norm_groups(config.vae_channels),
                         sample_size=config.resolution, mid_block_add_attention=False)
-    unet_levels = len(config.unet_channels)
-    # Cross-attention on every level, and the pooled caption added to the time embedding
-    # (addition_embed_type="text"): with a few hundred CPU steps, a UNet with cross-attention on
-    # the coarse level alone learnt to ignore its prompt (samples identical across prompts).
-    down = ("CrossAttnDownBlock2D",) * unet_levels
-    up = ("CrossAttnUpBlock2D",) * unet_levels
-    unet = UNet2DConditionModel(sample_size=config.latent_size, in_channels=4, out_channels=4,
-                                layers_per_block=1, block_out_channels=config.unet_channels,
-                                down_block_types=down, up_block_types=up,
-                                cross_attention_dim=text_encoder.config.hidden_size, attention_head_dim=8,
-                                addition_embed_type="text", addition_embed_type_num_heads=8,
-                                norm_num_groups=norm_groups(config.unet_channels))
+    unet = build_unet(config, text_encoder.config.hidden_size)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -277,7 +294,7 @@ def build_or_load(config: ImageBackboneConfig, backbone, folder: Path):
 
 
 def prompt_fidelity(pipe, image_set, seed: int, steps: int, guidance_scale: float, encoders,
-                    other_images: np.ndarray) -> dict:
+                    other_images: np.ndarray, backbone) -> dict:
     """Sample every caption of ``image_set``: do the samples look like their own prompt's reference?
 
     In two feature spaces, ``thumbnail`` (:func:`bat.image.features.pixel_features`, 8×8 colour
@@ -288,6 +305,9 @@ def prompt_fidelity(pipe, image_set, seed: int, steps: int, guidance_scale: floa
     references in encoder space; ``kid_floor``: the same between ``other_images`` (uint8
     ``[M, H, W, 3]`` real renders of other concepts) and the references, what real images score.
     ``vae_psnr``: dB of the references encoded and decoded by the VAE (peak 255).
+    ``nearest_caption_<space>_preference`` and ``_accuracy``: the same scores for
+    :func:`nearest_caption_renders` from ``backbone`` (the D^B :class:`~bat.image.data.ImageSet`)
+    in place of samples, what looking captions up in D^B achieves without drawing anything new.
     """
     from bat.image.features import pixel_features
     from bat.image.metrics import kernel_distance, pairwise_preference, retrieval_accuracy
@@ -295,15 +315,39 @@ def prompt_fidelity(pipe, image_set, seed: int, steps: int, guidance_scale: floa
     samples = generate(pipe, list(image_set.captions), seed, steps, guidance_scale)
     measured = {"samples": samples, "count": len(image_set), "preference_chance": 0.5,
                 "accuracy_chance": 1 / len(image_set)}
+    looked_up = nearest_caption_renders(pipe, image_set, backbone)
     for space, features in (("thumbnail", pixel_features), ("encoder", encoders.image_features)):
         sample_features, reference_features = features(samples), features(image_set.images)
         measured[f"{space}_preference"] = pairwise_preference(sample_features, reference_features)
         measured[f"{space}_accuracy"] = retrieval_accuracy(sample_features, reference_features)
+        measured[f"nearest_caption_{space}_preference"] = pairwise_preference(features(looked_up), reference_features)
+        measured[f"nearest_caption_{space}_accuracy"] = retrieval_accuracy(features(looked_up), reference_features)
         if space == "encoder":
             measured["kid"] = kernel_distance(sample_features, reference_features)
             measured["kid_floor"] = kernel_distance(features(other_images), reference_features)
     measured["vae_psnr"] = reconstruction_psnr(pipe, image_set.images)
     return measured
+
+
+@torch.no_grad()
+def sentence_embeddings(pipe, captions: list[str]) -> torch.Tensor:
+    """Unit-length ``[N, D]`` caption embeddings: the text encoder's token states mean-pooled over
+    real tokens, as sentence-transformers pools all-MiniLM-L6-v2."""
+    tokens = pipe.tokenizer(list(captions), padding=True, truncation=True, return_tensors="pt")
+    states = pipe.text_encoder(**tokens.to(pipe.text_encoder.device)).last_hidden_state.to("cpu", torch.float32)
+    mask = tokens["attention_mask"].to("cpu", torch.float32)[..., None]
+    return torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+def nearest_caption_renders(pipe, image_set, backbone) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]``: for each caption of ``image_set``, the render of the D^B
+    (``backbone``) caption nearest to it by cosine of :func:`sentence_embeddings`, the concept's own
+    D^B entries left out. A model that only looks its prompt up in D^B draws these; one that
+    generalises from D^B should do at least as well on concepts D^B lacks."""
+    similarity = sentence_embeddings(pipe, image_set.captions) @ sentence_embeddings(pipe, backbone.captions).T
+    own = np.equal.outer(np.asarray(image_set.emoji), np.asarray(backbone.emoji))
+    similarity[torch.from_numpy(own)] = -torch.inf
+    return backbone.images[similarity.argmax(dim=1).numpy()]
 
 
 @torch.no_grad()

@@ -11,7 +11,8 @@ Tiny profile: pre-trains the pipeline on D^B; paper profile: loads ``model_id``
   record per group (``seen``: captions of D^B, then ``heldout``: OpenMoji concepts held out of
   D^B) with its ``group``, ``label``, ``count``, ``thumbnail_`` and ``encoder_preference`` and
   ``_accuracy`` and their chances, ``kid`` and its real-vs-real ``kid_floor`` in the feature space
-  of ``models/encoders``, and ``vae_psnr`` (:func:`bat.image.backbone.prompt_fidelity`);
+  of ``models/encoders``, ``vae_psnr``, and ``nearest_caption_`` preference and accuracy, the
+  scores of D^B renders looked up by caption (:func:`bat.image.backbone.prompt_fidelity`);
   ``arrays.npz`` holds, per group, ``<group>_samples`` and ``<group>_images`` (uint8
   ``[eval_prompts, H, W, 3]``: one sample per caption, and the real renders) and ``<group>_captions``.
 """
@@ -72,7 +73,7 @@ def evaluate(pipe, sets: dict[str, ImageSet], seed: int, fidelity: FidelityConfi
     for group, (label, _) in GROUPS.items():
         shown = sets[group].spread(fidelity.eval_prompts)
         measured = prompt_fidelity(pipe, shown, seed, fidelity.sample_steps, fidelity.guidance_scale, encoders,
-                                   other_renders(sets["seen"], shown))
+                                   other_renders(sets["seen"], shown), sets["seen"])
         arrays[f"{group}_samples"] = measured.pop("samples")
         arrays[f"{group}_images"] = shown.images
         arrays[f"{group}_captions"] = np.array(shown.captions)
