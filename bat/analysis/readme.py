@@ -151,7 +151,7 @@ def sweep_block(root: Path) -> str:
             f"{held['thumbnail_preference']:.2f} / {held['thumbnail_top1']} of {held['count']} | "
             f"{held['encoder_preference']:.2f} / {held['encoder_top1']} of {held['count']} | "
             f"{_number(held['kid'])} ({_number(held['kid_floor'])}) | {_number(held['vae_psnr'])} |")
-    stage = root / paths.metrics("backbone_image").relative_to(paths.ROOT)
+    stage = root / "metrics" / "backbone_image.json"  # as stages_block reads it
     reference = read_json(stage) if stage.exists() else {}
     if "heldout_nearest_caption_encoder_preference" in reference:
         lines.append(f"| no model: the D^B render of the nearest caption (`metrics/backbone_image.json`) | – | – | "
