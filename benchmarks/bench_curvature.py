@@ -210,16 +210,16 @@ def _projected_dim(model, k: int) -> tuple[int, int]:
 def _reselection_memory(model, call, rows: int, chunk: int, k: int) -> dict:
     """Peak bytes of one re-selection: weights, one chunk's backward (activations, the hooks'
     output gradients, the batch gradient the sum check compares with), the projection
-    matrices, the projected rows [rows, p] and the float32 Woodbury (K [rows, rows], basis
-    [p, rows]); beside it, the exact rows' float32 [rows, d] plus the float64 QR Woodbury's
-    copy of G, Q and the basis (3 × [rows, d] float64)."""
+    matrices, the projected rows [rows, p] and the Woodbury solve (the float64 Gram
+    [rows, rows] and solution [p]; bat.core.curvature.RowFactor stores no basis); beside it,
+    the exact rows' float32 [rows, d] with the solution [d] in float64."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     d = sum(p.numel() for p in model.parameters() if p.requires_grad)
     activations = _saved_for_backward(model, call)
     p, matrices = _projected_dim(model, k)
     backward = (activations["saved"] + activations["hooked_outputs"] + 4 * d)
-    projected = weights + backward + matrices + 4 * rows * p + 8 * rows * rows + 4 * p * rows
-    exact = weights + backward + 4 * rows * d + 3 * 8 * rows * d
+    projected = weights + backward + matrices + 4 * rows * p + 8 * rows * rows + 8 * p
+    exact = weights + backward + 4 * rows * d + 8 * d
     return {"weights_gb": weights / 1e9, "trainable": d, "projected_dim": p,
             "rows": rows, "chunk": chunk, "projection_side": k,
             "activations_gb": activations["saved"] / 1e9,

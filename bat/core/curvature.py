@@ -34,6 +34,7 @@ per-example loop draws different masks anyway, so the two could never be compare
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -681,38 +682,69 @@ class MatrixOperator(CurvatureOperator):
 
 
 class RowFactor:
-    """Gᵀ = Q R for rows G [n, d], computed once per precision and shared by the operators of G.
+    """Gᵀ = Q R for rows G [n, d], computed once and shared by the operators of G, in float64
+    without a float64 copy of G.
 
     From the Gram matrix G Gᵀ = V diag(s) Vᵀ: Q = Gᵀ V diag(s)^(-1/2) [d, rank], orthonormal
     columns spanning the rows, and R = diag(s)^(1/2) Vᵀ [rank, n] (with more rows than
-    weights, n > d, from Gᵀ G = Q diag(s) Qᵀ and R = Qᵀ Gᵀ instead). The d-sized products run
-    in ``dtype``, the small eigenproblem in float64; directions with s ≤ max(n, d)·eps·max(s)
-    of ``dtype`` are round-off, not data, and are left out of Q (they fall in the complement
-    the solvers treat with 1/λ). Two products with G: far cheaper than a
-    Householder QR of the tall Gᵀ and as accurate in float64; in float32 the
-    error of a solve is of order eps₃₂·‖M‖/λ, so only with damping relative to the spectrum
-    (tests/test_fast_curvature.py, benchmarks/results/curvature.json).
+    weights, n > d, from Gᵀ G = Q diag(s) Qᵀ and R = Qᵀ Gᵀ instead). Directions with
+    s ≤ max(n, d)·eps₆₄·max(s) are round-off, not data, and are left out of Q (they fall in the
+    complement the solvers treat with 1/λ). Q is never stored when n ≤ d: :meth:`project` (Qᵀv)
+    and :meth:`expand` (Q y) multiply by G ``block`` columns at a time, each block converted to
+    float64, so float32 rows need no d-sized float64 copy (G, Q and a temporary in float64 would
+    be 3·n·d·8 bytes: 3 GB for 24 rows of the tiny UNet's 5.2M weights), and the blocked Gram
+    runs faster than one of G converted whole. A float32 factor is no substitute: its rank
+    cut-off max(n, d)·eps₃₂ is 0.6 at d = 5.2M and drops most of the rows' span.
     """
 
-    def __init__(self, grads: torch.Tensor):
-        self.grads, self._factors = grads, {}
+    def __init__(self, grads: torch.Tensor, block: int = 1 << 16):
+        self.grads, self.block = grads, block
+        self.wide = grads.shape[0] <= grads.shape[1]  # the n×n Gram; else Gᵀ G of a small d
 
-    def qr(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Q [d, rank] in ``dtype``, R [rank, n] in float64)."""
-        if dtype not in self._factors:
-            g = self.grads.to(dtype)
-            wide = g.shape[0] <= g.shape[1]  # n ≤ d: the n×n Gram; else the d×d Gᵀ G
-            gram = ((g @ g.T) if wide else (g.T @ g)).to(torch.float64)
-            s, vectors = torch.linalg.eigh((gram + gram.T) / 2)
-            keep = s > max(g.shape) * torch.finfo(dtype).eps * max(float(s.max()), 0.0)
-            s, vectors = s[keep], vectors[:, keep]
-            if wide:
-                q, r = g.T @ (vectors / s.sqrt()).to(dtype), s.sqrt()[:, None] * vectors.T
-            else:
-                q = vectors.to(dtype)
-                r = (q.T @ g.T).to(torch.float64)
-            self._factors[dtype] = (q, r)
-        return self._factors[dtype]
+    @functools.cached_property
+    def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C [n, rank] with Q = Gᵀ C when wide, else Q [d, rank]; R [rank, n]), on first use:
+        an operator solved by products alone (cg, lissa) never pays for the Gram."""
+        n, d = self.grads.shape
+        if self.wide:
+            gram = torch.zeros(n, n, dtype=torch.float64, device=self.grads.device)
+            for columns in self._blocks():
+                gram += columns @ columns.T
+        else:
+            g = self.grads.to(torch.float64)
+            gram = g.T @ g
+        s, vectors = torch.linalg.eigh((gram + gram.T) / 2)
+        keep = s > max(n, d) * torch.finfo(torch.float64).eps * max(float(s.max()), 0.0)
+        s, vectors = s[keep], vectors[:, keep]
+        if self.wide:
+            return vectors / s.sqrt(), s.sqrt()[:, None] * vectors.T
+        return vectors, vectors.T @ g.T
+
+    @property
+    def r(self) -> torch.Tensor:
+        """R [rank, n], float64."""
+        return self._factors[1]
+
+    def _blocks(self) -> Iterator[torch.Tensor]:
+        for start in range(0, self.grads.shape[1], self.block):
+            yield self.grads[:, start:start + self.block].to(torch.float64)
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """Qᵀ v [rank], float64, for v [d] of any float dtype."""
+        basis = self._factors[0]
+        if not self.wide:
+            return basis.T @ v.to(torch.float64)
+        gv = sum(columns @ v[start:start + self.block].to(torch.float64)
+                 for start, columns in zip(range(0, len(v), self.block), self._blocks()))
+        return basis.T @ gv
+
+    def expand(self, y: torch.Tensor) -> torch.Tensor:
+        """Q y [d], float64, for y [rank]."""
+        basis = self._factors[0]
+        if not self.wide:
+            return basis @ y
+        c = basis @ y.to(torch.float64)
+        return torch.cat([columns.T @ c for columns in self._blocks()])
 
 
 class FisherOperator(CurvatureOperator):
@@ -732,10 +764,9 @@ class FisherOperator(CurvatureOperator):
         self.grads, self.weights, self.kind, self.factor = grads, weights.to(grads), kind, factor
         self.dim, self.device = grads.shape[1], grads.device
 
-    def kernel(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """R diag(w) Rᵀ [rank, rank] in float64: M in the basis Q of the rows' span, with the
-        factor of ``dtype``."""
-        r = self.factor.qr(dtype)[1]
+    def kernel(self) -> torch.Tensor:
+        """R diag(w) Rᵀ [rank, rank] in float64: M in the basis Q of the rows' span."""
+        r = self.factor.r
         return r @ (self.weights.to(torch.float64)[:, None] * r.T)
 
     def top_eigenvalue(self) -> float:

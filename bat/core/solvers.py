@@ -39,7 +39,6 @@ from bat.core.curvature import ROW_CURVATURES, CurvatureOperator, FisherOperator
 from bat.errors import ConfigError
 
 SOLVERS = ("dense", "woodbury", "cg", "lissa")
-WOODBURY_PRECISIONS = ("float64", "float32")
 SPECTRAL_POLICIES = ("raise", "clip", "abs")
 ITERATIVE_POLICIES = ("raise", "truncate")
 POLICIES_BY_SOLVER = {"dense": SPECTRAL_POLICIES, "woodbury": SPECTRAL_POLICIES,
@@ -55,9 +54,6 @@ class SolveOptions:
     tol: float = 1e-6  # relative residual ‖(M+λI)x − v‖ / ‖v‖ at which iterations stop
     max_iter: int = 200
     lissa_scale: float | None = None  # None: 1.1 × a power-iteration estimate of ‖M+λI‖
-    # ``woodbury`` only: the precision of its d-sized products (bat.core.curvature.RowFactor);
-    # "float32" needs no float64 copy of G but is accurate only with damping relative to ‖M‖
-    woodbury_precision: str = "float64"
 
     def __post_init__(self):
         validate.choice("solver", self.solver, SOLVERS)
@@ -69,7 +65,6 @@ class SolveOptions:
         validate.positive("max_iter", self.max_iter, integer=True)
         if self.lissa_scale is not None:
             validate.positive("lissa_scale", self.lissa_scale)
-        validate.choice("woodbury_precision", self.woodbury_precision, WOODBURY_PRECISIONS)
 
 
 @dataclass
@@ -200,20 +195,18 @@ def _dense(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions):
 
 def _woodbury(operator: FisherOperator, v: torch.Tensor, options: SolveOptions):
     """(M + λI)⁻¹ v = Q U (μ + λ)⁻¹ Uᵀ Qᵀ v + (v − Q Qᵀ v) / λ with M = Q (R diag(w) Rᵀ) Qᵀ and
-    R diag(w) Rᵀ = U diag(μ) Uᵀ (:class:`bat.core.curvature.RowFactor`), the d-sized products
-    in ``options.woodbury_precision``."""
+    R diag(w) Rᵀ = U diag(μ) Uᵀ (:class:`bat.core.curvature.RowFactor`), in float64: one
+    product with Qᵀ and one with Q, as v/λ + Q (U (μ + λ)⁻¹ Uᵀ − I/λ) Qᵀ v."""
     _require_finite(operator.weights, "the Fisher weights w")
     # Screened by row norms (a reduction, no d-sized temporary); a full pass only finds the entry.
     if not bool(torch.isfinite(torch.linalg.vector_norm(operator.grads, dim=1)).all()):
         _require_finite(operator.grads, "the per-sample gradients G of the Fisher")
-    dtype = getattr(torch, options.woodbury_precision)
-    q = operator.factor.qr(dtype)[0]
-    kernel = operator.kernel(dtype)
+    kernel = operator.kernel()
     mu, u = torch.linalg.eigh((kernel + kernel.T) / 2)
-    inverse, info = _spectral_inverse(mu, options, dtype)
-    vd = v.to(dtype)
-    inside = (q.T @ vd).to(torch.float64)  # v in the rows' span; the rest is scaled by 1/λ
-    x = q @ (u @ (inverse * (u.T @ inside))).to(dtype) + (vd - q @ inside.to(dtype)) / options.damping
+    inverse, info = _spectral_inverse(mu, options, torch.float64)
+    inside = operator.factor.project(v)  # v in the rows' span; the rest is scaled by 1/λ
+    correction = u @ (inverse * (u.T @ inside)) - inside / options.damping
+    x = v.to(torch.float64) / options.damping + operator.factor.expand(correction)
     return x.to(v.dtype), dict(iterations=0, converged=True, **info)
 
 
