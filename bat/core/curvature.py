@@ -218,9 +218,10 @@ def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
     return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
 
 
+@functools.cache
 def _layer_samplers() -> dict[type, Callable]:
     """Opacus's per-sample gradient rules by layer type (nn.Linear, nn.Conv2d, nn.GroupNorm, …),
-    and ours for peft's DoRA magnitude (:func:`_dora_magnitude_samples`)."""
+    and ours for peft's DoRA magnitude (:func:`_dora_magnitude_samples`); built once."""
     from opacus.grad_sample import GradSampleModule  # importing registers the samplers
     from peft.tuners.lora.dora import DoraLinearLayer
 
@@ -464,10 +465,10 @@ def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projec
             direction = (output + base) / layer.weight
         record(layer, direction, output)
 
-    from peft.tuners.lora.dora import DoraLinearLayer as dora
+    from peft.tuners.lora.dora import DoraLinearLayer
 
     handles = [layer.register_forward_hook(capture_dora, with_kwargs=True)
-               if type(layer) is dora else layer.register_forward_hook(capture)
+               if type(layer) is DoraLinearLayer else layer.register_forward_hook(capture)
                for layer in layers]
     targets = [p for p in params if id(p) in hooked]
     try:
