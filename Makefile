@@ -2,12 +2,14 @@
 #   make repro   create the environment if missing, fetch the pinned raw data, `dvc repro`
 #                with independent stages side by side (JOBS at a time, bat.stages.repro)
 #   make test    create the environment and fetch the raw data if missing, run the test suite
-# PROFILE=smoke|paper runs the pipeline under another profile (see README).
+# PROFILE=smoke|paper runs the pipeline under another profile (see README); OVERRIDE=FILE applies
+# a site's YAML file on top of it (profiles/paper-cpu.example.yaml).
 
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 PROFILE ?= tiny
+OVERRIDE ?=
 # Stages at once: the tiny pipeline's text and image chains share two cores; the paper profile's
 # stages each want the whole GPU machine (its grids spread over GPUs themselves, README).
 ifeq ($(PROFILE),paper)
@@ -54,7 +56,7 @@ data: env
 	  echo "error: data/raw differs from data.dvc; run python -m bat.stages.fetch --force" >&2; exit 1; }
 
 repro: data
-	$(PY) -m bat.stages.profile use $(PROFILE)
+	$(PY) -m bat.stages.profile use $(PROFILE) $(if $(OVERRIDE),--override $(OVERRIDE))
 	$(PY) -m bat.stages.repro --jobs $(JOBS)
 
 test: data

@@ -77,6 +77,36 @@ def test_profile_switch_round_trip(tmp_path, monkeypatch):
     assert params.read_text() == original
 
 
+def test_an_override_file_lands_on_top_of_its_profile(tmp_path, monkeypatch):
+    params = tmp_path / "params.yaml"
+    params.write_text((PROJECT / "params.yaml").read_text())
+    monkeypatch.setattr(paths, "PARAMS", params)
+    monkeypatch.setattr(profile, "TINY_BASE", tmp_path / ".tiny-base.yaml")
+    original = params.read_text()
+    site = tmp_path / "site.yaml"
+    site.write_text("runtime: {device: cpu}\nprepare: {task_train_size: 16}\n")
+    profile.use("paper", site)
+    switched = yaml.safe_load(params.read_text())
+    assert switched["profile"] == "paper"
+    assert switched["runtime"]["device"] == "cpu"  # the override's
+    assert switched["runtime"]["dtype"] == "bfloat16"  # the paper profile's, kept
+    assert switched["prepare"]["task_train_size"] == 16
+    assert switched["prepare"]["image_size"] == 512
+    assert f"--override {site}" in params.read_text().splitlines()[0]
+    before = params.read_text()
+    site.write_text("runtime: {devise: cpu}\n")
+    with pytest.raises(ConfigError, match=rf"override {re.escape(str(site))}: unknown parameter "
+                                          r"'runtime.devise'.*device"):
+        profile.use("paper", site)
+    with pytest.raises(ConfigError, match=r"override: no file .*absent.yaml"):
+        profile.use("paper", tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match=r"override: the tiny profile takes none"):
+        profile.use("tiny", site)
+    assert params.read_text() == before  # nothing written on error
+    profile.use("tiny")
+    assert params.read_text() == original
+
+
 def run_module(module: str, root, *args):
     env = {"BAT_ROOT": str(root), "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT, env=env,
