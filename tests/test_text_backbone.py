@@ -135,7 +135,7 @@ def test_two_smoke_fine_tunes_give_identical_weights(raw, tokenizer):
     assert not torch.equal(other.model.layers[0].self_attn.q_proj.weight, first.model.layers[0].self_attn.q_proj.weight)
 
 
-def test_rank_zero_trains_every_weight_and_steps_zero_trains_none(raw, tokenizer):
+def test_rank_zero_trains_every_weight_and_steps_zero_trains_none(raw, tokenizer, tmp_path):
     full, _, log = tune(smoke(raw, lora_rank=0, steps=1), tokenizer)
     assert log["trainable_parameters"] == sum(p.numel() for p in full.parameters())
     config = smoke(raw, steps=0)
@@ -143,6 +143,10 @@ def test_rank_zero_trains_every_weight_and_steps_zero_trains_none(raw, tokenizer
     initial = tb.build_tiny_model(config.tiny_config, tokenizer, seed=config.seed)
     assert log["rows"] == [] and all(torch.equal(a, b) for a, b in
                                      zip(untouched.state_dict().values(), initial.state_dict().values()))
+    # No step, no D^B record seen: no ids file, so the text track keeps all of D^B (paper profile)
+    tb.save_backbone(untouched, tokenizer, tmp_path / "backbone", pretraining_ids=log["seen_ids"])
+    assert not (tmp_path / "backbone" / tb.PRETRAINING_IDS).exists()
+    assert tb.pretraining_ids(tmp_path / "backbone") is None
 
 
 @pytest.fixture
