@@ -336,3 +336,34 @@ def test_the_oracle_stage_trains_in_the_runtime_it_is_given(smoke_root, smoke_im
     assert {p.dtype for p in trainable_parameters(result.model).values()} == {torch.float32}
     assert {p.dtype for p in result.model.parameters() if not p.requires_grad} == {torch.bfloat16}
     assert len(result.log) == smoke_params["oracles"]["image"]["noto_locon"]["steps"]
+
+
+# --- the grid stage ----------------------------------------------------------------------------
+
+def test_a_grid_trains_selects_and_samples_in_the_runtime_it_is_given(smoke_oracles, smoke_encoders,
+                                                                      smoke_root, smoke_params,
+                                                                      tmp_path, monkeypatch):
+    """The LoCon grid (plain and BAT: training, Algorithm 1's per-sample gradients, evaluation
+    samples) under bf16: every UNet and VAE block computes in bfloat16, and the tables hold
+    finite numbers for every run."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from bat.analysis.runs import read_grid
+    from bat.stages.grid import load_grid, run_grid
+
+    monkeypatch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
+    seen = set()
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, inputs, output: seen.add(output.dtype)
+        if isinstance(module, ResnetBlock2D) else None)
+    try:
+        run_grid(load_grid("locon", smoke_params), tmp_path / "locon", smoke_root / "models",
+                 runtime=BF16)
+    finally:
+        handle.remove()
+    assert seen == {torch.bfloat16}
+    grid = read_grid(tmp_path / "locon")
+    assert set(grid.steps["regime"]) == {"plain", "bat"}
+    trained = grid.steps[grid.steps["step"] > 0]  # step 0 is the backbone: no training loss
+    assert len(trained) and bool(trained["loss"].abs().lt(float("inf")).all())
+    assert grid.steps.loc[grid.steps["regime"] == "bat", "score_bat"].notna().any()

@@ -209,6 +209,17 @@ def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
         single = {key: value.unsqueeze(0) for key, value in example.items()}
         return functional_call(wrapper, dict(zip(keys, theta)), (single,))[0]
 
+    if params and torch.is_autocast_enabled(params[0].device.type):
+        # vmap(grad) under autocast fails in backward where a half-precision output meets a
+        # float32 LayerNorm ("expected scalar type BFloat16 but found Float", torch 2.13 CPU):
+        # the same rows, one backward pass per example.
+        rows = []
+        with scoring_mode(model):
+            for i in range(batch_size(batch)):
+                example = {key: value[i:i + 1] for key, value in batch.items()}
+                loss = task.batch_losses(model, example)[0]
+                rows.append(_flatten(torch.autograd.grad(loss, params, materialize_grads=True)))
+        return torch.stack(rows)
     theta = tuple(p.detach() for p in params)
     with scoring_mode(model), eager_attention(model), warnings.catch_warnings():
         # The attention fallback described in math_attention() warns on every call.

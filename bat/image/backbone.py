@@ -353,7 +353,9 @@ def nearest_caption_renders(pipe, image_set, backbone) -> np.ndarray:
 @torch.no_grad()
 def reconstruction_psnr(pipe, images: np.ndarray) -> float:
     """PSNR in dB (peak 255) of uint8 ``images`` ``[N, H, W, 3]`` through the VAE's posterior mean."""
-    decoded = tensor_to_images(pipe.vae.decode(encode_images(pipe, images_to_tensor(images), scaled=False)).sample)
+    vae = pipe.vae  # the posterior means come back as float32 on the CPU; decode where the VAE is
+    means = encode_images(pipe, images_to_tensor(images), scaled=False).to(vae.device, vae.dtype)
+    decoded = tensor_to_images(vae.decode(means).sample.to("cpu", torch.float32))
     mse = np.mean((decoded.astype(np.float64) - images.astype(np.float64)) ** 2)
     return float(10 * np.log10(255 ** 2 / max(mse, 1e-12)))
 

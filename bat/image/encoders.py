@@ -214,7 +214,8 @@ class TrainedEncoders:
     def _images(self, method, images: np.ndarray) -> np.ndarray:
         pixels = images_to_tensor(images)
         with torch.no_grad():
-            out = [method(resize(pixels[i:i + self.batch_size], self.resolution).to(self.device)).cpu()
+            # float(): under a CPU bf16 autocast (bat.image.track) the features come out in bf16
+            out = [method(resize(pixels[i:i + self.batch_size], self.resolution).to(self.device)).float().cpu()
                    for i in range(0, len(pixels), self.batch_size)]
         return torch.cat(out).numpy()
 
@@ -227,7 +228,7 @@ class TrainedEncoders:
 
     def clip_text_features(self, texts: list[str]) -> np.ndarray:
         with torch.no_grad():
-            return self.model.text_projection(self.sentences(list(texts))).cpu().numpy()
+            return self.model.text_projection(self.sentences(list(texts))).float().cpu().numpy()
 
     def parameter_count(self) -> int:
         """Trainable parameters (the frozen sentence encoder is not counted)."""
@@ -459,7 +460,10 @@ def retrieval_report(encoders: Encoders, image_set, seen_set=None) -> dict:
     report = {"count": len(captions), "chance": 1 / len(captions),
               "image_to_text": retrieval_accuracy(encoders.clip_image_features(images),
                                                   encoders.clip_text_features(captions))}
-    if seen_set is not None:
+    if seen_set is not None and not set(image_set.emoji) & set(seen_set.emoji):
+        # A D^B of other concepts (LAION, paper profile) has no render of these: nothing to pair.
+        report.update(pairs=0, pairs_chance=None, image_to_image=None, pixels_image_to_image=None)
+    elif seen_set is not None:
         images, others, _ = match_concepts(image_set, seen_set)
         report["pairs"] = len(images)
         report["pairs_chance"] = 1 / len(images)
