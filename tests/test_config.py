@@ -60,11 +60,18 @@ def test_broken_yaml_names_the_line(tmp_path):
         config.read_yaml(broken)
 
 
-def test_profile_switch_round_trip(tmp_path, monkeypatch):
+@pytest.fixture
+def params_copy(tmp_path, monkeypatch):
+    """A copy of the tiny params.yaml that the profile module reads and rewrites."""
     params = tmp_path / "params.yaml"
     params.write_text((PROJECT / "params.yaml").read_text())
     monkeypatch.setattr(paths, "PARAMS", params)
     monkeypatch.setattr(profile, "TINY_BASE", tmp_path / ".tiny-base.yaml")
+    return params
+
+
+def test_profile_switch_round_trip(params_copy):
+    params = params_copy
     original = params.read_text()
     profile.use("smoke")
     assert yaml.safe_load(params.read_text())["prepare"]["image_size"] == 16
@@ -77,11 +84,8 @@ def test_profile_switch_round_trip(tmp_path, monkeypatch):
     assert params.read_text() == original
 
 
-def test_an_override_file_lands_on_top_of_its_profile(tmp_path, monkeypatch):
-    params = tmp_path / "params.yaml"
-    params.write_text((PROJECT / "params.yaml").read_text())
-    monkeypatch.setattr(paths, "PARAMS", params)
-    monkeypatch.setattr(profile, "TINY_BASE", tmp_path / ".tiny-base.yaml")
+def test_an_override_file_lands_on_top_of_its_profile(params_copy, tmp_path):
+    params = params_copy
     original = params.read_text()
     site = tmp_path / "site.yaml"
     site.write_text("runtime: {device: cpu}\nprepare: {task_train_size: 16}\n")
