@@ -37,8 +37,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
         started = time.perf_counter()
+        # the image backbone's samples are judged by the trained encoders (the DVC stage's input)
+        judges = (paths.MODELS / "encoders",) if args.stage == "backbone_image" else ()
         stage.run(stage_parameters(args.stage), paths.PREPARED, root / "models" / args.stage,
-                  root / "runs" / args.stage)
+                  root / "runs" / args.stage, *judges)
         seconds = time.perf_counter() - started
         measured = read_json(root / "runs" / args.stage / "result.json")
     log = measured.get("log") or {}
