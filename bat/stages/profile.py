@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
-
-from pathlib import Path
 
 from bat import paths
 from bat.config import PROFILES, check_profile, merge, parse_yaml, read_yaml, run_cli
