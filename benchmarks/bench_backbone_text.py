@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from bat import io, paths  # noqa: E402
 from bat.analysis.results import RESULT  # noqa: E402
 from bat.config import read_yaml, section  # noqa: E402
+from bat.core.runtime import runtime_config  # noqa: E402
 from bat.stages.backbone_text import SECTION, run  # noqa: E402
 
 BUDGET_SECONDS = 600
@@ -42,13 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    parameters = dict(section(read_yaml(paths.PARAMS), SECTION))
+    params = read_yaml(paths.PARAMS)
+    parameters = dict(section(params, SECTION))
     if args.steps is not None:
         parameters["steps"] = args.steps
 
     with tempfile.TemporaryDirectory() as tmp:
         model_folder = Path(tmp) / "model"
-        run(parameters, paths.PREPARED, model_folder, Path(tmp) / "result")
+        run(parameters, runtime_config(params), paths.PREPARED, model_folder, Path(tmp) / "result")
         result = io.read_json(Path(tmp) / "result" / RESULT)
         size = sum(path.stat().st_size for path in model_folder.iterdir())
 

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 from bat import paths
+from bat.config import read_yaml
+from bat.core.runtime import runtime_config
 from bat.io import read_json, write_json
 from bat.stages.notebook import stage_parameters
 
@@ -39,7 +41,7 @@ def main() -> None:
         started = time.perf_counter()
         # the image backbone's samples are judged by the trained encoders (the DVC stage's input)
         judges = (paths.MODELS / "encoders",) if args.stage == "backbone_image" else ()
-        stage.run(stage_parameters(args.stage), paths.PREPARED, root / "models" / args.stage,
+        stage.run(stage_parameters(args.stage), runtime_config(read_yaml(paths.PARAMS)), paths.PREPARED, root / "models" / args.stage,
                   root / "runs" / args.stage, *judges)
         seconds = time.perf_counter() - started
         measured = read_json(root / "runs" / args.stage / "result.json")

@@ -31,8 +31,6 @@ model_id = ""
 tiny_config = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                "num_attention_heads": 4, "num_key_value_heads": 2}
 attn_implementation = "eager"
-torch_dtype = "float32"
-device = "cpu"
 steps = 40
 batch_size = 8
 max_length = 64

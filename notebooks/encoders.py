@@ -38,7 +38,6 @@ steps = 400
 batch_size = 128
 learning_rate = 0.002
 seed = 0
-device = "cpu"
 styles = ["noto", "emojione"]
 seen_concepts = 64
 

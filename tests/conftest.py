@@ -53,8 +53,10 @@ def _run_stage(name: str, smoke_root: Path, smoke_params: dict, *extra) -> Path:
     ``extra``: further arguments of its ``run``."""
     import importlib
 
+    from bat.core.runtime import runtime_config
+
     stage = importlib.import_module(f"bat.stages.{name}")
-    stage.run(smoke_params[name], smoke_root / "data" / "prepared", smoke_root / "models" / name,
+    stage.run(smoke_params[name], runtime_config(smoke_params), smoke_root / "data" / "prepared", smoke_root / "models" / name,
               smoke_root / "runs" / name, *extra)
     return smoke_root / "models" / name
 

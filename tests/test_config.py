@@ -177,16 +177,18 @@ def test_every_float_parameter_reads_in_yaml_1_2_spelling(tmp_path, name):
     assert config.read_yaml(path) == params
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
-@pytest.mark.parametrize("section, cls", [("backbone_image", "bat.image.backbone.ImageBackboneConfig"),
-                                          ("encoders", "bat.image.encoders.EncoderConfig"),
-                                          ("backbone_text", "bat.text.backbone.TextBackboneConfig")])
-def test_cuda_without_a_gpu_names_the_key(smoke_params, section, cls):
+@pytest.mark.parametrize("section", ["backbone_image", "encoders", "backbone_text"])
+@pytest.mark.parametrize("key, value", [("device", "cpu"), ("torch_dtype", "float32")])
+def test_the_model_stages_take_device_and_precision_from_runtime_only(smoke_params, tmp_path, section, key, value):
+    """A stage section's own ``device`` or ``torch_dtype`` (as before ``runtime`` existed) is refused
+    by name before anything is read or written."""
     import importlib
 
-    from bat.config import from_namespace
+    from bat.core.runtime import runtime_config
 
-    module, name = cls.rsplit(".", 1)
-    config = getattr(importlib.import_module(module), name)
-    with pytest.raises(ConfigError, match=rf"{section}.device: 'cuda' needs a CUDA GPU, and torch sees none"):
-        from_namespace(config, {**smoke_params[section], "device": "cuda"}, section)
+    stage = importlib.import_module(f"bat.stages.{section}")
+    encoders = [tmp_path / "encoders"] if section == "backbone_image" else []
+    with pytest.raises(ConfigError, match=rf"unknown parameter {section}.{key}; allowed: "):
+        stage.run({**smoke_params[section], key: value}, runtime_config(smoke_params), tmp_path / "prepared",
+                  tmp_path / "model", tmp_path / "run", *encoders)
+    assert sorted(tmp_path.iterdir()) == []

@@ -15,8 +15,7 @@ from bat.image.data import load_image_set
 
 SMOKE = dict(source="train", image_model_id="facebook/dinov2-base",
              clip_model_id="openai/clip-vit-base-patch32", text_encoder="data/raw/minilm",
-             channels=[4, 8], embedding_dim=8, steps=3, batch_size=8, learning_rate=1e-2, seed=0,
-             device="cpu")
+             channels=[4, 8], embedding_dim=8, steps=3, batch_size=8, learning_rate=1e-2, seed=0)
 
 
 def smoke_config(**changes) -> EncoderConfig:
@@ -40,7 +39,6 @@ def trained(backbone_set):
 
 @pytest.mark.parametrize("field, value, message", [
     ("source", "download", r"encoders.source: 'download' is not allowed; choose one of \['train', 'pretrained'\]"),
-    ("device", "tpu", r"encoders.device: 'tpu' is not allowed; choose one of \['cpu', 'cuda'\]"),
     ("channels", [], r"encoders.channels: needs at least one conv block"),
     ("channels", [8, 0], r"encoders.channels: 0 must be a positive integer"),
     ("channels", "32", r"encoders.channels: '32' must be a list, e.g. \[32\]"),
@@ -105,7 +103,7 @@ def test_save_then_load_gives_identical_features(trained, backbone_set, tmp_path
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
     save_encoders(encoders, folder)  # overwriting swaps the folder, leaving no partial copies
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoders"]
-    loaded = load_encoders(folder, smoke_config())
+    loaded = load_encoders(folder)
     assert isinstance(loaded, TrainedEncoders)
     images, texts = backbone_set.images[16:24], ["grinning face", "red heart in sks style"]
     np.testing.assert_array_equal(loaded.image_features(images), encoders.image_features(images))

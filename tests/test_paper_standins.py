@@ -65,8 +65,8 @@ def test_the_example_override_merges_onto_the_paper_profile(tmp_path, monkeypatc
     assert (merged["backbone_image"]["source"], merged["backbone_text"]["source"],
             merged["encoders"]["source"]) == ("pretrained",) * 3  # the paper's code path
     assert merged["backbone_image"]["model_id"] == ".cache/paper-standins/stable-diffusion-v1-4"
-    for section in ("backbone_image", "backbone_text", "encoders"):
-        assert merged[section]["device"] == "cpu"
+    for section in ("backbone_image", "backbone_text", "encoders"):  # every stage reads runtime's
+        assert not {"device", "torch_dtype"} & set(merged[section])
     prepare = merged["prepare"]
     assert [prepare[key]["source"] for key in ("image_backbone", "text_backbone", "text_tasks", "benchmarks")] == \
         ["laion", "alpaca", "paper", "paper"]
@@ -116,8 +116,8 @@ def test_the_image_backbone_loads_and_samples_in_bfloat16(paper_params):
     from bat.image.backbone import encode_images, generate, load_image_backbone, noise_task
     from bat.image.data import images_to_tensor
 
-    section = paper_params["backbone_image"]
-    pipe = load_image_backbone(section["model_id"], section["torch_dtype"], section["device"])
+    section, runtime = paper_params["backbone_image"], paper_params["runtime"]
+    pipe = load_image_backbone(section["model_id"], runtime["dtype"], runtime["device"])
     assert pipe.unet.dtype == torch.bfloat16 and type(pipe.scheduler).__name__ == "PNDMScheduler"
     assert pipe.tokenizer.model_max_length == 77 and pipe.vae.config.scaling_factor == 0.18215
     images = generate(pipe, ["a photo of a red circle"], seed=0, steps=2)
@@ -130,9 +130,9 @@ def test_the_image_backbone_loads_and_samples_in_bfloat16(paper_params):
 def test_the_language_model_loads_with_a_llama_tokenizer(paper_params):
     from bat.text.backbone import encode_example, load_backbone
 
-    section = paper_params["backbone_text"]
-    model, tokenizer = load_backbone(section["model_id"], torch_dtype=section["torch_dtype"],
-                                     device=section["device"], attn_implementation=section["attn_implementation"])
+    section, runtime = paper_params["backbone_text"], paper_params["runtime"]
+    model, tokenizer = load_backbone(section["model_id"], torch_dtype=runtime["dtype"],
+                                     device=runtime["device"], attn_implementation=section["attn_implementation"])
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.bfloat16
     assert type(tokenizer).__name__ == "LlamaTokenizer" and not getattr(tokenizer, "chat_template", None)
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.convert_tokens_to_ids("<0x0A>")) == ("<s>", "</s>", 13)

@@ -17,11 +17,10 @@ from bat.core.adapters import AdapterConfig, attach_adapter, trainable_parameter
 from bat.core.checkpoint import load_state
 from bat.core.mixing import Mixer, RandomSelector, derived_seed
 from bat.core.protocols import concat_batches, take_examples
-from bat.core.runtime import RuntimeConfig
+from bat.core.runtime import RuntimeConfig, runtime_config
 from bat.core.selection import Prop2Selector, SelectionConfig
 from bat.core.train import TrainConfig, count_examples, seed_everything, select_backbone, train
 from bat.errors import ConfigError
-from bat.validate import device as check_device
 from tests.tiny_models import adapter_setting
 
 BF16 = RuntimeConfig(dtype="bfloat16", mixed_precision="bf16")
@@ -63,8 +62,6 @@ def test_bad_runtime_values_name_the_key_and_the_allowed_values(fields, message)
 
 
 def test_the_section_is_read_from_params(smoke_params):
-    from bat.stages.oracle import runtime_config
-
     assert runtime_config(smoke_params) == RuntimeConfig()
     with pytest.raises(ConfigError, match=r"unknown parameter runtime.precision"):
         build(RuntimeConfig, {**smoke_params["runtime"], "precision": "bf16"}, "runtime")
@@ -87,15 +84,19 @@ def test_a_gpu_that_is_not_here_names_the_key(monkeypatch):
     assert RuntimeConfig(device="cuda").torch_device == torch.device("cuda", 1)
 
 
-def test_one_function_decides_for_the_stages_device_keys_too(monkeypatch):
-    """The backbone stages keep their own choices (no cuda:N, an "auto" that spreads over GPUs)."""
-    from bat.image.backbone import DEVICES
+def test_the_model_loaders_check_their_device_as_the_runtime_section_does(monkeypatch, tmp_path):
+    """The loaders the stages call with ``runtime``'s device refuse a bad one before reading anything."""
+    from bat.image.backbone import load_image_backbone
+    from bat.image.encoders import load_encoders
+    from bat.text.backbone import load_backbone
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match=r"backbone_image.device: 'auto' needs a CUDA GPU"):
-        check_device("backbone_image.device", "auto", DEVICES)
-    with pytest.raises(ConfigError, match=r"backbone_image.device: 'cuda:0' is not allowed"):
-        check_device("backbone_image.device", "cuda:0", DEVICES)
+    with pytest.raises(ConfigError, match=r"device: 'cuda:0' needs a CUDA GPU, and torch sees none"):
+        load_image_backbone(tmp_path, "float32", "cuda:0")
+    with pytest.raises(ConfigError, match=r"device: 'tpu' is not allowed; choose one of \['cpu', 'cuda', 'cuda:N'\]"):
+        load_encoders(tmp_path, "tpu")
+    with pytest.raises(ConfigError, match=r"device: 'auto' is not allowed"):
+        load_backbone(tmp_path, device="auto")
 
 
 # --- training under the default runtime is a plain PyTorch loop ------------------------------

@@ -74,7 +74,7 @@ def test_bad_parameter_is_one_line_naming_the_field(stem, key, value, message, s
     import yaml
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({stem: {**smoke_params[stem], key: value}}))
+    params.write_text(yaml.safe_dump({"runtime": smoke_params["runtime"], stem: {**smoke_params[stem], key: value}}))
     monkeypatch.setattr(paths, "PARAMS", params)
     monkeypatch.setattr(paths, "MODELS", tmp_path / "models")
     monkeypatch.setattr(paths, "RUNS", tmp_path / "runs")

@@ -3,7 +3,8 @@
 A run folder holds::
 
     state.pt                 latest resumable state: step, trainable tensors, optimizer, RNG,
-                             selector state (``state_dict()`` of a selector that has one), log
+                             selector state (``state_dict()`` of a selector that has one), log,
+                             and the ``runtime`` it trained under (device, precision)
     log.json                 one row per step so far (see ``bat.core.train``)
     adapters/step-000050/    the adapter at each checkpoint, in its ecosystem's format
 

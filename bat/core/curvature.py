@@ -213,13 +213,7 @@ def per_sample_grads(model: nn.Module, task: Task, batch: Batch, *,
         # vmap(grad) under autocast fails in backward where a half-precision output meets a
         # float32 LayerNorm ("expected scalar type BFloat16 but found Float", torch 2.13 CPU):
         # the same rows, one backward pass per example.
-        rows = []
-        with scoring_mode(model):
-            for i in range(batch_size(batch)):
-                example = {key: value[i:i + 1] for key, value in batch.items()}
-                loss = task.batch_losses(model, example)[0]
-                rows.append(_flatten(torch.autograd.grad(loss, params, materialize_grads=True)))
-        return torch.stack(rows)
+        return per_sample_grads_loop(model, task, batch, params)
     theta = tuple(p.detach() for p in params)
     with scoring_mode(model), eager_attention(model), warnings.catch_warnings():
         # The attention fallback described in math_attention() warns on every call.
@@ -546,9 +540,13 @@ def _hooked_chunk(model, task, batch, layers, params, hooked, check_rtol, projec
     return kept
 
 
-def per_sample_grads_loop(model: nn.Module, task: Task, batch: Batch) -> torch.Tensor:
-    """The same rows as :func:`per_sample_grads`, one backward pass per example (reference)."""
-    params = adapter_parameters(model)[1]
+def per_sample_grads_loop(model: nn.Module, task: Task, batch: Batch,
+                          params: Sequence[nn.Parameter] | None = None) -> torch.Tensor:
+    """The same rows as :func:`per_sample_grads`, one backward pass per example (reference).
+
+    ``params``: the parameters differentiated, in this order (None: all of θ_A).
+    """
+    params = adapter_parameters(model)[1] if params is None else list(params)
     rows = []
     with scoring_mode(model):
         for i in range(batch_size(batch)):

@@ -1,5 +1,8 @@
 """Where a run computes and in what precision: the ``runtime`` section of params.yaml.
 
+Every stage that loads a model reads it (:func:`runtime_config`): the pre-training and encoder
+stages, the oracles and the grids; no stage has a device or precision key of its own.
+
 ==========================  ====================================================================
 key                         meaning
 ==========================  ====================================================================
@@ -31,6 +34,7 @@ import torch
 from torch import nn
 
 from bat import validate
+from bat.config import build, section
 from bat.errors import ConfigError
 
 DEVICES = ("cpu", "cuda", validate.GPU_INDEX)
@@ -93,6 +97,12 @@ class RuntimeConfig:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.torch_device.type, dtype=dtype)
+
+
+def runtime_config(params: dict) -> RuntimeConfig:
+    """The ``runtime`` section of ``params`` (the whole params.yaml), checked; a bad key or value
+    raises :class:`ConfigError` naming ``runtime.<key>``."""
+    return build(RuntimeConfig, section(params, "runtime"), "runtime")
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -378,7 +378,7 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
             write_json(log_path(run_dir), log)
             save_state(run_dir, {
                 "step": done, "adapter": dataclasses.asdict(adapter),
-                "config": dataclasses.asdict(config),
+                "config": dataclasses.asdict(config), "runtime": dataclasses.asdict(runtime),
                 "trainable": {name: p.detach().clone() for name, p in params.items()},
                 "optimizer": optimizer.state_dict(), "rng": capture_rng(generators),
                 "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,

@@ -13,6 +13,9 @@ their prompt; self-attention over 32×32 pixels would cost several times more pe
 
 Paper profile (``source: pretrained``): the same loader opens ``CompVis/stable-diffusion-v1-4``
 (or any local folder in that format) and no training happens.
+
+Where: the run's :class:`bat.core.runtime.RuntimeConfig`. Pre-training computes on its device in
+float32 (the weights being trained); the saved pipeline is loaded back in its ``dtype``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bat import paths, validate
-from bat.core.runtime import DTYPES
+from bat.core.runtime import DEVICES, DTYPES, RuntimeConfig, to_device
 from bat.errors import ConfigError
 from bat.core.mixing import epoch_batches
 from bat.io import atomic_directory
@@ -34,7 +37,6 @@ from bat.image.data import images_to_tensor
 from bat.image.task import DiffusionTask, make_diffusion_batch
 
 BACKBONE_SOURCES = ("train", "pretrained")
-DEVICES = ("cpu", "cuda", "auto")
 LR_SCHEDULES = ("constant_with_warmup", "cosine", "linear")  # diffusers.optimization.get_scheduler names
 
 
@@ -58,16 +60,12 @@ class ImageBackboneConfig:
     batch_size: int
     caption_dropout: float  # share of empty captions, for classifier-free guidance
     seed: int
-    torch_dtype: str
-    device: str
 
     def __post_init__(self):
         object.__setattr__(self, "vae_channels", tuple(self.vae_channels))
         object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
         object.__setattr__(self, "unet_attention", tuple(self.unet_attention))
         validate.choice("backbone_image.source", self.source, BACKBONE_SOURCES)
-        validate.choice("backbone_image.torch_dtype", self.torch_dtype, DTYPES)
-        validate.device("backbone_image.device", self.device, DEVICES)
         for name in ("resolution", "max_caption_tokens", "vae_steps", "unet_steps", "batch_size"):
             validate.positive(f"backbone_image.{name}", getattr(self, name), integer=True)
         validate.non_negative("backbone_image.seed", self.seed, integer=True)
@@ -187,9 +185,11 @@ def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig) -> tuple[
                                   carry_remainder=True),
                     total=config.vae_steps, desc="vae")
     for step, index in enumerate(progress, start=1):
-        posterior = vae.encode(pixels[index]).latent_dist
-        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
-        reconstruction = torch.nn.functional.mse_loss(vae.decode(latents).sample, pixels[index])
+        batch = pixels[index].to(vae.device)
+        posterior = vae.encode(batch).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator)  # drawn on the CPU: any device, same run
+        latents = posterior.mean + posterior.std * noise.to(vae.device)
+        reconstruction = torch.nn.functional.mse_loss(vae.decode(latents).sample, batch)
         # A weak KL keeps latents near N(0, 1) without blurring 32-pixel images.
         loss = reconstruction + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -244,6 +244,7 @@ def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
         if config.snr_gamma:
             snr = compute_snr(task.noise_scheduler, batch["timesteps"])
             batch["loss_weight"] = snr.clamp(max=config.snr_gamma) / snr
+        batch = to_device(batch, unet.device)
         loss = task.batch_losses(unet, batch).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -261,12 +262,13 @@ def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
     return log
 
 
-def pretrain(config: ImageBackboneConfig, images: np.ndarray, captions: list[str]):
-    """Build and pre-train the tiny pipeline on D^B; return it with both loss logs and timings."""
+def pretrain(config: ImageBackboneConfig, images: np.ndarray, captions: list[str], device: str = "cpu"):
+    """Build and pre-train the tiny pipeline on D^B on ``device`` (float32); return it with both
+    loss logs and timings. Examples stay on the CPU and each batch is moved when used."""
     if config.source != "train":
         raise ConfigError("backbone_image.source is 'pretrained': load it with load_image_backbone")
     started = time.perf_counter()
-    pipe = build_pipeline(config)
+    pipe = build_pipeline(config).to(device)
     pixels = images_to_tensor(images)
     if pixels.shape[-1] != config.resolution:
         raise ConfigError(f"backbone_image.resolution: {config.resolution} but the prepared images are "
@@ -278,19 +280,22 @@ def pretrain(config: ImageBackboneConfig, images: np.ndarray, captions: list[str
     return pipe, {"vae": vae_log, "unet": unet_log, "timings": timings}
 
 
-def build_or_load(config: ImageBackboneConfig, backbone, folder: Path):
+def build_or_load(config: ImageBackboneConfig, backbone, folder: Path, runtime: RuntimeConfig | None = None):
     """Tiny profile: pre-train on D^B; paper profile: load ``model_id``. Either way save to ``folder``.
 
     Later stages read the backbone from ``folder`` only, whichever profile made it, and the
     pipeline returned is the one loaded back from there, so what is evaluated is what they read.
+    ``runtime`` (None: float32 on the CPU) says where it trains and the dtype it is loaded in.
     The log is ``None`` when nothing was trained.
     """
+    runtime = runtime or RuntimeConfig()
+    device = str(runtime.torch_device)
     if config.source == "pretrained":
-        pipe, log = load_image_backbone(config.model_id, config.torch_dtype, config.device), None
+        pipe, log = load_image_backbone(config.model_id, runtime.dtype, device), None
     else:
-        pipe, log = pretrain(config, backbone.images, backbone.captions)
+        pipe, log = pretrain(config, backbone.images, backbone.captions, device)
     save_image_backbone(pipe, folder)
-    return load_image_backbone(folder, config.torch_dtype, config.device), log
+    return load_image_backbone(folder, runtime.dtype, device), log
 
 
 def prompt_fidelity(pipe, image_set, seed: int, steps: int, guidance_scale: float, encoders,
@@ -368,24 +373,23 @@ def save_image_backbone(pipe, folder: Path) -> Path:
 
 
 def load_image_backbone(path_or_id: str | Path, torch_dtype: str = "float32", device: str = "cpu"):
-    """One loader for the local tiny backbone and the paper's hub model alike."""
+    """One loader for the local tiny backbone and the paper's hub model alike, in ``torch_dtype``
+    (a key of :data:`bat.core.runtime.DTYPES`) on ``device`` (``cpu``, ``cuda``, ``cuda:N``)."""
     from diffusers import StableDiffusionPipeline
 
-    validate.choice("backbone_image.torch_dtype", torch_dtype, DTYPES)
-    validate.device("backbone_image.device", device, DEVICES)
+    validate.choice("torch_dtype", torch_dtype, DTYPES)
+    validate.device("device", device, DEVICES)
     local = Path(path_or_id)
     if local.exists() and not (local / "model_index.json").exists():
         raise ConfigError(f"{local} holds no diffusers pipeline (model_index.json missing); "
                           "run `dvc repro pretrain_image` or give a hub id")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            path_or_id, dtype=DTYPES[torch_dtype], safety_checker=None, requires_safety_checker=False,
-            device_map="balanced" if device == "auto" else None)
+            path_or_id, dtype=DTYPES[torch_dtype], safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError) as error:
         raise ConfigError(f"could not load a StableDiffusionPipeline from {path_or_id!r}: "
                           f"{str(error).splitlines()[0]}") from None
-    if device != "auto":
-        pipe = pipe.to(device)
+    pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -58,11 +58,11 @@ from torch import nn
 
 from bat import paths, validate
 from bat.core.mixing import epoch_batches
+from bat.core.runtime import DEVICES
 from bat.errors import ConfigError
 from bat.image.data import images_to_tensor
 
 SOURCES = ("train", "pretrained")
-DEVICES = ("cpu", "cuda")
 CONFIG_FILE = "encoders.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "bat-encoders/1"
@@ -84,14 +84,12 @@ class EncoderConfig:
     batch_size: int  # InfoNCE contrasts every pair in a batch: larger is harder
     learning_rate: float
     seed: int
-    device: str
 
     def __post_init__(self):
         if isinstance(self.channels, (str, bytes)) or not hasattr(self.channels, "__iter__"):
             raise ConfigError(f"encoders.channels: {self.channels!r} must be a list of positive integers")
         object.__setattr__(self, "channels", tuple(self.channels))
         validate.choice("encoders.source", self.source, SOURCES)
-        validate.device("encoders.device", self.device, DEVICES)
         for name in ("image_model_id", "clip_model_id", "text_encoder"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -315,8 +313,8 @@ def _learning_rate_factor(step: int, steps: int) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
 
-def train_encoders(config: EncoderConfig, images: np.ndarray, captions: list[str]):
-    """Train the small CLIP on image–caption pairs; return the encoders and the loss log.
+def train_encoders(config: EncoderConfig, images: np.ndarray, captions: list[str], device: str = "cpu"):
+    """Train the small CLIP on image–caption pairs on ``device``; return the encoders and the loss log.
 
     Deterministic given ``config.seed`` (and the number of threads): initial weights, batch order
     and shifts all come from seeded generators.
@@ -332,10 +330,10 @@ def train_encoders(config: EncoderConfig, images: np.ndarray, captions: list[str
     if pixels.shape[-2] != resolution:
         raise ConfigError(f"encoders: images must be square, got {tuple(pixels.shape[-2:])}")
     started = time.perf_counter()
-    sentences = SentenceEncoder(config.text_encoder, config.device)
-    text = sentences(list(captions)).to(config.device)  # frozen: computed once
+    sentences = SentenceEncoder(config.text_encoder, device)
+    text = sentences(list(captions)).to(device)  # frozen: computed once
     torch.manual_seed(config.seed)
-    model = SmallClip(config.channels, config.embedding_dim, sentences.dim).to(config.device).train()
+    model = SmallClip(config.channels, config.embedding_dim, sentences.dim).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _learning_rate_factor(step, config.steps))
@@ -343,7 +341,7 @@ def train_encoders(config: EncoderConfig, images: np.ndarray, captions: list[str
     log = []
     for step, index in enumerate(epoch_batches(len(pixels), config.batch_size, config.steps,
                                                           generator, carry_remainder=False), start=1):
-        batch = random_affine(pixels[index], generator).to(config.device)
+        batch = random_affine(pixels[index], generator).to(device)
         loss = model.loss(batch, text[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -354,7 +352,7 @@ def train_encoders(config: EncoderConfig, images: np.ndarray, captions: list[str
     meta = {"format": FORMAT, "source": "train", "resolution": resolution, "text_dim": sentences.dim,
             "config": asdict(config), "pairs": len(captions), "seconds": time.perf_counter() - started}
     meta["config"]["channels"] = list(config.channels)
-    return TrainedEncoders(model, sentences, resolution, meta, config.device), log
+    return TrainedEncoders(model, sentences, resolution, meta, device), log
 
 
 # --------------------------------------------------------------------------- save and load
@@ -388,15 +386,15 @@ def _load_trained(folder: Path, meta: dict, device: str) -> TrainedEncoders:
     return TrainedEncoders(model, sentences, meta["resolution"], meta, device)
 
 
-def load_encoders(path_or_ids: str | Path | tuple[str, str], config: EncoderConfig | None = None) -> Encoders:
+def load_encoders(path_or_ids: str | Path | tuple[str, str], device: str = "cpu") -> Encoders:
     """One loader for both profiles.
 
     ``path_or_ids`` is a folder written by :func:`save_encoders` (``models/encoders``: trained
     weights, or the two ids the paper profile recorded), or a pair ``(image_model_id,
-    clip_model_id)`` of hub ids or ``save_pretrained`` folders. ``config`` only sets the device
-    (CPU without it).
+    clip_model_id)`` of hub ids or ``save_pretrained`` folders. ``device``: where they compute
+    (``cpu``, ``cuda``, ``cuda:N``); features come back on the CPU either way.
     """
-    device = config.device if config is not None else "cpu"
+    validate.device("device", device, DEVICES)
     if isinstance(path_or_ids, (tuple, list)):
         if len(path_or_ids) != 2:
             raise ConfigError(f"load_encoders: give (image_model_id, clip_model_id), got {path_or_ids!r}")
@@ -412,19 +410,19 @@ def load_encoders(path_or_ids: str | Path | tuple[str, str], config: EncoderConf
     return _load_trained(folder, meta, device)
 
 
-def build_or_load(config: EncoderConfig, backbone, folder: str | Path):
+def build_or_load(config: EncoderConfig, backbone, folder: str | Path, device: str = "cpu"):
     """Tiny profile: train on D^B (``backbone``: an ImageSet) and save; paper: record the two ids.
 
-    Either way the encoders returned are loaded back from ``folder``, so what the stage reports
-    on is what later stages read. The log is ``None`` when nothing was trained.
+    Either way the encoders returned are loaded back from ``folder`` onto ``device``, so what the
+    stage reports on is what later stages read. The log is ``None`` when nothing was trained.
     """
     if config.source == "pretrained":
-        encoders = PretrainedEncoders(config.image_model_id, config.clip_model_id, config.device)
+        encoders = PretrainedEncoders(config.image_model_id, config.clip_model_id, device)
         save_encoders(encoders, folder)
-        return load_encoders(folder, config), None
-    encoders, log = train_encoders(config, backbone.images, list(backbone.captions))
+        return load_encoders(folder, device), None
+    encoders, log = train_encoders(config, backbone.images, list(backbone.captions), device)
     save_encoders(encoders, folder)
-    return load_encoders(folder, config), {"steps": log, "seconds": encoders.meta["seconds"]}
+    return load_encoders(folder, device), {"steps": log, "seconds": encoders.meta["seconds"]}
 
 
 # --------------------------------------------------------------------------- checks

@@ -60,8 +60,8 @@ class ImageTrack:
     (Symbola renders, Tab. 2). ``sample_steps`` and ``guidance_scale`` set the evaluation samples
     (and the class images of prior preservation); ``prior_loss_weight`` is λ of eq. 27.
     ``runtime`` places the whole pipeline (UNet, VAE, text encoder) on its device in its dtype;
-    sampling and evaluation run under its autocast. The encoders (scores) stay on the CPU, in
-    float32 unless the runtime is a CPU one with bf16 autocast, which then covers them too.
+    sampling and evaluation run under its autocast. The encoders (scores) compute on the same
+    device, float32 weights under that autocast.
     The encoders are loaded on the first evaluation; the pool on first use.
     """
 
@@ -138,7 +138,7 @@ class ImageTrack:
     def evaluate(self, model, data: dict, seed: int, with_benchmarks: bool) -> tuple[dict, np.ndarray]:
         """Held-out noise loss on every held-out concept, personalization scores on the sampled ones."""
         if self._encoders is None:
-            self._encoders = load_encoders(self.models / "encoders")
+            self._encoders = load_encoders(self.models / "encoders", str(self.runtime.torch_device))
         unet = model.get_base_model() if hasattr(model, "get_base_model") else model
         unet.eval()
         with self.runtime.autocast():

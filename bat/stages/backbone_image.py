@@ -1,12 +1,12 @@
 """Stage ``pretrain_image``: the image backbone, and whether its samples carry their prompt.
 
-Usage: ``python -m bat.stages.backbone_image``, with the ``backbone_image`` section of params.yaml.
-Tiny profile: pre-trains the pipeline on D^B; paper profile: loads ``model_id``
-(:func:`bat.image.backbone.build_or_load`). Writes
+Usage: ``python -m bat.stages.backbone_image``, with the ``backbone_image`` and ``runtime`` sections
+of params.yaml. Tiny profile: pre-trains the pipeline on D^B; paper profile: loads ``model_id``
+(:func:`bat.image.backbone.build_or_load`); on ``runtime``'s device, loaded in its dtype. Writes
 
 - ``models/backbone_image``: the pipeline every image stage loads;
 - ``runs/backbone_image`` (:mod:`bat.analysis.results`), which the ``backbone_image`` notebook plots:
-  ``result.json`` holds ``source``, ``log`` (``vae`` and ``unet``: lists of ``{step, loss}``;
+  ``result.json`` holds ``source``, ``runtime`` (the section it ran under), ``log`` (``vae`` and ``unet``: lists of ``{step, loss}``;
   ``timings`` in seconds; ``null`` when nothing was trained) and ``prompt_fidelity``: a list, one
   record per group (``seen``: captions of D^B, then ``heldout``: OpenMoji concepts held out of
   D^B) with its ``group``, ``label``, ``count``, ``thumbnail_`` and ``encoder_preference`` and
@@ -20,7 +20,7 @@ Tiny profile: pre-trains the pipeline on D^B; paper profile: loads ``model_id``
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import numpy as np
 from bat import paths, validate
 from bat.analysis.results import write_result
 from bat.config import build_parts, read_yaml, run_cli, section
+from bat.core.runtime import RuntimeConfig, runtime_config
 from bat.image.backbone import ImageBackboneConfig, build_or_load, prompt_fidelity
 from bat.image.data import ImageSet, load_image_set
 from bat.image.encoders import load_encoders
@@ -81,24 +82,31 @@ def evaluate(pipe, sets: dict[str, ImageSet], seed: int, fidelity: FidelityConfi
     return scores, arrays
 
 
-def run(params: dict, prepared: Path, model_folder: Path, result_folder: Path, encoder_folder: Path) -> Path:
+def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path, result_folder: Path,
+        encoder_folder: Path) -> Path:
     """Build or load the backbone into ``model_folder``, sample it, write ``result_folder``.
 
     ``params``: the ``backbone_image`` section; a bad or unknown key raises ConfigError.
+    ``runtime``: where it trains and samples, and the dtype it is loaded in.
     ``encoder_folder``: the trained ``encoders`` stand-in whose image features judge the samples.
     """
     config, fidelity = build_parts(params, SECTION, ImageBackboneConfig, FidelityConfig)
     sets = load_sets(prepared)
-    encoders = load_encoders(encoder_folder)
-    pipe, log = build_or_load(config, sets["seen"], model_folder)
-    scores, arrays = evaluate(pipe, sets, config.seed, fidelity, encoders)
-    return write_result(result_folder, params, {"source": config.source, "log": log, "prompt_fidelity": scores},
-                        arrays)
+    encoders = load_encoders(encoder_folder, str(runtime.torch_device))
+    pipe, log = build_or_load(config, sets["seen"], model_folder, runtime)
+    with runtime.autocast():
+        scores, arrays = evaluate(pipe, sets, config.seed, fidelity, encoders)
+    return write_result(result_folder, params, {"source": config.source, "runtime": asdict(runtime), "log": log,
+                                                "prompt_fidelity": scores}, arrays)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(lambda: run(section(read_yaml(paths.PARAMS), SECTION), paths.PREPARED,
-                               paths.MODELS / SECTION, paths.RUNS / SECTION, paths.MODELS / "encoders"))
+    def stage():
+        params = read_yaml(paths.PARAMS)
+        return run(section(params, SECTION), runtime_config(params), paths.PREPARED, paths.MODELS / SECTION,
+                   paths.RUNS / SECTION, paths.MODELS / "encoders")
+
+    return run_cli(stage)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Stage ``pretrain_text``: instruction-tune the text backbone on D^B, scored before and after.
 
 Usage: ``python -m bat.stages.backbone_text``, with the ``backbone_text`` section of params.yaml
-(:class:`bat.text.backbone.TextBackboneConfig`). The eight multiple-choice sets are scored on their
+(:class:`bat.text.backbone.TextBackboneConfig`) and ``runtime`` (device, dtype). The eight multiple-choice sets are scored on their
 first ``eval_set_size`` items by the backbone before the fine-tune and by the saved folder
 reopened with the loader the adaptation stages use. Writes
 
 - ``models/backbone_text``: the merged LM, its tokenizer and the D^B ids it saw;
 - ``runs/backbone_text/result.json`` (:mod:`bat.analysis.results`), which the ``backbone_text``
-  notebook plots: ``source``; ``rows`` (per step: ``step``, ``loss`` on response tokens,
+  notebook plots: ``source``; ``runtime`` (the section it ran under); ``rows`` (per step: ``step``, ``loss`` on response tokens,
   ``learning_rate``, labelled ``tokens``, wall ``seconds``); ``loss``
   (:func:`bat.text.backbone.loss_summary`); ``examples``, ``dropped_examples``,
   ``trainable_parameters``, ``distinct_examples_seen``; ``scores`` (one record per set and a last
@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from bat import paths
 from bat.analysis.results import write_result
 from bat.config import build, read_yaml, run_cli, section
+from bat.core.runtime import RuntimeConfig, runtime_config
 from bat.io import read_jsonl
 from bat.text.backbone import (TextBackboneConfig, compare_scores, fine_tune, initial_backbone, load_backbone,
                                load_eval_sets, loss_summary, save_backbone, score_eval_sets)
@@ -32,8 +34,9 @@ from bat.text.backbone import (TextBackboneConfig, compare_scores, fine_tune, in
 SECTION = "backbone_text"
 
 
-def run(params: dict, prepared: Path, model_folder: Path, result_folder: Path) -> Path:
-    """Fine-tune into ``model_folder`` and write ``result_folder``; a bad key raises ConfigError."""
+def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path, result_folder: Path) -> Path:
+    """Fine-tune into ``model_folder`` on ``runtime``'s device and write ``result_folder``; a bad
+    key raises ConfigError."""
     started = time.perf_counter()
     config = build(TextBackboneConfig, params, SECTION)
     records = read_jsonl(prepared / "text" / "backbone.jsonl")
@@ -41,7 +44,7 @@ def run(params: dict, prepared: Path, model_folder: Path, result_folder: Path) -
     seconds = {}
 
     clock = time.perf_counter()
-    model, tokenizer = initial_backbone(config)
+    model, tokenizer = initial_backbone(config, runtime)
     seconds["load"] = time.perf_counter() - clock
     clock = time.perf_counter()
     before = score_eval_sets(model, tokenizer, eval_sets, batch_size=config.eval_batch_size)
@@ -52,7 +55,7 @@ def run(params: dict, prepared: Path, model_folder: Path, result_folder: Path) -
     clock = time.perf_counter()
     save_backbone(model, tokenizer, model_folder, pretraining_ids=log["seen_ids"])
     del model  # "after" is scored on the folder as saved, as the adaptation stages will read it
-    model, tokenizer = load_backbone(model_folder, torch_dtype=config.torch_dtype, device=config.device,
+    model, tokenizer = load_backbone(model_folder, torch_dtype=runtime.dtype, device=str(runtime.torch_device),
                                      attn_implementation=config.attn_implementation)
     seconds["save_and_reload"] = time.perf_counter() - clock
 
@@ -60,7 +63,7 @@ def run(params: dict, prepared: Path, model_folder: Path, result_folder: Path) -
     after = score_eval_sets(model, tokenizer, eval_sets, batch_size=config.eval_batch_size)
     seconds["eval_after"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
-    measured = {"source": config.source, "rows": log["rows"], "loss": loss_summary(log),
+    measured = {"source": config.source, "runtime": asdict(runtime), "rows": log["rows"], "loss": loss_summary(log),
                 "examples": log["examples"], "dropped_examples": log["dropped_examples"],
                 "trainable_parameters": log["trainable_parameters"],
                 "distinct_examples_seen": len(set(log["seen_ids"])),
@@ -70,8 +73,12 @@ def run(params: dict, prepared: Path, model_folder: Path, result_folder: Path) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(lambda: run(section(read_yaml(paths.PARAMS), SECTION), paths.PREPARED,
-                               paths.MODELS / SECTION, paths.RUNS / SECTION))
+    def stage():
+        params = read_yaml(paths.PARAMS)
+        return run(section(params, SECTION), runtime_config(params), paths.PREPARED, paths.MODELS / SECTION,
+                   paths.RUNS / SECTION)
+
+    return run_cli(stage)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Stage ``train_encoders``: the metric encoders, and whether they know the concepts they score.
 
-Usage: ``python -m bat.stages.encoders``, with the ``encoders`` section of params.yaml. Tiny
-profile: trains the small CLIP on D^B; paper profile: records DINOv2's and CLIP's ids
-(:func:`bat.image.encoders.build_or_load`). Writes
+Usage: ``python -m bat.stages.encoders``, with the ``encoders`` section of params.yaml and
+``runtime``'s device. Tiny profile: trains the small CLIP on D^B; paper profile: records DINOv2's
+and CLIP's ids (:func:`bat.image.encoders.build_or_load`). Writes
 
 - ``models/encoders``: what every image grid scores samples with;
 - ``runs/encoders`` (:mod:`bat.analysis.results`), which the ``encoders`` notebook plots:
-  ``result.json`` holds ``source``, ``parameters`` (count), ``log`` (``steps``: per step
+  ``result.json`` holds ``source``, ``runtime`` (the section it ran under), ``parameters`` (count), ``log`` (``steps``: per step
   ``step``, ``loss``, ``temperature``; ``seconds``; ``null`` when nothing was trained) and
   ``retrieval``: a list, one record per group of concepts (``group``: its name, then the
   :func:`bat.image.encoders.retrieval_report`), in the order of the figure's rows;
@@ -18,7 +18,7 @@ profile: trains the small CLIP on D^B; paper profile: records DINOv2's and CLIP'
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import numpy as np
 from bat import paths, validate
 from bat.analysis.results import write_result
 from bat.config import build_parts, read_yaml, run_cli, section
+from bat.core.runtime import RuntimeConfig, runtime_config
 from bat.errors import ConfigError
 from bat.image.data import STYLES, load_image_set
 from bat.image.encoders import EncoderConfig, build_or_load, retrieval_report
@@ -51,16 +52,17 @@ class RetrievalConfig:
         validate.positive(f"{SECTION}.seen_concepts", self.seen_concepts, integer=True)
 
 
-def run(params: dict, prepared: Path, model_folder: Path, result_folder: Path) -> Path:
+def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path, result_folder: Path) -> Path:
     """Build or load the encoders into ``model_folder``, check them, write ``result_folder``.
 
-    ``params``: the ``encoders`` section; a bad or unknown key raises ConfigError.
+    ``params``: the ``encoders`` section; a bad or unknown key raises ConfigError. ``runtime``:
+    its device is where they train and compute (float32: they are small, or scorers only).
     """
     config, retrieval = build_parts(params, SECTION, EncoderConfig, RetrievalConfig)
     image_dir = prepared / "images"
     backbone = load_image_set(image_dir / "backbone.npz")
     heldout = load_image_set(image_dir / "backbone_heldout.npz")
-    encoders, log = build_or_load(config, backbone, model_folder)
+    encoders, log = build_or_load(config, backbone, model_folder, str(runtime.torch_device))
     reports = [{"group": "D^B, seen", **retrieval_report(encoders, backbone.spread(retrieval.seen_concepts))},
                {"group": "OpenMoji, held out of D^B", **retrieval_report(encoders, heldout)}]
     for style in retrieval.styles:
@@ -71,7 +73,7 @@ def run(params: dict, prepared: Path, model_folder: Path, result_folder: Path) -
     similarity = cosine_matrix(encoders.clip_image_features(examples.images),
                                encoders.clip_text_features(list(heldout.captions)))
     retrieved = [heldout.captions[i] for i in np.argmax(similarity, axis=1)]
-    measured = {"source": config.source, "parameters": encoders.parameter_count(), "log": log,
+    measured = {"source": config.source, "runtime": asdict(runtime), "parameters": encoders.parameter_count(), "log": log,
                 "retrieval": reports}
     arrays = {"examples": examples.images, "captions": np.array(examples.captions),
               "retrieved": np.array(retrieved)}
@@ -79,8 +81,12 @@ def run(params: dict, prepared: Path, model_folder: Path, result_folder: Path) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(lambda: run(section(read_yaml(paths.PARAMS), SECTION), paths.PREPARED,
-                               paths.MODELS / SECTION, paths.RUNS / SECTION))
+    def stage():
+        params = read_yaml(paths.PARAMS)
+        return run(section(params, SECTION), runtime_config(params), paths.PREPARED, paths.MODELS / SECTION,
+                   paths.RUNS / SECTION)
+
+    return run_cli(stage)
 
 
 if __name__ == "__main__":

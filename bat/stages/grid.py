@@ -59,13 +59,13 @@ from bat import paths, validate
 from bat.analysis.runs import RUN_KEYS, sample_key
 from bat.config import build, read_yaml, run_cli, section
 from bat.core.mixing import derived_seed
-from bat.core.runtime import RuntimeConfig
+from bat.core.runtime import RuntimeConfig, runtime_config
 from bat.core.selection import SelectionConfig
 from bat.core.track import TRACKS, track_module
 from bat.errors import ConfigError
 from bat.io import atomic_directory, write_json
 from bat.stages.executor import ExecutorConfig, Staging, fingerprint, load_executor, run_cells
-from bat.stages.oracle import runtime_config, track_options
+from bat.stages.oracle import track_options
 
 GRID_REGIMES = ("plain", "prior_preservation", "bat", "bat_oracle_free", "random", "random_matched",
                 "compute_matched")

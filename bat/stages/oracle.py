@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from bat import paths, validate
 from bat.config import build, read_yaml, run_cli, section
 from bat.core.adapters import AdapterConfig
-from bat.core.runtime import RuntimeConfig
+from bat.core.runtime import RuntimeConfig, runtime_config
 from bat.core.track import TRACKS, track_module
 from bat.errors import ConfigError
 
@@ -52,11 +52,6 @@ def load_run(name: str, params: dict) -> OracleRun:
             return build(OracleRun, {"track": track, **oracles[track][name]}, f"oracles.{track}.{name}")
     known = sorted(n for track in TRACKS for n in (oracles.get(track) or {}))
     raise ConfigError(f"oracles has no run {name!r}; runs: {known}")
-
-
-def runtime_config(params: dict) -> RuntimeConfig:
-    """The ``runtime`` section: device and precision of every stage that trains or selects."""
-    return build(RuntimeConfig, section(params, "runtime"), "runtime")
 
 
 def track_options(track: str, params: dict) -> dict:

@@ -23,6 +23,9 @@ Alpaca prompt of :data:`bat.text.benchmarks.ALPACA_TEMPLATE` when a tokenizer ha
 loss is taken on the response tokens only: the prompt's labels are ``-100``. Batches are drawn
 from a ``torch.Generator`` seeded by ``seed``, LoRA is initialised under the same seed, and there
 is no dropout, so two runs with the same config give identical weights.
+
+Where: the run's :class:`bat.core.runtime.RuntimeConfig`; the backbone is loaded (or built) in its
+``dtype`` on its device, and the fine-tune runs there.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bat import paths, validate
-from bat.core.runtime import DTYPES, model_device, to_device
+from bat.core.runtime import DEVICES, DTYPES, RuntimeConfig, model_device, to_device
 from bat.errors import ConfigError
 from bat.io import atomic_directory, read_json, write_json
 from bat.text.benchmarks import ALPACA_TEMPLATE, MultipleChoiceItem, load_items, score_loglikelihood
@@ -47,7 +50,6 @@ from bat.text.task import IGNORE_INDEX, CausalLMTask
 
 BACKBONE_SOURCES = ("gguf", "config", "pretrained")
 ATTENTION = ("eager", "sdpa")  # eager: Hessian products need double-backward, which CPU SDPA lacks
-DEVICES = ("cpu", "cuda", "auto")  # auto: device_map="auto" (Accelerate), spread over every GPU
 # LlamaConfig fields a from-config backbone may set; vocabulary and special tokens come from the tokenizer.
 TINY_CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "max_position_embeddings")
@@ -67,8 +69,6 @@ class TextBackboneConfig:
         "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2})
     attn_implementation: str = "eager"
-    torch_dtype: str = "float32"
-    device: str = "cpu"
     steps: int = 40  # 0: no fine-tune, the loaded model is the backbone (paper profile)
     batch_size: int = 8
     max_length: int = 64  # tokens per example, chat template included; longer responses are cut
@@ -85,8 +85,6 @@ class TextBackboneConfig:
     def __post_init__(self):
         validate.choice("backbone_text.source", self.source, BACKBONE_SOURCES)
         validate.choice("backbone_text.attn_implementation", self.attn_implementation, ATTENTION)
-        validate.choice("backbone_text.torch_dtype", self.torch_dtype, DTYPES)
-        validate.device("backbone_text.device", self.device, DEVICES)
         if self.source in ("gguf", "config") and (
                 not isinstance(self.gguf_file, str) or not self.gguf_file.endswith(".gguf")):
             raise ConfigError(f"backbone_text.gguf_file: {self.gguf_file!r} must name a .gguf file "
@@ -191,10 +189,6 @@ def load_tokenizer(path_or_id: str | Path, gguf_file: str | None = None):
     return tokenizer
 
 
-def _check_device(device: str) -> None:
-    validate.device("backbone_text.device", device, DEVICES)
-
-
 def _plain(model):
     """Drop what a GGUF load leaves behind, so ``save_pretrained`` writes a plain float model."""
     quantizer = getattr(model, "hf_quantizer", None)
@@ -210,30 +204,26 @@ def load_backbone(path_or_id: str | Path, *, gguf_file: str | None = None, torch
     """``(model, tokenizer)`` from a saved folder, a hub id, or a GGUF file; one loader for all three.
 
     A local path that holds no model, and a GGUF that does not parse, raise :class:`ConfigError`
-    naming the path. GGUF weights are dequantised to ``torch_dtype``. ``device="auto"`` places
-    the model with Accelerate's ``device_map="auto"`` (several GPUs); "cpu"/"cuda" load and move.
+    naming the path. GGUF weights are dequantised to ``torch_dtype`` (a key of
+    :data:`bat.core.runtime.DTYPES`); the model is loaded, then moved to ``device`` (``cpu``,
+    ``cuda``, ``cuda:N``).
     """
     from transformers import AutoModelForCausalLM, GgufConfig
 
-    validate.choice("backbone_text.torch_dtype", torch_dtype, DTYPES)
+    validate.choice("torch_dtype", torch_dtype, DTYPES)
     validate.choice("backbone_text.attn_implementation", attn_implementation, ATTENTION)
-    _check_device(device)
+    validate.device("device", device, DEVICES)
     where, gguf_file = _locate(path_or_id, gguf_file)
     tokenizer = load_tokenizer(where, gguf_file)
     options: dict[str, Any] = {"dtype": DTYPES[torch_dtype], "attn_implementation": attn_implementation}
     if gguf_file is not None:
         options.update(gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True))
-    if device == "auto":
-        options["device_map"] = "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(where, **options)
     except Exception as error:  # OSError (hub), ValueError/struct.error (GGUF), ...
         raise ConfigError(f"could not load a causal LM from {where!r}"
                           f"{f' (gguf_file={gguf_file!r})' if gguf_file else ''}: {_first_line(error)}") from None
-    model = _plain(model)
-    if device == "cuda":
-        model = model.to("cuda")
-    return model.eval(), tokenizer
+    return _plain(model).to(device).eval(), tokenizer
 
 
 def build_tiny_model(tiny_config: Mapping[str, int], tokenizer, *, seed: int = 0,
@@ -250,20 +240,20 @@ def build_tiny_model(tiny_config: Mapping[str, int], tokenizer, *, seed: int = 0
     return LlamaForCausalLM(config).to(DTYPES[torch_dtype]).eval()
 
 
-def initial_backbone(config: TextBackboneConfig):
-    """``(model, tokenizer)`` before our fine-tune, as ``config.source`` says."""
+def initial_backbone(config: TextBackboneConfig, runtime: RuntimeConfig | None = None):
+    """``(model, tokenizer)`` before our fine-tune, as ``config.source`` says, in ``runtime``'s
+    dtype on its device (None: float32 on the CPU)."""
+    runtime = runtime or RuntimeConfig()
+    placement = {"torch_dtype": runtime.dtype, "device": str(runtime.torch_device)}
     if config.source == "pretrained":
-        return load_backbone(config.model_id, torch_dtype=config.torch_dtype, device=config.device,
-                             attn_implementation=config.attn_implementation)
+        return load_backbone(config.model_id, **placement, attn_implementation=config.attn_implementation)
     gguf = resolve_gguf(config.gguf_file)
     if config.source == "gguf":
-        return load_backbone(gguf, torch_dtype=config.torch_dtype, device=config.device,
-                             attn_implementation=config.attn_implementation)
-    _check_device(config.device)
+        return load_backbone(gguf, **placement, attn_implementation=config.attn_implementation)
     tokenizer = load_tokenizer(gguf)
-    model = build_tiny_model(config.tiny_config, tokenizer, seed=config.seed, torch_dtype=config.torch_dtype,
+    model = build_tiny_model(config.tiny_config, tokenizer, seed=config.seed, torch_dtype=runtime.dtype,
                              attn_implementation=config.attn_implementation)
-    return model.to("cuda" if config.device in ("cuda", "auto") else "cpu"), tokenizer
+    return model.to(runtime.torch_device), tokenizer
 
 
 # ----------------------------------------------------------------------------- instruction data
@@ -375,11 +365,11 @@ def attach_lora(model, rank: int, alpha: float):
 
 
 def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], *, model=None,
-              tokenizer=None, progress: bool = True):
+              tokenizer=None, runtime: RuntimeConfig | None = None, progress: bool = True):
     """Instruction-tune the backbone on D^B records; return ``(model, tokenizer, log)``.
 
-    ``model``/``tokenizer`` default to :func:`initial_backbone` (which raises on a bad path or
-    GGUF before anything trains). The returned model is a plain causal LM: a LoRA is merged into
+    ``model``/``tokenizer`` default to :func:`initial_backbone` of ``runtime`` (which raises on a
+    bad path or GGUF before anything trains). The returned model is a plain causal LM: a LoRA is merged into
     it (``lora_rank > 0``). ``log`` holds ``rows`` (step, loss, learning_rate, labelled tokens,
     wall seconds) and the run's ``examples``, ``dropped_examples`` (prompt longer than
     ``max_length``), ``trainable_parameters``, ``seen_ids`` (the record ids trained on, in order:
@@ -392,7 +382,7 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
     if (model is None) != (tokenizer is None):
         raise ConfigError("fine_tune: pass both model and tokenizer, or neither")
     if model is None:
-        model, tokenizer = initial_backbone(config)
+        model, tokenizer = initial_backbone(config, runtime)
     log: dict[str, Any] = {"rows": [], "examples": 0, "dropped_examples": 0, "trainable_parameters": 0,
                            "seen_ids": [], "encode_seconds": 0.0, "seconds": 0.0}
     if config.steps == 0:  # the loaded model is the backbone already (the paper's LLaMA-2-7B-alpaca-cleaned)
