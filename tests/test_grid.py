@@ -1,5 +1,7 @@
 """Grids of runs (bat.stages.grid, bat.analysis.runs): config checks and every smoke-sized grid."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,7 +32,6 @@ def test_every_grid_of_each_profile_is_valid(smoke_params):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("datasets", ["openmoji"], r"grids.image.test.datasets: 'openmoji' is not allowed; choose one of \['noto', 'emojione'\]"),
     ("datasets", "noto", r"datasets: 'noto' must be a list, e.g. \[noto\]"),
     ("adapters", ["lora"], r"adapters: 'lora' is not allowed"),
     ("seeds", [0, 0], r"seeds: \[0, 0\] lists an entry twice"),
@@ -50,6 +51,15 @@ def test_every_grid_of_each_profile_is_valid(smoke_params):
 def test_bad_values_are_refused(field, value, message):
     with pytest.raises(ConfigError, match=message):
         build(GridConfig, {**VALID, field: value}, "grids.image.test")
+
+
+def test_a_dataset_that_prepare_does_not_write_is_refused(smoke_params):
+    params = copy.deepcopy(smoke_params)
+    name = next(iter(params["grids"]["image"]))
+    params["grids"]["image"][name]["datasets"] = ["openmoji"]
+    with pytest.raises(ConfigError, match=rf"grids.image.{name}.datasets: 'openmoji' is not allowed; "
+                                          r"choose one of \['noto', 'emojione'\]"):
+        load_grid(name, params)
 
 
 def test_text_grid_takes_text_tasks_and_adapters():

@@ -62,12 +62,13 @@ def test_no_module_outside_the_packages():
 
 def test_the_tracks_implement_one_protocol():
     """Both track modules expose the names the stages use, with the same meaning."""
+    from bat.config import profile_params
     from bat.core.track import TRACKS, track_module
 
     for name in TRACKS:
         module = track_module(name)
         assert module.MIXING in ("per_batch", "regular_interval")
-        assert module.DATASETS and module.ADAPTERS and isinstance(module.SEEDED_EVALUATION, bool)
+        assert module.datasets(profile_params("tiny")) and module.ADAPTERS and isinstance(module.SEEDED_EVALUATION, bool)
         assert callable(module.load)
     image, text = (track_module(name) for name in TRACKS)
     assert not set(image.ADAPTERS) & set(text.ADAPTERS)

@@ -1,5 +1,7 @@
 """Oracle stages: a plain run per dataset whose final weights later runs measure against."""
 
+import copy
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from bat import paths
 from bat.core.checkpoint import trained_vector
 from bat.config import build
 from bat.errors import ConfigError
-from bat.stages.oracle import OracleRun, load_run, track_options, train_oracle
+from bat.stages.oracle import load_run, track_options, train_oracle
 
 
 @pytest.fixture
@@ -41,10 +43,56 @@ def test_unknown_run_names_the_runs(smoke_params):
 
 @pytest.mark.parametrize("field, value, message", [
     ("adapter", "loda", r"oracles.image.adapter: 'loda' is not allowed"),
-    ("dataset", "noto_train", r"oracles.image.dataset: 'noto_train' is not allowed; choose one of \['noto_oracle'"),
-    ("dataset", "word_definition_oracle", r"oracles.image.dataset: 'word_definition_oracle' is not allowed"),
+    ("dataset", "noto_train",
+     r"oracles.image.noto_dreambooth.dataset: 'noto_train' is not allowed; choose one of \['noto_oracle'"),
+    ("dataset", "word_definition_oracle",
+     r"oracles.image.noto_dreambooth.dataset: 'word_definition_oracle' is not allowed"),
 ])
 def test_bad_runs_are_refused(smoke_params, field, value, message):
-    values = {"track": "image", **smoke_params["oracles"]["image"]["noto_dreambooth"], field: value}
+    params = copy.deepcopy(smoke_params)
+    params["oracles"]["image"]["noto_dreambooth"][field] = value
     with pytest.raises(ConfigError, match=message):
-        build(OracleRun, values, "oracles.image.noto_dreambooth")
+        load_run("noto_dreambooth", params)
+
+
+def test_an_image_folder_set_trains_with_its_own_identifier_and_class(raw, smoke_params, smoke_image_backbone,
+                                                                      tmp_path, monkeypatch):
+    """D^A from a DreamBooth-style image folder: prepared by ``prepare``, named by oracles (and
+    grids) through the track's ``datasets(params)``, prompted as DreamBooth prompts a subject."""
+    from PIL import Image
+
+    from bat.image.backbone import encode_captions
+    from bat.image.track import ImageTrack, datasets
+    from bat.stages.prepare import PrepareConfig, prepare
+
+    folder = tmp_path / "teapot"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (20, 20), (30 * i, 90, 200 - 20 * i)).save(folder / f"{i:02d}.png")
+    params = copy.deepcopy(smoke_params)
+    params["prepare"]["image_adaptation"] = {"source": "imagefolder", "imagefolder": [
+        {"name": "teapot", "path": "imagefolder", "data_dir": str(folder), "class_name": "teapot",
+         "identifier": "zwx"}]}
+    params["oracles"]["image"]["teapot_dreambooth"] = {**params["oracles"]["image"]["noto_dreambooth"],
+                                                       "dataset": "teapot_oracle"}
+    assert datasets(params) == ("teapot",)
+    with pytest.raises(ConfigError, match=r"noto_dreambooth.dataset: 'noto_oracle' is not allowed; "
+                                          r"choose one of \['teapot_oracle'\]"):
+        load_run("noto_dreambooth", params)  # the emoji styles are not prepared beside the folders
+
+    prepared = tmp_path / "prepared"
+    prepare(build(PrepareConfig, params["prepare"], "prepare"), raw, prepared)
+    monkeypatch.setattr(paths, "PREPARED", prepared)
+    run = load_run("teapot_dreambooth", params)
+    result = train_oracle("teapot_dreambooth", run, smoke_image_backbone.parent, tmp_path / "oracle")
+    assert len(result.log) == run.steps and trained_vector(tmp_path / "oracle").numel() > 0
+
+    track = ImageTrack(smoke_image_backbone.parent)
+    assert track.datasets == ("teapot",)
+    data = track.evaluation_data("teapot", 2)
+    assert data["prompts"] == ["a photo of zwx teapot"] * 2 and data["captions"] == ["teapot"] * 2
+    assert set(data["class_prompts"]) == {"a photo of teapot"}
+    torch.testing.assert_close(data["adaptation"]["encoder_hidden_states"][:1],
+                               encode_captions(track.pipe, ["a photo of zwx teapot"]))
+    with pytest.raises(ConfigError, match=r"dataset: 'noto' is not allowed; choose one of \['teapot'\]"):
+        track.evaluation_data("noto", 2)

@@ -27,7 +27,8 @@ HELDOUT_NOISE_SEED = 0  # the fixed noise / timestep draws of every held-out los
 class Track(Protocol):
     """A backbone, its task, its D^B pool and its adaptation datasets, loaded from ``models/``.
 
-    A track module also defines ``DATASETS`` (names of the D^A datasets), ``ADAPTERS`` (adapter
+    A track module also defines ``datasets(params)`` (names of the D^A datasets that ``prepare``
+    writes under a params.yaml), ``ADAPTERS`` (adapter
     kinds it trains), ``MIXING`` (how D^B joins a batch, :mod:`bat.core.mixing`),
     ``SEEDED_EVALUATION`` (whether an evaluation draws with the run's seed) and
     ``load(models, runtime=None, **options)``, which places the backbone on ``runtime.device`` in

@@ -1,9 +1,16 @@
-"""The image track: the text-to-image backbone's UNet, its D^B, the styles of D^A, and evaluation.
+"""The image track: the text-to-image backbone's UNet, its D^B, the sets of D^A, and evaluation.
 
-Implements :class:`bat.core.track.Track` for the oracle and grid stages. Image examples are the frozen VAE's latents and the frozen text encoder's caption states, computed
-once (the backbone is frozen for every adapter but DreamBooth, whose UNet alone trains), so an
-adaptation step costs only the UNet. Prompts put the rare identifier before the style, as
-DreamBooth does for subjects: ``"grinning face in sks style"``.
+Implements :class:`bat.core.track.Track` for the oracle and grid stages. Image examples are the
+frozen VAE's latents and the frozen text encoder's caption states, computed once (the backbone is
+frozen for every adapter but DreamBooth, whose UNet alone trains), so an adaptation step costs
+only the UNet.
+
+D^A is either the emoji styles (``prepare.image_adaptation.source: emoji``) or DreamBooth /
+Textual-Inversion image folders (``imagefolder``), as ``prepare`` wrote them. Their prompts follow
+DreamBooth: the rare identifier before what it names, ``"grinning face in sks style"`` for a style
+(class prompt ``"grinning face"``) and ``"a photo of sks teapot"`` for a subject (class prompt
+``"a photo of teapot"``, diffusers' ``train_dreambooth.py`` example), with each folder's own
+identifier and class noun from ``summary.json``.
 """
 
 from __future__ import annotations
@@ -24,14 +31,27 @@ from bat.image.data import STYLES, ImageSet, images_to_tensor, load_image_set
 from bat.image.encoders import load_encoders
 from bat.image.evaluation import evaluate_personalization
 from bat.image.prior import class_examples, class_images, class_prompts
+from bat.io import read_json
 
-DATASETS = STYLES
 ADAPTERS = ("dreambooth", "locon", "loha", "lokr")
 MIXING = "per_batch"  # App. B: backbone images join each batch at ratio γ
 SEEDED_EVALUATION = True  # a run's samples are drawn with its seed
 HELDOUT_DRAWS = 4  # fixed noise / timestep draws per held-out concept (DESIGN.md §6: at least 4)
 POOLS = {"backbone": "backbone.npz", "out_of_backbone": "out_of_backbone.npz"}
 STYLE_TEMPLATE = "{caption} in {identifier} style"
+SUBJECT_TEMPLATE = "a photo of {identifier} {caption}"  # the caption of a folder's image is its class noun
+SUBJECT_CLASS_TEMPLATE = "a photo of {caption}"
+
+
+def datasets(params: dict) -> tuple[str, ...]:
+    """The D^A datasets ``prepare`` writes under ``params`` (the whole params.yaml): the emoji
+    ``prepare.styles``, or the names of ``prepare.image_adaptation.imagefolder`` with source
+    ``imagefolder``. Oracles and grids name these (``<dataset>_oracle`` for an oracle)."""
+    prepare = params.get("prepare") or {}
+    adaptation = prepare.get("image_adaptation") or {}
+    if adaptation.get("source") == "imagefolder":
+        return tuple(folder["name"] for folder in adaptation.get("imagefolder") or [])
+    return tuple(prepare.get("styles") or STYLES)
 
 
 def style_prompts(captions: list[str], identifier: str = DREAMBOOTH_IDENTIFIER,
@@ -53,11 +73,13 @@ def image_examples(pipe, image_set: ImageSet, prompts: list[str] | None = None) 
 
 
 class ImageTrack:
-    """The UNet of the image backbone, its D^B (or the out-of-backbone pool), the styles of D^A
+    """The UNet of the image backbone, its D^B (or the out-of-backbone pool), the sets of D^A
     and the personalization scores (:mod:`bat.image.evaluation`).
 
     ``pool`` picks the backbone pool: ``"backbone"`` (OpenMoji, D^B) or ``"out_of_backbone"``
-    (Symbola renders, Tab. 2). ``sample_steps`` and ``guidance_scale`` set the evaluation samples
+    (Symbola renders, Tab. 2). ``prepared``: the prepared ``images`` folder (default
+    ``data/prepared/images``; image folders' identifiers are read from the ``summary.json`` beside
+    it). ``sample_steps`` and ``guidance_scale`` set the evaluation samples
     (and the class images of prior preservation); ``prior_loss_weight`` is λ of eq. 27.
     ``runtime`` places the whole pipeline (UNet, VAE, text encoder) on its device in its dtype;
     sampling and evaluation run under its autocast. The encoders (scores) compute on the same
@@ -79,6 +101,22 @@ class ImageTrack:
         self.task = noise_task(self.pipe, prior_loss_weight)
         self.start_model = self.pipe.unet
         self._pool_set, self._encoders, self._retention = None, None, None
+        summary = self.prepared.parent / "summary.json"
+        self.folders = read_json(summary).get("image_folders", {}) if summary.exists() else {}
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The D^A datasets prepared here: the image folders', or else the emoji styles."""
+        return tuple(self.folders) or STYLES
+
+    def prompts(self, dataset: str, captions: list[str]) -> tuple[list[str], list[str]]:
+        """DreamBooth's instance and class prompt for each caption of ``dataset`` (module docstring)."""
+        validate.choice("dataset", dataset, self.datasets)
+        folder = self.folders.get(dataset)
+        if folder is None:
+            return style_prompts(captions), class_prompts(captions)
+        return (style_prompts(captions, folder["identifier"], SUBJECT_TEMPLATE),
+                class_prompts(captions, SUBJECT_CLASS_TEMPLATE))
 
     def _set(self, name: str) -> ImageSet:
         return load_image_set(self.prepared / f"{name}.npz")
@@ -87,9 +125,9 @@ class ImageTrack:
         return image_examples(self.pipe, image_set, prompts)
 
     def examples(self, split: str) -> Batch:
-        """A style split with DreamBooth prompts (``"<caption> in sks style"``)."""
+        """A split ``<dataset>_<train|oracle|heldout>`` of D^A with its instance prompts."""
         image_set = self._set(split)
-        return self._encode(image_set, style_prompts(image_set.captions))
+        return self._encode(image_set, self.prompts(split.rsplit("_", 1)[0], list(image_set.captions))[0])
 
     @property
     def pool_set(self) -> ImageSet:
@@ -110,13 +148,14 @@ class ImageTrack:
         return self._encode(chosen)
 
     def evaluation_data(self, dataset: str, eval_size: int) -> dict:
-        validate.choice("dataset", dataset, DATASETS)
+        validate.choice("dataset", dataset, self.datasets)
         train_set, heldout = self._set(f"{dataset}_train"), self._set(f"{dataset}_heldout")
         sampled = heldout.spread(eval_size)  # sampling is the dear part: a subset
-        return {"adaptation": self._encode(train_set, style_prompts(train_set.captions)),
-                "heldout": self._encode(heldout, style_prompts(heldout.captions)),
-                "class_prompts": class_prompts(train_set.captions),
-                "prompts": style_prompts(sampled.captions), "captions": list(sampled.captions),
+        instance, classes = self.prompts(dataset, list(train_set.captions))
+        return {"adaptation": self._encode(train_set, instance),
+                "heldout": self._encode(heldout, self.prompts(dataset, list(heldout.captions))[0]),
+                "class_prompts": classes,
+                "prompts": self.prompts(dataset, list(sampled.captions))[0], "captions": list(sampled.captions),
                 "references": sampled.images}
 
     def prior_examples(self, data: dict, count: int, seed: int) -> Batch:

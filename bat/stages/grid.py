@@ -118,8 +118,6 @@ class GridConfig:
             if len(set(value)) != len(value):
                 raise ConfigError(f"{where}.{name}: {list(value)} lists an entry twice")
             object.__setattr__(self, name, tuple(value))
-        for dataset in self.datasets:
-            validate.choice(f"{where}.datasets", dataset, track.DATASETS)
         for adapter in self.adapters:
             validate.choice(f"{where}.adapters", adapter, track.ADAPTERS)
         for seed in self.seeds:
@@ -213,6 +211,8 @@ def load_grid(name: str, params: dict) -> GridConfig:
     track = tracks[0]
     config = build(GridConfig, {"name": name, "track": track, **grid_values(grids, track, name)},
                    f"grids.{track}.{name}")
+    for dataset in config.datasets:  # what prepare writes under these params
+        validate.choice(f"grids.{track}.{name}.datasets", dataset, track_module(track).datasets(params))
     # A run that shared its oracle's seed would start from θ^{A*}'s own initialisation: its
     # distance to θ^{A*} would start small for that seed only (an artefact, not a result).
     oracles = (params.get("oracles") or {}).get(track) or {}

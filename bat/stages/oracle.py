@@ -38,7 +38,6 @@ class OracleRun:
         validate.choice("oracles (track)", self.track, TRACKS)
         track = track_module(self.track)
         validate.choice(f"{where}.adapter", self.adapter, track.ADAPTERS)
-        validate.choice(f"{where}.dataset", self.dataset, [f"{name}_oracle" for name in track.DATASETS])
         validate.positive(f"{where}.learning_rate", self.learning_rate)
         validate.positive(f"{where}.steps", self.steps, integer=True)
         validate.positive(f"{where}.batch_size", self.batch_size, integer=True)
@@ -49,7 +48,10 @@ def load_run(name: str, params: dict) -> OracleRun:
     oracles = section(params, "oracles")
     for track in TRACKS:
         if name in (oracles.get(track) or {}):
-            return build(OracleRun, {"track": track, **oracles[track][name]}, f"oracles.{track}.{name}")
+            run = build(OracleRun, {"track": track, **oracles[track][name]}, f"oracles.{track}.{name}")
+            validate.choice(f"oracles.{track}.{name}.dataset", run.dataset,
+                            [f"{dataset}_oracle" for dataset in track_module(track).datasets(params)])
+            return run
     known = sorted(n for track in TRACKS for n in (oracles.get(track) or {}))
     raise ConfigError(f"oracles has no run {name!r}; runs: {known}")
 

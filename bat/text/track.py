@@ -19,6 +19,11 @@ from bat.text.data import ADAPTATION_TASKS
 from bat.text.task import CausalLMTask
 
 DATASETS = tuple(ADAPTATION_TASKS)
+
+
+def datasets(params: dict) -> tuple[str, ...]:
+    """The D^A tasks (the same names whichever source ``prepare`` read them from)."""
+    return DATASETS
 ADAPTERS = ("lora", "dora")
 MIXING = "regular_interval"  # App. B: whole backbone batches every few adaptation batches
 SEEDED_EVALUATION = False  # the LM loss and benchmark scores draw nothing
