@@ -235,6 +235,46 @@ def test_woodbury_matches_dense_for_more_rows_than_dimensions():
         solver="woodbury", damping=1e-3, indefinite="raise")).x, dense)
 
 
+@pytest.mark.parametrize("policy", ["raise", "clip"])
+def test_solve_norm_takes_the_norm_from_the_factor_without_expanding(policy, monkeypatch):
+    """Fewer rows than weights, float32 rows as the grids have them: the norm and the residual
+    come from the rows' coordinates (no product by Q), and equal those of the dense solution."""
+    from bat.core.curvature import RowFactor
+    from bat.core.solvers import solve_norm
+
+    generator = torch.Generator().manual_seed(3)
+    grads, v = torch.randn(6, 4000, generator=generator), torch.randn(4000, generator=generator)
+    # PSD weights, or signed ones as H^{bat|A} − H^{bat} has, whose negative curvature clip lifts
+    weights = [0.3, 0.2, 0.2, 0.1, 0.05, 0.0] if policy == "raise" else [0.3, 0.2, 0.2, 0.1, -0.15, -0.05]
+    operator = FisherOperator(grads, torch.tensor(weights, dtype=torch.float64))
+    options = SolveOptions(solver="woodbury", damping=1e-2, indefinite=policy)
+    matrix, v64 = operator.dense(), v.double()
+    x = solve(MatrixOperator(matrix), v64, SolveOptions(solver="dense", damping=1e-2, indefinite=policy)).x
+    residual = float(torch.linalg.vector_norm(matrix @ x + 1e-2 * x - v64) / torch.linalg.vector_norm(v64))
+    explicit = solve(operator, v, options)
+    monkeypatch.setattr(RowFactor, "expand", lambda self, y: pytest.fail("x was expanded"))
+    norm, report = solve_norm(operator, v, options)
+    assert norm == pytest.approx(float(torch.linalg.vector_norm(x)), rel=1e-10)
+    assert report.residual == pytest.approx(residual, rel=1e-6, abs=1e-10) == explicit.report.residual
+    assert (report.residual > 1e-3) is (policy == "clip")  # clipping changed what was solved
+
+
+def test_solve_norm_expands_a_right_hand_side_in_the_rows_span(monkeypatch):
+    """The empirical Fisher's own gradient sum lies in its rows' span: ‖v‖² − ‖Qᵀv‖² would be
+    round-off, so x is expanded; the norm still matches the dense one."""
+    from bat.core.curvature import RowFactor
+    from bat.core.solvers import solve_norm
+
+    operator = psd_fisher(d=300, n=8)
+    v = operator.grads.sum(0)
+    dense = solve(operator, v, SolveOptions(solver="dense", damping=1e-4)).x
+    expanded = []
+    expand = RowFactor.expand
+    monkeypatch.setattr(RowFactor, "expand", lambda self, y: expanded.append(y) or expand(self, y))
+    norm, _ = solve_norm(operator, v, SolveOptions(solver="woodbury", damping=1e-4))
+    assert expanded and norm == pytest.approx(float(torch.linalg.vector_norm(dense)), rel=1e-9)
+
+
 def test_cg_matches_dense_on_hessian_products():
     model, batch = mlp_problem(n=20)
     operator, = curvature_operators("gauss_newton", model, RegressionTask(), batch,

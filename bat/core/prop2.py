@@ -59,7 +59,7 @@ from bat import validate
 from bat.core.curvature import (CurvatureOperator, FisherOperator, curvature_operators,
                                 gradient_sums, per_sample_grads_hooks)
 from bat.core.protocols import Batch, Task, concat_batches, take_examples
-from bat.core.solvers import CurvatureReport, SolveOptions, _power_norm, solve
+from bat.core.solvers import CurvatureReport, SolveOptions, _power_norm, solve, solve_norm
 
 BACKBONE_CURVATURES = ("share", "conditional")
 INEQUALITIES = ("norms", "mean_squares")
@@ -170,13 +170,11 @@ class Prop2Problem:
 
     def score_adaptation(self, options: SolveOptions) -> tuple[float, CurvatureReport]:
         """‖(H^{bat|A} − H^{bat} + λI)⁻¹ Σ_{D^A} ∇ℓ‖ with λ = options.damping."""
-        solution = solve(self.operators()[0], self.sum_adaptation, options)
-        return float(torch.linalg.vector_norm(solution.x)), solution.report
+        return solve_norm(self.operators()[0], self.sum_adaptation, options)
 
     def score_bat(self, options: SolveOptions) -> tuple[float, CurvatureReport]:
         """‖(H^{bat|A} + λI)⁻¹ Σ_{D^bat} ∇ℓ‖ with λ = options.damping."""
-        solution = solve(self.operators()[1], self.sum_bat, options)
-        return float(torch.linalg.vector_norm(solution.x)), solution.report
+        return solve_norm(self.operators()[1], self.sum_bat, options)
 
     def scores(self, options: SolveOptions, gamma: float, *, inequality: str = "norms",
                relative: bool = False) -> Prop2Scores:
@@ -244,8 +242,7 @@ def weight_difference(model: nn.Module, task: Task, batch: Batch, curvature: str
     operator = curvature_operators(curvature, model, task, batch,
                                    [torch.full((k,), 1.0 / k, dtype=torch.float64)],
                                    grads=grads, chunk_size=chunk_size)[0]
-    solution = solve(operator, grads.sum(0), options)
-    return float(torch.linalg.vector_norm(solution.x)), solution.report
+    return solve_norm(operator, grads.sum(0), options)
 
 
 def parameter_distance(theta: torch.Tensor, theta_star: torch.Tensor) -> float:
