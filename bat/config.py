@@ -3,7 +3,9 @@
 ``params.yaml`` is what ``dvc repro`` reads. ``profiles/<name>.yaml`` hold overrides for the
 ``smoke`` profile (toy sizes, used by tests) and the ``paper`` profile (hub ids, GPU sizes); an
 override may only change a key that ``params.yaml`` has, so a typo is an error, not a silent
-new parameter. Each stage reads its section into a frozen dataclass that validates itself.
+new parameter; the one exception is a new run in the oracles and grids (:data:`RUN_COLLECTIONS`),
+which is validated as a whole. Each stage reads its section into a frozen dataclass that
+validates itself.
 
 Floats are read as YAML 1.2 writes them: ``1e-06`` (what ``dvc exp run -S`` writes), ``5e-5``,
 ``1E-4`` and ``.5`` are numbers, where PyYAML's YAML 1.1 rules would leave the first three strings.
@@ -60,11 +62,24 @@ def read_yaml(path: Path) -> dict:
     return loaded
 
 
+# Mappings of named runs, one DVC stage each (``foreach`` in dvc.yaml): a profile may add a run
+# (the paper profile's oracles and grids of the other text tasks); its stage validates it as any
+# other, and ``bat.stages.profile`` does so before it writes params.yaml.
+RUN_COLLECTIONS = ("oracles.image", "oracles.text", "grids.image", "grids.text")
+
+
 def merge(base: dict, overrides: dict, where: str = "") -> dict:
-    """``base`` with ``overrides`` applied; every overridden key must exist in ``base``."""
+    """``base`` with ``overrides`` applied; every overridden key must exist in ``base``.
+
+    In a mapping of :data:`RUN_COLLECTIONS` an override may also add a new run (a mapping);
+    any other new key raises :class:`ConfigError` naming it and the keys allowed there.
+    """
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
         name = f"{where}{key}"
+        if key not in base and where[:-1] in RUN_COLLECTIONS and isinstance(value, dict):
+            merged[key] = copy.deepcopy(value)
+            continue
         if key not in base:
             raise ConfigError(f"unknown parameter {name!r}; allowed here: {sorted(base)}")
         if isinstance(value, dict) and isinstance(base[key], dict):

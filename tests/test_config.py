@@ -32,6 +32,44 @@ def test_override_of_a_missing_key_is_an_error():
         config.merge({"prepare": {"image_size": 32}}, {"prepare": {"image_sise": 16}})
 
 
+def test_a_profile_may_add_runs_but_no_other_key():
+    base = {"oracles": {"text": {"a_lora": {"steps": 1}}}, "prepare": {"size": 1}}
+    merged = config.merge(base, {"oracles": {"text": {"b_lora": {"steps": 2}}}})
+    assert merged["oracles"]["text"] == {"a_lora": {"steps": 1}, "b_lora": {"steps": 2}}
+    assert "b_lora" not in base["oracles"]["text"]  # the base is not changed
+    with pytest.raises(ConfigError, match=r"unknown parameter 'oracles.text.a_lora.stepz'"):
+        config.merge(base, {"oracles": {"text": {"a_lora": {"stepz": 2}}}})
+    with pytest.raises(ConfigError, match=r"unknown parameter 'prepare.sise'"):
+        config.merge(base, {"prepare": {"sise": 2}})
+
+
+def test_the_paper_profile_trains_every_text_task():
+    from bat.stages.grid import load_grid
+    from bat.text.track import DATASETS
+
+    params = config.profile_params("paper")
+    assert set(load_grid("lora_dora", params).datasets) == set(DATASETS)
+    assert {f"{d}_{a}" for d in DATASETS for a in ("lora", "dora")} <= set(params["oracles"]["text"])
+
+
+def test_an_added_run_is_validated_before_params_is_written(params_copy, tmp_path):
+    before = params_copy.read_text()
+    site = tmp_path / "site.yaml"
+    site.write_text("oracles: {text: {extra_lora: {adapter: lora, steps: 4}}}\n")
+    with pytest.raises(ConfigError, match=rf"override {re.escape(str(site))}: oracles.text."
+                                          r"extra_lora.dataset is missing"):
+        profile.use("paper", site)
+    site.write_text("grids: {text: {lora_dora: {datasets: [word_definition, example_cloze]}}}\n"
+                    "oracles: {text: {example_cloze_lora: null}}\n")
+    with pytest.raises(ConfigError, match=r"unknown parameter 'oracles.text.example_cloze_lora'"):
+        profile.use("smoke", site)  # null is no run: refused as an unknown key
+    site.write_text("grids: {text: {lora_dora: {datasets: [word_definition, example_cloze]}}}\n")
+    with pytest.raises(ConfigError, match=r"grids.text.lora_dora: no oracle for \(example_cloze, "
+                                          r"lora\); add 'example_cloze_lora' to oracles.text"):
+        profile.use("smoke", site)
+    assert params_copy.read_text() == before  # nothing written on error
+
+
 def test_build_names_unknown_and_missing_fields(smoke_params):
     values = dict(smoke_params["prepare"])
     with pytest.raises(ConfigError, match=r"unknown parameter prepare.colour"):

@@ -213,9 +213,13 @@ def load_grid(name: str, params: dict) -> GridConfig:
                    f"grids.{track}.{name}")
     for dataset in config.datasets:  # what prepare writes under these params
         validate.choice(f"grids.{track}.{name}.datasets", dataset, track_module(track).datasets(params))
+    oracles = (params.get("oracles") or {}).get(track) or {}
+    for dataset, adapter in itertools.product(config.datasets, config.adapters):
+        if oracle_name(dataset, adapter) not in oracles:  # every run is measured against one
+            raise ConfigError(f"grids.{track}.{name}: no oracle for ({dataset}, {adapter}); add "
+                              f"{oracle_name(dataset, adapter)!r} to oracles.{track}")
     # A run that shared its oracle's seed would start from θ^{A*}'s own initialisation: its
     # distance to θ^{A*} would start small for that seed only (an artefact, not a result).
-    oracles = (params.get("oracles") or {}).get(track) or {}
     shared = sorted({run["seed"] for run in oracles.values()} & set(config.seeds))
     if shared:
         raise ConfigError(f"grids.{track}.{name}.seeds: {shared[0]} is also the seed of an oracle in "

@@ -7,7 +7,9 @@ puts the saved base back. ``show <name>`` prints a profile's full parameters wit
 ``--override FILE`` (``make repro PROFILE=paper OVERRIDE=FILE``) applies a YAML file of the same
 shape on top of the smoke or paper profile: the site's own model folders, data files, device
 and sizes, as ``profiles/paper-cpu.example.yaml`` does for the paper profile on a CPU with local
-stand-ins. Every key it sets must exist in the profile (the error names the file and the key).
+stand-ins. Every key it sets must exist in the profile (the error names the file and the key),
+except a new oracle or grid run; every run is loaded as its stage will load it before
+``params.yaml`` is written.
 The tiny profile takes no override: ``params.yaml`` is itself the file to edit.
 """
 
@@ -21,6 +23,7 @@ import yaml
 
 from bat import paths
 from bat.config import PROFILES, check_profile, merge, parse_yaml, read_yaml, run_cli
+from bat.core.track import TRACKS
 from bat.errors import ConfigError
 from bat.io import write_text
 
@@ -56,16 +59,30 @@ def profile_text(name: str, override: Path | None = None) -> str:
     overrides["profile"] = name
     params = merge(parse_yaml(base_text), overrides)
     if override is None:
+        check_runs(params)
         return render(params, name)
     if not Path(override).is_file():
         raise ConfigError(f"override: no file {override}")
     site = read_yaml(override)
     try:
         params = merge(params, site)
+        params["profile"] = name  # an override file chooses values, not the profile
+        check_runs(params)
     except ConfigError as error:
         raise ConfigError(f"override {override}: {error}") from None
-    params["profile"] = name  # an override file chooses values, not the profile
     return render(params, f"{name} --override {override}")
+
+
+def check_runs(params: dict) -> None:
+    """Load every oracle and grid of ``params`` as its stage will, so that a bad or incomplete
+    run (a profile may add runs, :data:`bat.config.RUN_COLLECTIONS`) fails before anything runs."""
+    from bat.stages.grid import load_grid
+    from bat.stages.oracle import load_run
+
+    for collection, load in (("oracles", load_run), ("grids", load_grid)):
+        for track in TRACKS:
+            for run in (params.get(collection) or {}).get(track) or {}:
+                load(run, params)
 
 
 def use(name: str, override: Path | None = None) -> None:
