@@ -87,6 +87,11 @@ class RuntimeConfig:
         return torch.device(self.device)
 
     @property
+    def device_name(self) -> str:
+        """:attr:`torch_device` as the loaders take it (``cpu``, ``cuda:N``)."""
+        return str(self.torch_device)
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 

@@ -152,7 +152,6 @@ def solve_norm(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptio
 
 def _solve(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions, norm_only: bool):
     start = time.perf_counter()
-    solver = {"dense": _dense, "woodbury": _woodbury, "cg": _cg, "lissa": _lissa}[options.solver]
     if options.solver == "woodbury" and not isinstance(operator, FisherOperator):
         raise ConfigError(f"solver: 'woodbury' needs a curvature made of rows "
                           f"{list(ROW_CURVATURES)}, not {operator.kind!r}; "
@@ -160,10 +159,10 @@ def _solve(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions, 
     _require_finite(v, "the right-hand side v")
     if torch.count_nonzero(v) == 0:
         x, info = torch.zeros_like(v), dict(iterations=0, converged=True, indefinite=False, residual=0.0)
-    elif options.solver == "woodbury":
+    elif options.solver == "woodbury":  # the one solver that can return a norm alone
         x, info = _woodbury(operator, v, options, norm_only)
     else:
-        x, info = solver(operator, v, options)
+        x, info = _ITERATIVE_OR_DENSE[options.solver](operator, v, options)
     residual = info.pop("residual", None)
     if residual is None:
         residual = _relative_residual(operator, x, v, options.damping)
@@ -314,3 +313,6 @@ def _lissa(operator: CurvatureOperator, v: torch.Tensor, options: SolveOptions):
         x = x + r / scale
         previous = r
     return best, dict(iterations=options.max_iter, converged=False, indefinite=False)
+
+
+_ITERATIVE_OR_DENSE = {"dense": _dense, "cg": _cg, "lissa": _lissa}

@@ -289,7 +289,7 @@ def build_or_load(config: ImageBackboneConfig, backbone, folder: Path, runtime: 
     The log is ``None`` when nothing was trained.
     """
     runtime = runtime or RuntimeConfig()
-    device = str(runtime.torch_device)
+    device = runtime.device_name
     if config.source == "pretrained":
         pipe, log = load_image_backbone(config.model_id, runtime.dtype, device), None
     else:

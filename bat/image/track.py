@@ -177,7 +177,7 @@ class ImageTrack:
     def evaluate(self, model, data: dict, seed: int, with_benchmarks: bool) -> tuple[dict, np.ndarray]:
         """Held-out noise loss on every held-out concept, personalization scores on the sampled ones."""
         if self._encoders is None:
-            self._encoders = load_encoders(self.models / "encoders", str(self.runtime.torch_device))
+            self._encoders = load_encoders(self.models / "encoders", self.runtime.device_name)
         unet = model.get_base_model() if hasattr(model, "get_base_model") else model
         unet.eval()
         with self.runtime.autocast():

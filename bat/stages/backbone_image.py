@@ -27,8 +27,9 @@ import numpy as np
 
 from bat import paths, validate
 from bat.analysis.results import write_result
-from bat.config import build_parts, read_yaml, run_cli, section
-from bat.core.runtime import RuntimeConfig, runtime_config
+from bat.config import build_parts
+from bat.core.runtime import RuntimeConfig
+from bat.stages import run_model_stage
 from bat.image.backbone import ImageBackboneConfig, build_or_load, prompt_fidelity
 from bat.image.data import ImageSet, load_image_set
 from bat.image.encoders import load_encoders
@@ -92,7 +93,7 @@ def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path
     """
     config, fidelity = build_parts(params, SECTION, ImageBackboneConfig, FidelityConfig)
     sets = load_sets(prepared)
-    encoders = load_encoders(encoder_folder, str(runtime.torch_device))
+    encoders = load_encoders(encoder_folder, runtime.device_name)
     pipe, log = build_or_load(config, sets["seen"], model_folder, runtime)
     with runtime.autocast():
         scores, arrays = evaluate(pipe, sets, config.seed, fidelity, encoders)
@@ -101,12 +102,7 @@ def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    def stage():
-        params = read_yaml(paths.PARAMS)
-        return run(section(params, SECTION), runtime_config(params), paths.PREPARED, paths.MODELS / SECTION,
-                   paths.RUNS / SECTION, paths.MODELS / "encoders")
-
-    return run_cli(stage)
+    return run_model_stage(run, SECTION, paths.MODELS / "encoders")
 
 
 if __name__ == "__main__":

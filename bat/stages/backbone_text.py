@@ -23,10 +23,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bat import paths
 from bat.analysis.results import write_result
-from bat.config import build, read_yaml, run_cli, section
-from bat.core.runtime import RuntimeConfig, runtime_config
+from bat.config import build
+from bat.core.runtime import RuntimeConfig
+from bat.stages import run_model_stage
 from bat.io import read_jsonl
 from bat.text.backbone import (TextBackboneConfig, compare_scores, fine_tune, initial_backbone, load_backbone,
                                load_eval_sets, loss_summary, save_backbone, score_eval_sets)
@@ -55,7 +55,7 @@ def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path
     clock = time.perf_counter()
     save_backbone(model, tokenizer, model_folder, pretraining_ids=log["seen_ids"])
     del model  # "after" is scored on the folder as saved, as the adaptation stages will read it
-    model, tokenizer = load_backbone(model_folder, torch_dtype=runtime.dtype, device=str(runtime.torch_device),
+    model, tokenizer = load_backbone(model_folder, torch_dtype=runtime.dtype, device=runtime.device_name,
                                      attn_implementation=config.attn_implementation)
     seconds["save_and_reload"] = time.perf_counter() - clock
 
@@ -73,12 +73,7 @@ def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    def stage():
-        params = read_yaml(paths.PARAMS)
-        return run(section(params, SECTION), runtime_config(params), paths.PREPARED, paths.MODELS / SECTION,
-                   paths.RUNS / SECTION)
-
-    return run_cli(stage)
+    return run_model_stage(run, SECTION)
 
 
 if __name__ == "__main__":

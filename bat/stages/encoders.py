@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bat import paths, validate
+from bat import validate
 from bat.analysis.results import write_result
-from bat.config import build_parts, read_yaml, run_cli, section
-from bat.core.runtime import RuntimeConfig, runtime_config
+from bat.config import build_parts
+from bat.core.runtime import RuntimeConfig
+from bat.stages import run_model_stage
 from bat.errors import ConfigError
 from bat.image.data import STYLES, load_image_set
 from bat.image.encoders import EncoderConfig, build_or_load, retrieval_report
@@ -62,7 +63,7 @@ def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path
     image_dir = prepared / "images"
     backbone = load_image_set(image_dir / "backbone.npz")
     heldout = load_image_set(image_dir / "backbone_heldout.npz")
-    encoders, log = build_or_load(config, backbone, model_folder, str(runtime.torch_device))
+    encoders, log = build_or_load(config, backbone, model_folder, runtime.device_name)
     reports = [{"group": "D^B, seen", **retrieval_report(encoders, backbone.spread(retrieval.seen_concepts))},
                {"group": "OpenMoji, held out of D^B", **retrieval_report(encoders, heldout)}]
     for style in retrieval.styles:
@@ -81,12 +82,7 @@ def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    def stage():
-        params = read_yaml(paths.PARAMS)
-        return run(section(params, SECTION), runtime_config(params), paths.PREPARED, paths.MODELS / SECTION,
-                   paths.RUNS / SECTION)
-
-    return run_cli(stage)
+    return run_model_stage(run, SECTION)
 
 
 if __name__ == "__main__":

@@ -244,7 +244,7 @@ def initial_backbone(config: TextBackboneConfig, runtime: RuntimeConfig | None =
     """``(model, tokenizer)`` before our fine-tune, as ``config.source`` says, in ``runtime``'s
     dtype on its device (None: float32 on the CPU)."""
     runtime = runtime or RuntimeConfig()
-    placement = {"torch_dtype": runtime.dtype, "device": str(runtime.torch_device)}
+    placement = {"torch_dtype": runtime.dtype, "device": runtime.device_name}
     if config.source == "pretrained":
         return load_backbone(config.model_id, **placement, attn_implementation=config.attn_implementation)
     gguf = resolve_gguf(config.gguf_file)

@@ -19,15 +19,15 @@ from bat.text.data import ADAPTATION_TASKS
 from bat.text.task import CausalLMTask
 
 DATASETS = tuple(ADAPTATION_TASKS)
+ADAPTERS = ("lora", "dora")
+MIXING = "regular_interval"  # App. B: whole backbone batches every few adaptation batches
+SEEDED_EVALUATION = False  # the LM loss and benchmark scores draw nothing
+EVAL_BATCH = 8  # LM logits of 8 × 64 tokens × 49k vocabulary: ~100 MB
 
 
 def datasets(params: dict) -> tuple[str, ...]:
     """The D^A tasks (the same names whichever source ``prepare`` read them from)."""
     return DATASETS
-ADAPTERS = ("lora", "dora")
-MIXING = "regular_interval"  # App. B: whole backbone batches every few adaptation batches
-SEEDED_EVALUATION = False  # the LM loss and benchmark scores draw nothing
-EVAL_BATCH = 8  # LM logits of 8 × 64 tokens × 49k vocabulary: ~100 MB
 
 
 def text_examples(tokenizer, records: list[dict], max_length: int) -> Batch:
