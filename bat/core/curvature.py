@@ -35,6 +35,8 @@ per-example loop draws different masks anyway, so the two could never be compare
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -324,6 +326,15 @@ class GradientProjector:
     def projects(self, param: nn.Parameter) -> bool:
         return id(param) in self.matrices
 
+    def width(self, param: nn.Parameter) -> int:
+        """Entries of ``param``'s part of a projected row: k_o·k_i (a side no larger than
+        ``dim`` kept whole) for a projected weight, its size for anything else."""
+        if id(param) not in self.matrices:
+            return param.numel()
+        weight = param.reshape(param.shape[0], -1)
+        return math.prod(size if matrix is None else matrix.shape[0]
+                         for size, matrix in zip(weight.shape, self.matrices[id(param)]))
+
     def vector(self, param: nn.Parameter, value: torch.Tensor) -> torch.Tensor:
         """The projection of a weight-shaped tensor (a gradient, θ − θ*); others unchanged."""
         if id(param) not in self.matrices:
@@ -391,25 +402,32 @@ def _hooked_rows(model, task, batch, chunk_size, check_rtol, projector) -> torch
     poolings = _attention_poolings(model, layers)
     hooked |= {id(embedding) for embedding in poolings}
     step = chunk_size or n
-    chunks = []
-    if hooked:
-        for start in range(0, n, step):
-            chunk = {key: value[start:start + step] for key, value in batch.items()}
-            chunks.append(_hooked_chunk(model, task, chunk, layers, params, hooked, check_rtol,
-                                        projector, poolings))
-    by_param = {i: torch.cat([chunk[i] for chunk in chunks]) for i in (chunks[0] if chunks else {})}
-    missing = [i for i in range(len(params)) if i not in by_param]
-    if missing:
-        subset = [names[i] for i in missing]
-        rest = per_sample_grads(model, task, batch, chunk_size=chunk_size, names=subset)
-        for i, row in zip(missing, torch.split(rest, [params[i].numel() for i in missing], 1)):
-            by_param[i] = row if projector is None else torch.stack(
-                [projector.vector(params[i], r.view_as(params[i])) for r in row])
-    dtype = (lambda i: params[i].dtype) if projector is None else (lambda i: torch.float32)
+    widths = [param.numel() if projector is None else projector.width(param) for param in params]
+    offsets = [0, *itertools.accumulate(widths)]
+    dtype = (functools.reduce(torch.promote_types, [p.dtype for p in params])
+             if projector is None else torch.float32)
+    # Each chunk's samples go straight into their rows and columns: the rows are the largest
+    # thing a check holds (k·d), and one copy of them is all there ever is.
+    rows = torch.empty(n, offsets[-1], dtype=dtype, device=params[0].device)
+    served = set(range(len(params))) if hooked else set()
     # detach: some of Opacus's rules (GroupNorm, LayerNorm) build their samples from the layer's
     # own weight, which would keep a graph alive on the rows
-    return torch.cat([by_param[i].reshape(n, -1).to(dtype(i)) for i in range(len(params))],
-                     1).detach()
+    for start in range(0, n, step) if hooked else ():
+        chunk = {key: value[start:start + step] for key, value in batch.items()}
+        samples = _hooked_chunk(model, task, chunk, layers, params, hooked, check_rtol,
+                                projector, poolings)
+        served &= set(samples)  # a parameter must pass the sum check in every chunk
+        for i in served:
+            rows[start:start + step, offsets[i]:offsets[i + 1]] = samples[i].detach().reshape(
+                len(samples[i]), -1)
+    missing = [i for i in range(len(params)) if i not in served]
+    if missing:
+        subset = [names[i] for i in missing]
+        rest = per_sample_grads(model, task, batch, chunk_size=chunk_size, names=subset).detach()
+        for i, column in zip(missing, torch.split(rest, [params[i].numel() for i in missing], 1)):
+            rows[:, offsets[i]:offsets[i + 1]] = column if projector is None else torch.stack(
+                [projector.vector(params[i], r.view_as(params[i])).reshape(-1) for r in column])
+    return rows
 
 
 def _attention_poolings(model: nn.Module, layers: list[nn.Module]) -> dict:
