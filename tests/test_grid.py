@@ -189,3 +189,13 @@ def test_better_share_pairs_runs_of_the_same_dataset_and_seed():
                          "gamma": 0.5, "regime": "bat", "step": 8, "cosine": offset + 0.6})
     final = compare_final(pd.DataFrame(rows), ("cosine",), by=("adapter", "regime")).set_index("regime")
     assert final.loc["bat", "cosine_better_share"] == 1.0  # pooled over styles, paired within them
+
+
+def test_a_grid_refuses_a_data_parallel_launch(monkeypatch, capsys):
+    """Under ``accelerate launch`` / ``torchrun`` every process would run every cell and write the
+    tables: the stage stops with one line that points at the Ray executor, before reading params."""
+    from bat.stages.grid import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["dreambooth"]) == 2
+    assert "grids: a grid is not launched data-parallel" in capsys.readouterr().err

@@ -46,6 +46,7 @@ import argparse
 import copy
 import itertools
 import math
+import os
 import sys
 import tempfile
 import time
@@ -582,6 +583,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # every process would run every cell and write the tables; cells spread over GPUs
+            raise ConfigError("grids: a grid is not launched data-parallel (accelerate launch, "
+                              "torchrun); run it with python and executor.kind 'ray', which gives "
+                              "each cell executor.num_gpus_per_run GPUs (accelerate launch is for "
+                              "one long oracle run)")
         params = read_yaml(paths.PARAMS)
         config = load_grid(args.grid, params)
         return run_grid(config, paths.ROOT / "runs" / args.grid, progress=args.progress,
