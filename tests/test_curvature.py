@@ -275,6 +275,32 @@ def test_solve_norm_expands_a_right_hand_side_in_the_rows_span(monkeypatch):
     assert expanded and norm == pytest.approx(float(torch.linalg.vector_norm(dense)), rel=1e-9)
 
 
+def test_prefetched_projections_come_from_the_grams_pass(monkeypatch):
+    """Vectors given to ``prefetch`` are projected in the pass over G that forms the Gram (block
+    size 1000 of 4000 columns: four blocks, not eight), and give the same Qᵀv as a pass of their
+    own; a vector not prefetched, or prefetched too late, takes its own pass."""
+    from bat.core.curvature import RowFactor
+
+    generator = torch.Generator().manual_seed(5)
+    grads = torch.randn(6, 4000, generator=generator)
+    v, w, late = (torch.randn(4000, generator=generator) for _ in range(3))
+    reference = RowFactor(grads, block=1000)
+    expected = [reference.project(u) for u in (v, w, late)]
+    passes = []
+    blocks = RowFactor._blocks
+    monkeypatch.setattr(RowFactor, "_blocks", lambda self: passes.append(1) or blocks(self))
+    factor = RowFactor(grads, block=1000)
+    factor.prefetch([v, w])
+    got = [factor.project(v), factor.project(w)]
+    assert len(passes) == 1  # the Gram's pass served both
+    factor.prefetch([late])  # the Gram exists: nothing is prefetched any more
+    got.append(factor.project(late))
+    assert len(passes) == 2
+    for value, reference_value in zip(got, expected):
+        torch.testing.assert_close(value, reference_value, rtol=1e-12, atol=1e-12)
+    assert factor.project(v.clone()) is not None and len(passes) == 3  # identity, not equality
+
+
 def test_cg_matches_dense_on_hessian_products():
     model, batch = mlp_problem(n=20)
     operator, = curvature_operators("gauss_newton", model, RegressionTask(), batch,

@@ -728,6 +728,15 @@ class RowFactor:
     def __init__(self, grads: torch.Tensor, block: int = 1 << 16):
         self.grads, self.block = grads, block
         self.wide = grads.shape[0] <= grads.shape[1]  # the n×n Gram; else Gᵀ G of a small d
+        self._known: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # (v, G v) of prefetch
+
+    def prefetch(self, vectors: Sequence[torch.Tensor]) -> None:
+        """Take G v for these vectors [d] in the pass over G that forms the Gram, so that
+        :meth:`project` of each (the same tensor object) needs no pass of its own: Proposition
+        2's check projects its two gradient sums, and each pass converts G to float64 block by
+        block. Call before the factor is first used; afterwards it does nothing."""
+        if self.wide and "_factors" not in self.__dict__:
+            self._known = [(v, None) for v in vectors]
 
     @functools.cached_property
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -736,8 +745,13 @@ class RowFactor:
         n, d = self.grads.shape
         if self.wide:
             gram = torch.zeros(n, n, dtype=torch.float64, device=self.grads.device)
-            for columns in self._blocks():
+            known = torch.zeros(n, len(self._known), dtype=torch.float64, device=self.grads.device)
+            vectors = [v for v, _ in self._known]
+            for start, columns in zip(range(0, d, self.block), self._blocks()):
                 gram += columns @ columns.T
+                for j, v in enumerate(vectors):
+                    known[:, j] += columns @ v[start:start + self.block].to(torch.float64)
+            self._known = [(v, known[:, j]) for j, v in enumerate(vectors)]
         else:
             g = self.grads.to(torch.float64)
             gram = g.T @ g
@@ -762,8 +776,10 @@ class RowFactor:
         basis = self._factors[0]
         if not self.wide:
             return basis.T @ v.to(torch.float64)
-        gv = sum(columns @ v[start:start + self.block].to(torch.float64)
-                 for start, columns in zip(range(0, len(v), self.block), self._blocks()))
+        gv = next((known for vector, known in self._known if vector is v), None)
+        if gv is None:
+            gv = sum(columns @ v[start:start + self.block].to(torch.float64)
+                     for start, columns in zip(range(0, len(v), self.block), self._blocks()))
         return basis.T @ gv
 
     def expand(self, y: torch.Tensor) -> torch.Tensor:

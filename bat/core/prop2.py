@@ -162,6 +162,9 @@ class Prop2Problem:
                 [self.difference_weights, self.bat_weights],
                 grads=None if self.grads is None else self.grads[index],
                 chunk_size=self.chunk_size, draws=self.draws, seed=self.seed)
+            factor = getattr(self._operators[0], "factor", None)
+            if factor is not None:  # both scores' right-hand sides in the Gram's pass over G
+                factor.prefetch([self.sum_adaptation, self.sum_bat])
         return self._operators[0], self._operators[1]
 
     def solve_options(self, options: SolveOptions, relative: bool) -> SolveOptions:
