@@ -36,6 +36,7 @@ from bat.errors import ConfigError
 from bat.io import read_json
 from bat.analysis.runs import RUN_KEYS
 from bat.analysis.statistics import PairedComparison, Verdict, compare, paired_differences, verdict
+from bat.text.data import ADAPTATION_TASKS
 
 NOT_TESTED = "not tested"
 MOVEMENT = "‖θ − θ^{A*}‖ (movement)"
@@ -285,10 +286,13 @@ CLAIMS: tuple[Claim, ...] = (
       for style in STYLES),
     Claim("fig05-locon", "Fig. 5", "BAT lowers the held-out loss of LoCon", HELDOUT, "bat", "plain", "lower",
           RunComparison("locon", "heldout_loss", where={"adapter": "locon"})),
-    *(Claim(f"fig05-{adapter}-{align}", "Fig. 5, Tab. 1",
-            f"BAT lowers the held-out LM loss of {name} ({ALIGNMENTS[align]})", "held-out LM loss",
-            "bat", "plain", "lower", RunComparison("lora_dora", "heldout_loss", where={"adapter": adapter},
-                                                    align=align))
+    # One per text task: the tiny profile trains word_definition, the paper profile all three.
+    *(Claim(f"fig05-{adapter}-{task}-{align}", "Fig. 5, Tab. 1",
+            f"BAT lowers the held-out LM loss of {name} ({task}, the paper's {paper_set}; "
+            f"{ALIGNMENTS[align]})", "held-out LM loss", "bat", "plain", "lower",
+            RunComparison("lora_dora", "heldout_loss", where={"dataset": task, "adapter": adapter},
+                          align=align))
+      for task, paper_set in ADAPTATION_TASKS.items()
       for adapter, name in (("lora", "LoRA"), ("dora", "DoRA")) for align in ("steps", "exposure")),
     *(Claim(f"tab02-{style}", "Tab. 2",
             f"BAT from images outside the backbone's data lowers DreamBooth's held-out loss ({style})",
