@@ -123,11 +123,16 @@ def benchmarks_block(root: Path) -> str:
     path = root / CURVATURE
     if not path.exists():
         return "No curvature benchmark run yet: `make bench`.\n"
-    rows = list(_goal_rows(read_json(path)))
+    curvature = read_json(path)
+    rows = list(_goal_rows(curvature))
     for extra, prefix in ((GRID_SELECTION, "grid_selection."), (LM_EVAL_COMPARE, "lm_eval_compare.")):
         if (root / extra).exists():
             rows += _goal_rows(read_json(root / extra), prefix)
-    lines = ["| measurement | measured | goal | met |", "|---|---|---|---|"]
+    # the per-example loop slows and the batched rows speed up with threads: say how many
+    threads = curvature.get("machine", {}).get("threads")
+    lines = [f"The curvature rows ran with {threads} torch thread{'s' if threads != 1 else ''} "
+             "(`machine.threads`).", "",
+             "| measurement | measured | goal | met |", "|---|---|---|---|"]
     for name, measured, value, goal, target, met in rows:
         lines.append(f"| `{name}` | {measured} = {_number(value)} | {goal} = {_number(target)} | "
                      f"{'yes' if met else '**no**'} |")
