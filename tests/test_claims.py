@@ -11,10 +11,11 @@ import pytest
 from scipy import stats
 
 from bat import paths
-from bat.analysis.claims import (CLAIMS, Claim, ConvexControl, RunComparison, classify,
+from bat.analysis.claims import (CLAIMS, TEXT_TASKS, Claim, ConvexControl, RunComparison, classify,
                                  compare_regimes, render, results_frame, summary_metrics)
 from bat.analysis.outputs import difference_curves, flat_metrics, write_plot
 from bat.errors import ConfigError
+from bat.text.data import ADAPTATION_TASKS
 
 KEYS = {"dataset": "noto", "adapter": "dreambooth", "batch_size": 2}
 
@@ -221,3 +222,9 @@ def test_each_text_task_has_its_own_claims(tmp_path):
     assert labels == {"fig05-lora-word_definition-steps": "held",
                       "fig05-lora-example_cloze-steps": "contradicted",
                       "fig05-lora-wiki_summary-steps": "not tested"}
+
+
+def test_text_claims_cover_the_text_tracks_tasks():
+    """claims.TEXT_TASKS is the analysis package's copy of the text track's task table (analysis
+    imports no track); a task added to the track without a claim would go unreported."""
+    assert TEXT_TASKS == ADAPTATION_TASKS
