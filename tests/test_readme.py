@@ -47,3 +47,18 @@ def test_sweep_ends_with_the_lookup_reference_when_the_stage_measured_it(tmp_pat
         {"heldout_nearest_caption_thumbnail_preference": 0.78, "heldout_nearest_caption_encoder_preference": 0.82}))
     last = readme.sweep_block(tmp_path).splitlines()[-1]
     assert "nearest caption" in last and "0.78 / –" in last and "0.82 / –" in last
+
+
+def test_benchmarks_give_the_check_floor_only_when_measured(tmp_path):
+    import json
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    check = {"grid_check_s": 0.7, "goal_s": 1.0, "meets_goal": True}
+    (tmp_path / readme.CURVATURE).write_text(json.dumps({"dreambooth_check": check}))
+    assert "at least" not in readme.benchmarks_block(tmp_path)
+    check.update(check_in_steps=7.4, train_step_s=0.095, floor_in_steps=5.75,
+                 floor_ratio_check_every_4=2.44)
+    (tmp_path / readme.CURVATURE).write_text(json.dumps({"dreambooth_check": check}))
+    block = readme.benchmarks_block(tmp_path)
+    assert "| `dreambooth_check` | grid_check_s = 0.7 | goal_s = 1 | yes |" in block
+    assert "costs 7.4 of the grid's training steps" in block and "at least 2.44×" in block
