@@ -9,7 +9,8 @@ from benchmarks.bench_grid_selection import grid_ratios
 def steps(regime, seed, seconds, selection, checks):
     return [{"regime": regime, "dataset": "noto", "seed": seed, "step": step, "seconds": seconds,
              "selection_seconds": selection if step == 1 else 0.0,
-             "score_bat": 1.0 if step <= checks else None} for step in (1, 2, 3, 4)]
+             "score_bat": 1.0 if step <= checks else None,
+             "reason": "initial" if step == 1 and selection else ""} for step in (1, 2, 3, 4)]
 
 
 def test_ratio_sums_training_and_selection_seconds_over_runs():
@@ -20,6 +21,7 @@ def test_ratio_sums_training_and_selection_seconds_over_runs():
     assert row["bat_s"] == 14.0 and row["random_matched_s"] == 8.0
     assert row["ratio"] == pytest.approx(1.75) and not row["meets_goal"]
     assert row["runs"] == 2 and row["checks_per_run"] == 2.0 and row["selection_s"] == 6.0
+    assert row["first_selection_s"] == 6.0 and row["ratio_without_first_selection"] == 1.0
 
 
 def test_a_grid_without_the_baseline_is_refused():

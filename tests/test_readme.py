@@ -56,9 +56,15 @@ def test_benchmarks_give_the_check_floor_only_when_measured(tmp_path):
     check = {"grid_check_s": 0.7, "goal_s": 1.0, "meets_goal": True}
     (tmp_path / readme.CURVATURE).write_text(json.dumps({"dreambooth_check": check}))
     assert "at least" not in readme.benchmarks_block(tmp_path)
-    check.update(check_in_steps=7.4, train_step_s=0.095, floor_in_steps=5.75,
+    check.update(examples=12, check_in_steps=7.4, train_step_s=0.095, floor_in_steps=5.75,
                  floor_ratio_check_every_4=2.44)
     (tmp_path / readme.CURVATURE).write_text(json.dumps({"dreambooth_check": check}))
     block = readme.benchmarks_block(tmp_path)
     assert "| `dreambooth_check` | grid_check_s = 0.7 | goal_s = 1 | yes |" in block
-    assert "costs 7.4 of the grid's training steps" in block and "at least 2.44×" in block
+    assert "(12 examples) costs 7.4 of the grid's training steps" in block and "at least 2.44×" in block
+    (tmp_path / readme.GRID_SELECTION).write_text(json.dumps({"dreambooth": {"bat": {
+        "ratio": 2.7, "goal_ratio": 1.3, "meets_goal": False, "selection_s": 85.0,
+        "first_selection_s": 42.0, "ratio_without_first_selection": 1.9}}}))
+    block = readme.benchmarks_block(tmp_path)
+    assert "| `grid_selection.dreambooth.bat` | ratio = 2.7 | goal_ratio = 1.3 | **no** |" in block
+    assert "the ratio would be `bat` 1.9 (42 of its 85 s of selection)" in block

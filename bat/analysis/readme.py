@@ -139,12 +139,22 @@ def benchmarks_block(root: Path) -> str:
     check = curvature.get("dreambooth_check", {})
     if "floor_in_steps" in check:
         # why the grid ratio's goal is out of reach at this scale: the passes no check can skip
-        lines += ["", f"One DreamBooth check costs {_number(check['check_in_steps'])} of the grid's "
+        lines += ["", f"One DreamBooth check ({_number(check['examples'])} examples) costs "
+                  f"{_number(check['check_in_steps'])} of the grid's "
                   f"training steps ({_number(check['train_step_s'])} s each); the two passes no "
                   f"check can skip (gradient sums, curvature rows) cost "
                   f"{_number(check['floor_in_steps'])}, so with a check every 4 steps a run takes at least "
                   f"{_number(check['floor_ratio_check_every_4'])}× the time of the same run "
                   "without checks (`dreambooth_check` in `curvature.json`)."]
+    if (root / GRID_SELECTION).exists():
+        for grid, regimes in read_json(root / GRID_SELECTION).items():
+            parts = [f"`{regime}` {_number(row['ratio_without_first_selection'])} "
+                     f"({_number(row['first_selection_s'])} of its {_number(row['selection_s'])} s "
+                     "of selection)" for regime, row in regimes.items()
+                     if "ratio_without_first_selection" in row]
+            if parts:
+                lines += ["", f"In the {grid} grid, without the selection at each run's step 0 "
+                          f"the ratio would be {' and '.join(parts)}."]
     return "\n".join(lines) + "\n"
 
 
