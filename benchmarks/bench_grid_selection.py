@@ -37,8 +37,7 @@ def grid_ratios(steps: pd.DataFrame) -> dict:
     checks = steps[steps["score_bat"].notna()].groupby("regime").size()
     # The selection at step 0 is paid once per run, the checks every few steps: in short runs the
     # first one weighs most, so the two are reported apart.
-    reason = steps["reason"] if "reason" in steps else pd.Series("", index=steps.index)
-    first = steps[reason == "initial"].groupby("regime")["selection_seconds"].sum()
+    first = steps[steps["reason"] == "initial"].groupby("regime")["selection_seconds"].sum()
     rows = {}
     for regime in BAT_REGIMES:
         if regime not in totals:

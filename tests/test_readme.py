@@ -56,12 +56,13 @@ def test_benchmarks_give_the_check_floor_only_when_measured(tmp_path):
     check = {"grid_check_s": 0.7, "goal_s": 1.0, "meets_goal": True}
     (tmp_path / readme.CURVATURE).write_text(json.dumps({"dreambooth_check": check}))
     assert "at least" not in readme.benchmarks_block(tmp_path)
-    check.update(examples=12, check_in_steps=7.4, train_step_s=0.095, floor_in_steps=5.75,
-                 floor_ratio_check_every_4=2.44)
+    check.update(examples=12, train_step_s=0.7 / 7.4, gradient_sums_s=0.2,
+                 sampled_fisher_rows_s=5.75 * 0.7 / 7.4 - 0.2)
     (tmp_path / readme.CURVATURE).write_text(json.dumps({"dreambooth_check": check}))
     block = readme.benchmarks_block(tmp_path)
     assert "| `dreambooth_check` | grid_check_s = 0.7 | goal_s = 1 | yes |" in block
-    assert "(12 examples) costs 7.4 of the grid's training steps" in block and "at least 2.44×" in block
+    assert "(12 examples) costs 7.4 training steps" in block and "cost 5.75" in block
+    assert "at least 2.44×" in block
     (tmp_path / readme.GRID_SELECTION).write_text(json.dumps({"dreambooth": {"bat": {
         "ratio": 2.7, "goal_ratio": 1.3, "meets_goal": False, "selection_s": 85.0,
         "first_selection_s": 42.0, "ratio_without_first_selection": 1.9}}}))
