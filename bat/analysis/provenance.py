@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import subprocess
 
 from bat import paths
 from bat.io import read_json
@@ -12,17 +11,15 @@ from bat.io import read_json
 PACKAGES = ("torch", "diffusers", "transformers", "peft", "numpy", "pandas", "matplotlib", "papermill")
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=paths.ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown"
-
-
 def provenance() -> dict:
-    """Print and return the commit, Python, package versions and data sources of this run."""
-    record = {"git_commit": _git_commit(), "python": platform.python_version(),
+    """Print and return the Python, package versions and data sources of this run.
+
+    No commit: a report is written before the commit that records it, so the checkout's commit
+    would name the one before, and a re-run at a later commit would change the report's hash in
+    ``dvc.lock`` although nothing it shows changed. The commit whose ``dvc.lock`` lists the
+    report's md5 is the one that produced it (``git log -S <md5> dvc.lock``).
+    """
+    record = {"python": platform.python_version(),
               "packages": {name: importlib.metadata.version(name) for name in PACKAGES}}
     manifest = paths.RAW / "SOURCES.json"
     if manifest.exists():

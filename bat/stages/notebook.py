@@ -5,7 +5,8 @@ section of params.yaml; every key must be a variable of the notebook's ``paramet
 misspelt parameter, or a string where the default is a list, fails here, before the kernel starts
 (notebooks with list parameters repeat that check in the kernel, for plain papermill runs). The
 executed notebook is kept as the report ``reports/<stem>.ipynb``, written only when the run
-succeeds, and ends with a provenance cell.
+succeeds, and ends with a provenance cell. Two runs of the same notebook on the same inputs write
+the same bytes (:func:`reproducible`), so re-running a stage leaves its hash in ``dvc.lock`` as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+from nbstripout import strip_output
 
 from bat import paths, validate
 from bat.config import read_yaml, run_cli, section
@@ -25,6 +27,12 @@ from bat.errors import ConfigError
 from bat.io import atomic_path
 
 PROVENANCE = "from bat.analysis.provenance import provenance\nprovenance()"
+# What differs between two runs of the same inputs: papermill's and Jupyter's clock times, and the
+# notebook papermill was handed (its cells carry jupytext's random ids) and the temporary path it wrote.
+RUN_KEYS = ["metadata.papermill.start_time", "metadata.papermill.end_time", "metadata.papermill.duration",
+            "metadata.papermill.input_path", "metadata.papermill.output_path", "cell.metadata.execution",
+            "cell.metadata.papermill.start_time", "cell.metadata.papermill.end_time",
+            "cell.metadata.papermill.duration"]
 
 
 def parameter_defaults(notebook: nbformat.NotebookNode) -> dict:
@@ -91,6 +99,12 @@ def check_parameters(stem: str, notebook: nbformat.NotebookNode, parameters: dic
     check_types(stem, allowed, parameters)
 
 
+def reproducible(executed: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """``executed`` without its run times and temporary paths, cell ids numbered in order (nbstripout,
+    keeping outputs and execution counts); changed in place and returned."""
+    return strip_output(executed, keep_output=True, keep_count=True, keep_id=False, extra_keys=RUN_KEYS)
+
+
 def execute(stem: str, parameters: dict, report: Path | None = None,
             notebooks: Path = paths.NOTEBOOKS, cwd: Path = paths.ROOT) -> Path:
     """Execute the notebook with ``parameters`` and write its report atomically."""
@@ -103,8 +117,9 @@ def execute(stem: str, parameters: dict, report: Path | None = None,
     # Idle OpenMP threads spin and starve the other core; PASSIVE lets them sleep.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with atomic_path(report) as tmp:
-        papermill.execute_notebook(notebook, str(tmp), parameters=parameters, cwd=str(cwd),
-                                   progress_bar=False, log_output=False)
+        executed = papermill.execute_notebook(notebook, str(tmp), parameters=parameters, cwd=str(cwd),
+                                              progress_bar=False, log_output=False)
+        nbformat.write(reproducible(executed), tmp)
     return report
 
 
