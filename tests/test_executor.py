@@ -120,8 +120,8 @@ def test_a_worker_killed_mid_cell_is_retried(ray_instance, config, models, prepa
 
     monkeypatch.setattr(grid, "run_cell", dying_run_cell)
     grid.run_grid(config, tmp_path / "grid", models, executor=RAY)
-    assert marker.exists() and runs(log).count(victim) == 2  # killed once, retried once
-    assert sorted(set(runs(log))) == sorted(cell.name for cell in grid.grid_cells(config))
+    # Killed once and retried once; every other cell ran once: a death recomputes nothing finished.
+    assert marker.exists() and sorted(runs(log)) == sorted([cell.name for cell in grid.grid_cells(config)] + [victim])
     assert_same_tables(tmp_path / "grid", in_process)
 
 

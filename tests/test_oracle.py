@@ -36,6 +36,21 @@ def test_text_oracle_trains_a_lora_on_the_lm(smoke_paths, smoke_text_backbone, s
     assert trained_vector(tmp_path / "lora").numel() > 0
 
 
+def test_the_text_track_takes_its_example_length_from_backbone_text(smoke_paths, smoke_text_backbone,
+                                                                    smoke_params):
+    """``backbone_text.max_length`` reaches the track the oracles and grids load (no constant): every
+    example set is that many tokens wide, and a bad value is refused under that key."""
+    from bat.text.track import load
+
+    params = copy.deepcopy(smoke_params)
+    params["backbone_text"]["max_length"] = 96  # not the default 64
+    track = load(smoke_text_backbone.parent, **track_options("text", params))
+    assert track.examples("word_definition_train")["input_ids"].shape[1] == 96
+    assert track.backbone_examples([0, 1])["input_ids"].shape[1] == 96
+    with pytest.raises(ConfigError, match=r"backbone_text.max_length: 0 must be a positive integer"):
+        load(smoke_text_backbone.parent, max_length=0)
+
+
 def test_unknown_run_names_the_runs(smoke_params):
     with pytest.raises(ConfigError, match=r"oracles has no run 'x'; runs: \['emojione_dreambooth'"):
         load_run("x", smoke_params)
