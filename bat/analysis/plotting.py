@@ -38,8 +38,9 @@ _PNG_METADATA = {"Software": None}
 _PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}
 
 
-def save_figure(fig: matplotlib.figure.Figure, stem: str, figures_dir: Path | None = None) -> Path:
-    """Write ``figures/<stem>.png`` and ``.pdf`` atomically and close the figure."""
+def save_figure(fig: matplotlib.figure.Figure, stem: str, figures_dir: Path | None = None) -> None:
+    """Write ``figures/<stem>.png`` and ``.pdf`` atomically and close the figure. Returns nothing:
+    a notebook cell ending in this call shows no path of the checkout it ran in."""
     figures_dir = Path(figures_dir) if figures_dir is not None else paths.FIGURES
     png = figures_dir / f"{stem}.png"
     io.write_with(png, lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_METADATA,
@@ -48,7 +49,6 @@ def save_figure(fig: matplotlib.figure.Figure, stem: str, figures_dir: Path | No
                   lambda tmp: fig.savefig(tmp, format="pdf", metadata=_PDF_METADATA,
                                           bbox_inches="tight"))
     plt.close(fig)
-    return png
 
 
 def show_images(axes, images, captions=None, caption_chars: int = 18) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
-from bat import paths
-from bat.io import read_json
+from bat.stages.sources import SOURCES
 
 PACKAGES = ("torch", "diffusers", "transformers", "peft", "numpy", "pandas", "matplotlib", "papermill")
 
 
 def provenance() -> dict:
-    """Print and return the Python, package versions and data sources of this run.
+    """Print and return the Python, package versions and pinned data sources of this run.
 
     No commit: a report is written before the commit that records it, so the checkout's commit
     would name the one before, and a re-run at a later commit would change the report's hash in
@@ -20,10 +19,9 @@ def provenance() -> dict:
     report's md5 is the one that produced it (``git log -S <md5> dvc.lock``).
     """
     record = {"python": platform.python_version(),
-              "packages": {name: importlib.metadata.version(name) for name in PACKAGES}}
-    manifest = paths.RAW / "SOURCES.json"
-    if manifest.exists():
-        record["data_sources"] = {s["name"]: f"{s['package']}=={s['version']}" for s in read_json(manifest)}
+              "packages": {name: importlib.metadata.version(name) for name in PACKAGES},
+              # the pins data/raw is fetched from (bat.stages.sources), whether or not it is here
+              "data_sources": {s.name: f"{s.package}=={s.version}" for s in SOURCES}}
     for key, value in record.items():
         print(f"{key}: {value}")
     return record

@@ -103,6 +103,28 @@ class RuntimeConfig:
             return contextlib.nullcontext()
         return torch.autocast(self.torch_device.type, dtype=dtype)
 
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """torch's loss scaler for ``fp16`` (disabled, a pass-through, otherwise), for the training
+        loops outside :func:`bat.core.train.train`, which takes Accelerate's (:func:`optimizer_step`)."""
+        return torch.amp.GradScaler(self.torch_device.type, enabled=self.mixed_precision == "fp16")
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   max_grad_norm: float | None = None) -> None:
+    """One update of a training loop outside :func:`bat.core.train.train` (the backbones'
+    pre-training): back-propagate ``loss`` through ``scaler`` (torch's fp16 loss scaling, from
+    :meth:`RuntimeConfig.grad_scaler`; a pass-through otherwise), clip the unscaled gradients to
+    ``max_grad_norm`` (None or 0: no clipping) and step, skipping a step whose fp16 gradients
+    overflowed, as Accelerate does in ``train``. With scaling off it is the plain PyTorch update."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if max_grad_norm:
+        scaler.unscale_(optimizer)
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+
 
 def runtime_config(params: dict) -> RuntimeConfig:
     """The ``runtime`` section of ``params`` (the whole params.yaml), checked; a bad key or value

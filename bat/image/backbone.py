@@ -14,8 +14,9 @@ their prompt; self-attention over 32×32 pixels would cost several times more pe
 Paper profile (``source: pretrained``): the same loader opens ``CompVis/stable-diffusion-v1-4``
 (or any local folder in that format) and no training happens.
 
-Where: the run's :class:`bat.core.runtime.RuntimeConfig`. Pre-training computes on its device in
-float32 (the weights being trained); the saved pipeline is loaded back in its ``dtype``.
+Where: the run's :class:`bat.core.runtime.RuntimeConfig`. Pre-training computes on its device with
+float32 weights (the weights being trained) under its mixed precision (fp16 with torch's loss
+scaler) and gradient checkpointing; the saved pipeline is loaded back in its ``dtype``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bat import paths, validate
-from bat.core.runtime import DEVICES, DTYPES, RuntimeConfig, to_device
+from bat.core.runtime import DEVICES, DTYPES, RuntimeConfig, optimizer_step, to_device
 from bat.errors import ConfigError
 from bat.core.mixing import epoch_batches
 from bat.io import atomic_directory
@@ -172,12 +173,18 @@ def noise_task(pipe, prior_loss_weight: float = 1.0) -> DiffusionTask:
     return DiffusionTask(DDPMScheduler.from_config(pipe.scheduler.config), prior_loss_weight)
 
 
-def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig) -> tuple[list[dict], torch.Tensor]:
+def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig,
+              runtime: RuntimeConfig | None = None) -> tuple[list[dict], torch.Tensor]:
     """Reconstruction + a small KL term, then set ``scaling_factor`` so latents have unit variance.
 
     Returns the log and the scaled latents of ``pixels``, encoded once for the UNet's training.
+    ``runtime``: its mixed precision and gradient checkpointing (None: float32, none).
     """
+    runtime = runtime or RuntimeConfig()
     vae = pipe.vae.train().requires_grad_(True)
+    if runtime.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    scaler = runtime.grad_scaler()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     log = []
@@ -186,15 +193,14 @@ def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig) -> tuple[
                     total=config.vae_steps, desc="vae")
     for step, index in enumerate(progress, start=1):
         batch = pixels[index].to(vae.device)
-        posterior = vae.encode(batch).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator)  # drawn on the CPU: any device, same run
-        latents = posterior.mean + posterior.std * noise.to(vae.device)
-        reconstruction = torch.nn.functional.mse_loss(vae.decode(latents).sample, batch)
-        # A weak KL keeps latents near N(0, 1) without blurring 32-pixel images.
-        loss = reconstruction + 1e-6 * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with runtime.autocast():
+            posterior = vae.encode(batch).latent_dist
+            noise = torch.randn(posterior.mean.shape, generator=generator)  # drawn on the CPU: any device, same run
+            latents = posterior.mean + posterior.std * noise.to(vae.device, posterior.mean.dtype)
+            reconstruction = torch.nn.functional.mse_loss(vae.decode(latents).sample.float(), batch)
+            # A weak KL keeps latents near N(0, 1) without blurring 32-pixel images.
+            loss = reconstruction + 1e-6 * posterior.kl().float().mean()
+        optimizer_step(loss, optimizer, scaler)
         progress.set_postfix(loss=f"{loss.item():.4f}")
         log.append({"step": step, "loss": loss.item(), "reconstruction": reconstruction.item()})
     vae.eval().requires_grad_(False)
@@ -214,17 +220,22 @@ def encode_images(pipe, pixels: torch.Tensor, scaled: bool = True, batch_size: i
 
 
 def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
-               config: ImageBackboneConfig) -> list[dict]:
+               config: ImageBackboneConfig, runtime: RuntimeConfig | None = None) -> list[dict]:
     """Epsilon prediction on cached ``latents`` ``[N, 4, h, w]`` and caption states ``[N, T, 384]``.
 
     With ``ema_decay`` the UNet ends with diffusers' EMA of its weights; with ``snr_gamma`` each
-    example's loss is weighted by diffusers' ``compute_snr`` of its timestep. Returns the log of
+    example's loss is weighted by diffusers' ``compute_snr`` of its timestep. ``runtime``: its mixed
+    precision and gradient checkpointing (None: float32, none). Returns the log of
     ``{step, loss, learning_rate}`` (the loss is the weighted one that is optimised).
     """
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
+    runtime = runtime or RuntimeConfig()
     unet = pipe.unet.train().requires_grad_(True)
+    if runtime.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    scaler = runtime.grad_scaler()
     task = noise_task(pipe)
     empty = encode_captions(pipe, [""])
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=1e-2)
@@ -245,12 +256,10 @@ def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
             snr = compute_snr(task.noise_scheduler, batch["timesteps"])
             batch["loss_weight"] = snr.clamp(max=config.snr_gamma) / snr
         batch = to_device(batch, unet.device)
-        loss = task.batch_losses(unet, batch).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        with runtime.autocast():
+            loss = task.batch_losses(unet, batch).mean()
         learning_rate = schedule.get_last_lr()[0]
-        optimizer.step()
+        optimizer_step(loss, optimizer, scaler, max_grad_norm=1.0)
         schedule.step()
         if ema is not None:
             ema.step(unet.parameters())
@@ -262,20 +271,23 @@ def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
     return log
 
 
-def pretrain(config: ImageBackboneConfig, images: np.ndarray, captions: list[str], device: str = "cpu"):
-    """Build and pre-train the tiny pipeline on D^B on ``device`` (float32); return it with both
+def pretrain(config: ImageBackboneConfig, images: np.ndarray, captions: list[str],
+             runtime: RuntimeConfig | None = None):
+    """Build and pre-train the tiny pipeline on D^B on ``runtime``'s device, float32 weights under
+    its mixed precision and gradient checkpointing (None: the CPU, float32); return it with both
     loss logs and timings. Examples stay on the CPU and each batch is moved when used."""
     if config.source != "train":
         raise ConfigError("backbone_image.source is 'pretrained': load it with load_image_backbone")
     started = time.perf_counter()
-    pipe = build_pipeline(config).to(device)
+    runtime = runtime or RuntimeConfig()
+    pipe = build_pipeline(config).to(runtime.torch_device)
     pixels = images_to_tensor(images)
     if pixels.shape[-1] != config.resolution:
         raise ConfigError(f"backbone_image.resolution: {config.resolution} but the prepared images are "
                           f"{pixels.shape[-1]} pixels; set prepare.image_size to the same value")
-    vae_log, latents = train_vae(pipe, pixels, config)
+    vae_log, latents = train_vae(pipe, pixels, config, runtime)
     vae_seconds = time.perf_counter() - started
-    unet_log = train_unet(pipe, latents, encode_captions(pipe, captions), config)
+    unet_log = train_unet(pipe, latents, encode_captions(pipe, captions), config, runtime)
     timings = {"vae_seconds": vae_seconds, "total_seconds": time.perf_counter() - started}
     return pipe, {"vae": vae_log, "unet": unet_log, "timings": timings}
 
@@ -293,7 +305,7 @@ def build_or_load(config: ImageBackboneConfig, backbone, folder: Path, runtime: 
     if config.source == "pretrained":
         pipe, log = load_image_backbone(config.model_id, runtime.dtype, device), None
     else:
-        pipe, log = pretrain(config, backbone.images, backbone.captions, device)
+        pipe, log = pretrain(config, backbone.images, backbone.captions, runtime)
     save_image_backbone(pipe, folder)
     return load_image_backbone(folder, runtime.dtype, device), log
 

@@ -1,7 +1,8 @@
 """Stage ``pretrain_text``: instruction-tune the text backbone on D^B, scored before and after.
 
 Usage: ``python -m bat.stages.backbone_text``, with the ``backbone_text`` section of params.yaml
-(:class:`bat.text.backbone.TextBackboneConfig`) and ``runtime`` (device, dtype). The eight multiple-choice sets are scored on their
+(:class:`bat.text.backbone.TextBackboneConfig`) and ``runtime`` (device, dtype, mixed precision and
+gradient checkpointing of the fine-tune, autocast of the scoring). The eight multiple-choice sets are scored on their
 first ``eval_set_size`` items by the backbone before the fine-tune and by the saved folder
 reopened with the loader the adaptation stages use. Writes
 
@@ -47,10 +48,11 @@ def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path
     model, tokenizer = initial_backbone(config, runtime)
     seconds["load"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    before = score_eval_sets(model, tokenizer, eval_sets, batch_size=config.eval_batch_size)
+    with runtime.autocast():
+        before = score_eval_sets(model, tokenizer, eval_sets, batch_size=config.eval_batch_size)
     seconds["eval_before"] = time.perf_counter() - clock
 
-    model, tokenizer, log = fine_tune(config, records, model=model, tokenizer=tokenizer)
+    model, tokenizer, log = fine_tune(config, records, model=model, tokenizer=tokenizer, runtime=runtime)
     seconds["fine_tune"] = log["seconds"]
     clock = time.perf_counter()
     save_backbone(model, tokenizer, model_folder, pretraining_ids=log["seen_ids"])
@@ -60,7 +62,8 @@ def run(params: dict, runtime: RuntimeConfig, prepared: Path, model_folder: Path
     seconds["save_and_reload"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    after = score_eval_sets(model, tokenizer, eval_sets, batch_size=config.eval_batch_size)
+    with runtime.autocast():
+        after = score_eval_sets(model, tokenizer, eval_sets, batch_size=config.eval_batch_size)
     seconds["eval_after"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
     measured = {"source": config.source, "runtime": asdict(runtime), "rows": log["rows"], "loss": loss_summary(log),

@@ -15,7 +15,8 @@ size and regime; its folder ``runs/<name>`` holds plain tables (:mod:`bat.analys
     ``acc_norm`` on the eight multiple-choice sets (text, ``benchmark_items`` > 0);
 ``samples.npz``
     the images each image evaluation scored (for Fig. 10) and, as ``<dataset>/reference``, the real
-    renders they were scored against; ``grid.json``: settings, pools, captions, time.
+    renders they were scored against; ``grid.json``: settings, pools, captions, the runtime and
+    executor it ran under, time.
 
 Regimes: ``plain``; ``prior_preservation`` (DreamBooth with its prior-preservation loss: the
 style's class images drawn once by the backbone, one per instance image at every step, weighted
@@ -570,6 +571,7 @@ def run_grid(config: GridConfig, out_folder: str | Path, models_folder: str | Pa
             "captions": {cell.dataset: result.captions for cell, result in zip(cells, results)
                          if result.captions is not None},
             # how the tables were computed, not what they hold
+            "runtime": asdict(runtime if runtime is not None else RuntimeConfig()),
             "executor": {**asdict(executor), "cells": len(cells), "cells_resumed": resumed},
             "seconds": time.perf_counter() - started})
     staging.remove()

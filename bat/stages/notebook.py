@@ -6,7 +6,8 @@ misspelt parameter, or a string where the default is a list, fails here, before 
 (notebooks with list parameters repeat that check in the kernel, for plain papermill runs). The
 executed notebook is kept as the report ``reports/<stem>.ipynb``, written only when the run
 succeeds, and ends with a provenance cell. Two runs of the same notebook on the same inputs write
-the same bytes (:func:`reproducible`), so re-running a stage leaves its hash in ``dvc.lock`` as it was.
+the same bytes, in any checkout (:func:`reproducible`), so re-running a stage leaves its hash in
+``dvc.lock`` as it was; what the cells wrote to stderr is printed on the stage's stderr instead.
 """
 
 from __future__ import annotations
@@ -99,10 +100,19 @@ def check_parameters(stem: str, notebook: nbformat.NotebookNode, parameters: dic
     check_types(stem, allowed, parameters)
 
 
+def stderr_text(executed: nbformat.NotebookNode) -> str:
+    """What the cells of ``executed`` wrote to stderr (warnings, progress bars), in order."""
+    return "".join(output.text for cell in executed.cells for output in cell.get("outputs", [])
+                   if output.output_type == "stream" and output.name == "stderr")
+
+
 def reproducible(executed: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """``executed`` without its run times and temporary paths, cell ids numbered in order (nbstripout,
-    keeping outputs and execution counts); changed in place and returned."""
-    return strip_output(executed, keep_output=True, keep_count=True, keep_id=False, extra_keys=RUN_KEYS)
+    """``executed`` without its run times, temporary paths and stderr output, cell ids numbered in
+    order (nbstripout, keeping every other output and the execution counts); changed in place and
+    returned. Stderr goes because warnings name the files of the checkout and environment they
+    ran in (and progress bars their speed); :func:`execute` passes it on to the stage's stderr."""
+    return strip_output(executed, keep_output=True, keep_count=True, keep_id=False, extra_keys=RUN_KEYS,
+                        drop_output_types={"stream:stderr"})
 
 
 def execute(stem: str, parameters: dict, report: Path | None = None,
@@ -119,6 +129,7 @@ def execute(stem: str, parameters: dict, report: Path | None = None,
     with atomic_path(report) as tmp:
         executed = papermill.execute_notebook(notebook, str(tmp), parameters=parameters, cwd=str(cwd),
                                               progress_bar=False, log_output=False)
+        sys.stderr.write(stderr_text(executed))
         nbformat.write(reproducible(executed), tmp)
     return report
 

@@ -25,7 +25,8 @@ from a ``torch.Generator`` seeded by ``seed``, LoRA is initialised under the sam
 is no dropout, so two runs with the same config give identical weights.
 
 Where: the run's :class:`bat.core.runtime.RuntimeConfig`; the backbone is loaded (or built) in its
-``dtype`` on its device, and the fine-tune runs there.
+``dtype`` on its device, and the fine-tune runs there under its mixed precision and gradient
+checkpointing.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bat import paths, validate
-from bat.core.runtime import DEVICES, DTYPES, RuntimeConfig, model_device, to_device
+from bat.core.runtime import (DEVICES, DTYPES, RuntimeConfig, enable_gradient_checkpointing, model_device,
+                              optimizer_step, to_device)
 from bat.errors import ConfigError
 from bat.io import atomic_directory, read_json, write_json
 from bat.text.benchmarks import ALPACA_TEMPLATE, MultipleChoiceItem, load_items, score_loglikelihood
@@ -376,9 +378,11 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
     with few steps the backbone sees only part of D^B), ``encode_seconds`` and ``seconds``. With
     ``steps == 0`` the model is returned untouched and the records are not even encoded.
     The loss is :class:`bat.text.task.CausalLMTask`'s, as in the adaptation runs: each example's mean
-    cross-entropy over its response tokens, averaged over the batch.
+    cross-entropy over its response tokens, averaged over the batch. It is computed under
+    ``runtime``'s mixed precision (fp16 with torch's loss scaler) and gradient checkpointing.
     """
     started = time.perf_counter()
+    runtime = runtime or RuntimeConfig()
     if (model is None) != (tokenizer is None):
         raise ConfigError("fine_tune: pass both model and tokenizer, or neither")
     if model is None:
@@ -402,6 +406,9 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
     task, device = CausalLMTask(), model_device(trained)
     pad = tokenizer.pad_token_id
     trained.train()
+    if runtime.gradient_checkpointing:
+        enable_gradient_checkpointing(trained)
+    scaler = runtime.grad_scaler()
     batches = batch_indices(len(examples), config.batch_size, config.steps, config.seed)
     bar = tqdm(batches, total=config.steps, desc="fine-tune backbone", disable=not progress)
     for step, indices in enumerate(bar, start=1):
@@ -411,15 +418,12 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
         lr = learning_rate_at(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = task.batch_losses(trained, batch).mean()
+        with runtime.autocast():
+            loss = task.batch_losses(trained, batch).mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"backbone fine-tune diverged at step {step} (loss {loss.item()}); "
                                "lower backbone_text.learning_rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-        optimizer.step()
+        optimizer_step(loss, optimizer, scaler, config.max_grad_norm)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         log["seen_ids"] += [examples[i]["id"] for i in indices]
         log["rows"].append({"step": step, "loss": loss.item(), "learning_rate": lr,
