@@ -16,7 +16,7 @@ STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
 NOTEBOOKS = sorted(path.stem for path in (PROJECT / "notebooks").glob("*.py"))
 # The runner (also the parameter check each notebook calls) and the provenance cell shape the
 # report, not the numbers: neither they nor what they import are deps.
-RUNNER = {"bat/stages/notebook.py", "bat/analysis/provenance.py", "bat/__init__.py"}
+RUNNER = {"bat/stages/notebook.py", "bat/stages/provenance.py", "bat/__init__.py"}
 
 
 def bat_imports(path) -> set[str]:

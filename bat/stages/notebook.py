@@ -27,7 +27,7 @@ from bat.config import read_yaml, run_cli, section
 from bat.errors import ConfigError
 from bat.io import atomic_path
 
-PROVENANCE = "from bat.analysis.provenance import provenance\nprovenance()"
+PROVENANCE = "from bat.stages.provenance import provenance\nprovenance()"
 # What differs between two runs of the same inputs: papermill's and Jupyter's clock times, and the
 # notebook papermill was handed (its cells carry jupytext's random ids) and the temporary path it wrote.
 RUN_KEYS = ["metadata.papermill.start_time", "metadata.papermill.end_time", "metadata.papermill.duration",
