@@ -29,7 +29,7 @@ from bat.io import atomic_path
 
 PROVENANCE = "from bat.stages.provenance import provenance\nprovenance()"
 # What differs between two runs of the same inputs: papermill's and Jupyter's clock times, and the
-# notebook papermill was handed (its cells carry jupytext's random ids) and the temporary path it wrote.
+# notebook papermill was handed (its cells carry jupytext's random ids) and the path it wrote to.
 RUN_KEYS = ["metadata.papermill.start_time", "metadata.papermill.end_time", "metadata.papermill.duration",
             "metadata.papermill.input_path", "metadata.papermill.output_path", "cell.metadata.execution",
             "cell.metadata.papermill.start_time", "cell.metadata.papermill.end_time",
@@ -126,10 +126,12 @@ def execute(stem: str, parameters: dict, report: Path | None = None,
     report = Path(report) if report is not None else paths.report(stem)
     # Idle OpenMP threads spin and starve the other core; PASSIVE lets them sleep.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # No output path: papermill would save the notebook after every cell, and the report is
+    # written once, stripped, when the run has succeeded.
+    executed = papermill.execute_notebook(notebook, None, parameters=parameters, cwd=str(cwd),
+                                          progress_bar=False, log_output=False)
+    sys.stderr.write(stderr_text(executed))
     with atomic_path(report) as tmp:
-        executed = papermill.execute_notebook(notebook, str(tmp), parameters=parameters, cwd=str(cwd),
-                                              progress_bar=False, log_output=False)
-        sys.stderr.write(stderr_text(executed))
         nbformat.write(reproducible(executed), tmp)
     return report
 
