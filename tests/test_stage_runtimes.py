@@ -13,6 +13,7 @@ check placement and the recorded runtime, not a move to a GPU.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict
 
@@ -154,16 +155,21 @@ def paper(tmp_path_factory, raw):
 
 
 def watch(monkeypatch, module, name: str, models_of) -> dict[str, set]:
-    """Wrap the loader ``module.name`` that a stage calls: the weights of each model it returns
-    (``models_of(returned)``) are recorded as (dtype, device), and hooks on their Linear and Conv2d
-    layers record the (dtype, device) of every output they compute."""
-    record = {"weights": set(), "outputs": set()}
+    """Wrap the loader ``module.name`` that a stage calls: the arguments of each call are recorded
+    (``calls``), the weights of each model it returns (``models_of(returned)``) as (dtype, device),
+    and hooks on their Linear and Conv2d layers record the (dtype, device) of every output they
+    compute."""
+    record = {"calls": [], "weights": set(), "outputs": set()}
     real = getattr(module, name)
+    signature = inspect.signature(real)
 
     def on_output(layer, inputs, output):
         record["outputs"].add((output.dtype, output.device.type))
 
     def spy(*args, **kwargs):
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        record["calls"].append(call.arguments)
         returned = real(*args, **kwargs)
         for model in models_of(returned):
             record["weights"] |= {(p.dtype, p.device.type) for p in model.parameters()}
@@ -227,20 +233,12 @@ def test_the_encoder_stage_loads_dinov2_and_clip_on_the_runtime_device(paper, tm
 
     params, prepared = paper
     assert params["encoders"]["source"] == "pretrained"
-    devices = []
-    real = encoders.build_or_load
-
-    def build_or_load(config, backbone, folder, device="cpu"):
-        devices.append(device)
-        return real(config, backbone, folder, device)
-
-    monkeypatch.setattr(encoders, "build_or_load", build_or_load)
     models = watch(monkeypatch, encoders, "build_or_load",
                    lambda returned: [returned[0].image_model, returned[0].clip_model])
     encoders.run(params["encoders"], PAPER_CPU, prepared, tmp_path / "models" / "encoders",
                  tmp_path / "runs" / "encoders")
     assert recorded_runtime(tmp_path / "runs" / "encoders") == asdict(PAPER_CPU)
-    assert devices == [PAPER_CPU.device_name]
+    assert [call["device"] for call in models["calls"]] == [PAPER_CPU.device_name]
     assert models["weights"] == {(torch.float32, "cpu")}
     assert models["outputs"] == {(torch.float32, "cpu")}
 

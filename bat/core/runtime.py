@@ -97,33 +97,48 @@ class RuntimeConfig:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """torch's autocast of ``mixed_precision`` on ``device`` (nothing with ``no``), for code
-        outside :func:`bat.core.train.train` (which takes Accelerate's): evaluation, sampling."""
+        that does not train (evaluation, sampling, scoring); training loops take Accelerate's
+        (:func:`make_accelerator`)."""
         dtype = MIXED_PRECISIONS[self.mixed_precision]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.torch_device.type, dtype=dtype)
 
-    def grad_scaler(self) -> torch.amp.GradScaler:
-        """torch's loss scaler for ``fp16`` (disabled, a pass-through, otherwise), for the training
-        loops outside :func:`bat.core.train.train`, which takes Accelerate's (:func:`optimizer_step`)."""
-        return torch.amp.GradScaler(self.torch_device.type, enabled=self.mixed_precision == "fp16")
+
+def make_accelerator(runtime: RuntimeConfig):
+    """An ``accelerate.Accelerator`` for ``runtime``: its mixed precision, on the CPU or a GPU.
+
+    Every training loop goes through it (:func:`bat.core.train.train`, the backbones'
+    pre-training): Accelerate's autocast, loss scaling under fp16, clipping of the unscaled
+    gradients and skipping of steps whose fp16 gradients overflowed. With the default runtime
+    (CPU, float32) it is the plain PyTorch loop, bit for bit. Device placement is left to the
+    caller, so that ``cuda:N`` means GPU N in one process. Accelerate keeps one state per
+    process and refuses to change its precision or device once set; one process may train runs
+    of different runtimes in turn (tests, notebooks, a backbone then its adapters), so outside a
+    distributed launch that state is reset first (an Accelerator made elsewhere in the process is
+    then stale).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    cpu = runtime.torch_device.type == "cpu"
+    if not PartialState(cpu=cpu).use_distributed:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=runtime.mixed_precision, device_placement=False, cpu=cpu)
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   max_grad_norm: float | None = None) -> None:
-    """One update of a training loop outside :func:`bat.core.train.train` (the backbones'
-    pre-training): back-propagate ``loss`` through ``scaler`` (torch's fp16 loss scaling, from
-    :meth:`RuntimeConfig.grad_scaler`; a pass-through otherwise), clip the unscaled gradients to
-    ``max_grad_norm`` (None or 0: no clipping) and step, skipping a step whose fp16 gradients
-    overflowed, as Accelerate does in ``train``. With scaling off it is the plain PyTorch update."""
+def update(accelerator, optimizer, loss: torch.Tensor, parameters, max_grad_norm: float | None = None
+           ) -> None:
+    """One optimiser update through ``accelerator`` (:func:`make_accelerator`): zero the gradients
+    (also those a selector's scoring left behind), back-propagate ``loss`` (scaled under fp16),
+    clip the unscaled gradients of ``parameters`` to ``max_grad_norm`` (None or 0: no clipping)
+    and step ``optimizer``, which ``accelerator.prepare`` returned (under fp16 a step whose
+    gradients overflowed is skipped)."""
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    accelerator.backward(loss)
     if max_grad_norm:
-        scaler.unscale_(optimizer)
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
+        accelerator.clip_grad_norm_(parameters, max_grad_norm)
+    optimizer.step()
 
 
 def runtime_config(params: dict) -> RuntimeConfig:

@@ -53,7 +53,8 @@ from bat.errors import ConfigError
 from bat.io import write_json
 from bat.core.mixing import SCHEMES, Mixer, RandomSelector, derived_seed, realised_ratio
 from bat.core.protocols import Batch, SelectionContext, Selector, concat_batches, take_examples
-from bat.core.runtime import RuntimeConfig, enable_gradient_checkpointing, model_device, to_device
+from bat.core.runtime import (RuntimeConfig, enable_gradient_checkpointing, make_accelerator, model_device,
+                              to_device, update)
 
 REGIMES = ("plain", "random", "bat")
 # Settings a resumed run may change: none of them alters the steps already taken.
@@ -200,24 +201,6 @@ def select_backbone(selector, model: nn.Module, task, adaptation: Batch, backbon
     return chosen
 
 
-def make_accelerator(runtime: RuntimeConfig):
-    """An ``accelerate.Accelerator`` for ``runtime``: its mixed precision, on the CPU or a GPU.
-
-    Device placement is left to :func:`train`, so that ``cuda:N`` means GPU N in one process.
-    Accelerate keeps one state per process and refuses to change its precision or device once
-    set; one process may train runs of different runtimes in turn (tests, notebooks), so outside
-    a distributed launch that state is reset first (an Accelerator made elsewhere in the process
-    is then stale).
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    cpu = runtime.torch_device.type == "cpu"
-    if not PartialState(cpu=cpu).use_distributed:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=runtime.mixed_precision, device_placement=False, cpu=cpu)
-
-
 def step_losses(task, model: nn.Module, batch: Batch, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss to back-propagate and the batch's mean loss R_k^{bat|A} (Def. 1) to log.
 
@@ -352,11 +335,7 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
                          "magnitude the updates diverged: lower train.learning_rate")
             raise TrainingDiverged(f"loss is {batch_loss.item()} at step {step + 1}; training "
                                    f"stopped and {kept}. {cause}.")
-        optimizer.zero_grad(set_to_none=True)  # also drops gradients a selector left behind
-        accelerator.backward(loss)
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(params.values(), config.max_grad_norm)
-        optimizer.step()
+        update(accelerator, optimizer, loss, params.values(), config.max_grad_norm)
         seconds = time.perf_counter() - started
 
         done = step + 1

@@ -15,8 +15,9 @@ Paper profile (``source: pretrained``): the same loader opens ``CompVis/stable-d
 (or any local folder in that format) and no training happens.
 
 Where: the run's :class:`bat.core.runtime.RuntimeConfig`. Pre-training computes on its device with
-float32 weights (the weights being trained) under its mixed precision (fp16 with torch's loss
-scaler) and gradient checkpointing; the saved pipeline is loaded back in its ``dtype``.
+float32 weights (the weights being trained) under its mixed precision (through Accelerate, as the
+adapters train: :func:`bat.core.runtime.make_accelerator`) and gradient checkpointing; the saved
+pipeline is loaded back in its ``dtype``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bat import paths, validate
-from bat.core.runtime import DEVICES, DTYPES, RuntimeConfig, optimizer_step, to_device
+from bat.core.runtime import DEVICES, DTYPES, RuntimeConfig, make_accelerator, to_device, update
 from bat.errors import ConfigError
 from bat.core.mixing import epoch_batches
 from bat.io import atomic_directory
@@ -174,18 +175,17 @@ def noise_task(pipe, prior_loss_weight: float = 1.0) -> DiffusionTask:
 
 
 def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig,
-              runtime: RuntimeConfig | None = None) -> tuple[list[dict], torch.Tensor]:
+              runtime: RuntimeConfig) -> tuple[list[dict], torch.Tensor]:
     """Reconstruction + a small KL term, then set ``scaling_factor`` so latents have unit variance.
 
     Returns the log and the scaled latents of ``pixels``, encoded once for the UNet's training.
-    ``runtime``: its mixed precision and gradient checkpointing (None: float32, none).
+    ``runtime``: its mixed precision (through Accelerate) and gradient checkpointing.
     """
-    runtime = runtime or RuntimeConfig()
     vae = pipe.vae.train().requires_grad_(True)
     if runtime.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
-    scaler = runtime.grad_scaler()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate)
+    accelerator = make_accelerator(runtime)
+    optimizer = accelerator.prepare(torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate))
     generator = torch.Generator().manual_seed(config.seed)
     log = []
     progress = tqdm(epoch_batches(len(pixels), config.batch_size, config.vae_steps, generator,
@@ -193,14 +193,14 @@ def train_vae(pipe, pixels: torch.Tensor, config: ImageBackboneConfig,
                     total=config.vae_steps, desc="vae")
     for step, index in enumerate(progress, start=1):
         batch = pixels[index].to(vae.device)
-        with runtime.autocast():
+        with accelerator.autocast():
             posterior = vae.encode(batch).latent_dist
             noise = torch.randn(posterior.mean.shape, generator=generator)  # drawn on the CPU: any device, same run
             latents = posterior.mean + posterior.std * noise.to(vae.device, posterior.mean.dtype)
             reconstruction = torch.nn.functional.mse_loss(vae.decode(latents).sample.float(), batch)
             # A weak KL keeps latents near N(0, 1) without blurring 32-pixel images.
             loss = reconstruction + 1e-6 * posterior.kl().float().mean()
-        optimizer_step(loss, optimizer, scaler)
+        update(accelerator, optimizer, loss, vae.parameters())
         progress.set_postfix(loss=f"{loss.item():.4f}")
         log.append({"step": step, "loss": loss.item(), "reconstruction": reconstruction.item()})
     vae.eval().requires_grad_(False)
@@ -220,27 +220,27 @@ def encode_images(pipe, pixels: torch.Tensor, scaled: bool = True, batch_size: i
 
 
 def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
-               config: ImageBackboneConfig, runtime: RuntimeConfig | None = None) -> list[dict]:
+               config: ImageBackboneConfig, runtime: RuntimeConfig) -> list[dict]:
     """Epsilon prediction on cached ``latents`` ``[N, 4, h, w]`` and caption states ``[N, T, 384]``.
 
     With ``ema_decay`` the UNet ends with diffusers' EMA of its weights; with ``snr_gamma`` each
     example's loss is weighted by diffusers' ``compute_snr`` of its timestep. ``runtime``: its mixed
-    precision and gradient checkpointing (None: float32, none). Returns the log of
+    precision (through Accelerate) and gradient checkpointing. Returns the log of
     ``{step, loss, learning_rate}`` (the loss is the weighted one that is optimised).
     """
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
-    runtime = runtime or RuntimeConfig()
     unet = pipe.unet.train().requires_grad_(True)
     if runtime.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    scaler = runtime.grad_scaler()
     task = noise_task(pipe)
     empty = encode_captions(pipe, [""])
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=1e-2)
     schedule = get_scheduler(config.unet_lr_schedule, optimizer, num_warmup_steps=min(50, config.unet_steps // 10),
                              num_training_steps=config.unet_steps)
+    accelerator = make_accelerator(runtime)
+    optimizer = accelerator.prepare(optimizer)  # the schedule steps the optimizer it wraps
     ema = EMAModel(unet.parameters(), decay=config.ema_decay) if config.ema_decay else None
     generator = torch.Generator().manual_seed(config.seed + 1)
     log = []
@@ -256,10 +256,10 @@ def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
             snr = compute_snr(task.noise_scheduler, batch["timesteps"])
             batch["loss_weight"] = snr.clamp(max=config.snr_gamma) / snr
         batch = to_device(batch, unet.device)
-        with runtime.autocast():
+        with accelerator.autocast():
             loss = task.batch_losses(unet, batch).mean()
         learning_rate = schedule.get_last_lr()[0]
-        optimizer_step(loss, optimizer, scaler, max_grad_norm=1.0)
+        update(accelerator, optimizer, loss, unet.parameters(), max_grad_norm=1.0)
         schedule.step()
         if ema is not None:
             ema.step(unet.parameters())

@@ -536,6 +536,9 @@ def run_grid(config: GridConfig, out_folder: str | Path, models_folder: str | Pa
     executor = ExecutorConfig() if executor is None else executor
     if not isinstance(executor, ExecutorConfig):
         raise ConfigError(f"executor: need an ExecutorConfig, not {type(executor).__name__}")
+    runtime = RuntimeConfig() if runtime is None else runtime
+    if not isinstance(runtime, RuntimeConfig):
+        raise ConfigError(f"runtime: need a RuntimeConfig, not {type(runtime).__name__}")
     # Absolute: a worker's working directory may differ from this process's.
     models = Path(models_folder if models_folder is not None else paths.MODELS).absolute()
     started = time.perf_counter()
@@ -543,7 +546,7 @@ def run_grid(config: GridConfig, out_folder: str | Path, models_folder: str | Pa
     # The stage's inputs as DVC sees them: models, prepared data and the code; a change in any
     # discards the cells staged by an earlier, killed run.
     settings = {"config": asdict(config), "models": str(models), "track_options": track_options,
-                "runtime": asdict(runtime) if runtime is not None else None}
+                "runtime": asdict(runtime)}
     inputs = [models, paths.PREPARED, Path(__file__).resolve().parents[1]]
     context = GridContext(config, models, track_options, progress, fingerprint(settings, inputs),
                           runtime)
@@ -571,7 +574,7 @@ def run_grid(config: GridConfig, out_folder: str | Path, models_folder: str | Pa
             "captions": {cell.dataset: result.captions for cell, result in zip(cells, results)
                          if result.captions is not None},
             # how the tables were computed, not what they hold
-            "runtime": asdict(runtime if runtime is not None else RuntimeConfig()),
+            "runtime": asdict(runtime),
             "executor": {**asdict(executor), "cells": len(cells), "cells_resumed": resumed},
             "seconds": time.perf_counter() - started})
     staging.remove()

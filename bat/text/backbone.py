@@ -43,8 +43,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bat import paths, validate
-from bat.core.runtime import (DEVICES, DTYPES, RuntimeConfig, enable_gradient_checkpointing, model_device,
-                              optimizer_step, to_device)
+from bat.core.runtime import (DEVICES, DTYPES, RuntimeConfig, enable_gradient_checkpointing, make_accelerator,
+                              model_device, to_device, update)
 from bat.errors import ConfigError
 from bat.io import atomic_directory, read_json, write_json
 from bat.text.benchmarks import ALPACA_TEMPLATE, MultipleChoiceItem, load_items, score_loglikelihood
@@ -379,7 +379,8 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
     ``steps == 0`` the model is returned untouched and the records are not even encoded.
     The loss is :class:`bat.text.task.CausalLMTask`'s, as in the adaptation runs: each example's mean
     cross-entropy over its response tokens, averaged over the batch. It is computed under
-    ``runtime``'s mixed precision (fp16 with torch's loss scaler) and gradient checkpointing.
+    ``runtime``'s mixed precision (through Accelerate: fp16 with its loss scaler) and gradient
+    checkpointing.
     """
     started = time.perf_counter()
     runtime = runtime or RuntimeConfig()
@@ -402,13 +403,14 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
         trained = model.requires_grad_(True)
     parameters = [p for p in trained.parameters() if p.requires_grad]
     log["trainable_parameters"] = sum(p.numel() for p in parameters)
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    accelerator = make_accelerator(runtime)
+    optimizer = accelerator.prepare(torch.optim.AdamW(parameters, lr=config.learning_rate,
+                                                      weight_decay=config.weight_decay))
     task, device = CausalLMTask(), model_device(trained)
     pad = tokenizer.pad_token_id
     trained.train()
     if runtime.gradient_checkpointing:
         enable_gradient_checkpointing(trained)
-    scaler = runtime.grad_scaler()
     batches = batch_indices(len(examples), config.batch_size, config.steps, config.seed)
     bar = tqdm(batches, total=config.steps, desc="fine-tune backbone", disable=not progress)
     for step, indices in enumerate(bar, start=1):
@@ -418,12 +420,12 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
         lr = learning_rate_at(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with runtime.autocast():
+        with accelerator.autocast():
             loss = task.batch_losses(trained, batch).mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"backbone fine-tune diverged at step {step} (loss {loss.item()}); "
                                "lower backbone_text.learning_rate")
-        optimizer_step(loss, optimizer, scaler, config.max_grad_norm)
+        update(accelerator, optimizer, loss, parameters, config.max_grad_norm)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         log["seen_ids"] += [examples[i]["id"] for i in indices]
         log["rows"].append({"step": step, "loss": loss.item(), "learning_rate": lr,
