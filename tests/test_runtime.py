@@ -148,6 +148,42 @@ def test_default_runtime_is_bit_identical_to_a_plain_pytorch_loop(kind, regime, 
     assert all(torch.equal(actual[name], expected[name]) for name in expected)
 
 
+def test_update_is_the_plain_pytorch_update_and_needs_the_prepared_optimizer():
+    """bat.core.runtime.update, which every loop trains through (adapters, backbones' pre-training),
+    is zero_grad, backward, clip, step under the default runtime, bit for bit; a bare optimizer,
+    whose step would skip Accelerate's fp16 unscaling, is refused."""
+    from bat.core.runtime import make_accelerator, update
+
+    def run(step):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        inputs = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+        return model, optimizer, [step(model, optimizer, model(inputs).pow(2).mean() * 50)
+                                  for _ in range(3)]
+
+    def plain(model, optimizer, loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        optimizer.step()
+
+    accelerator = make_accelerator(RuntimeConfig())
+    prepared = {}
+
+    def accelerated(model, optimizer, loss):
+        if "optimizer" not in prepared:
+            prepared["optimizer"] = accelerator.prepare(optimizer)
+        update(accelerator, prepared["optimizer"], loss, model.parameters(), 0.5)
+
+    expected, _, _ = run(plain)
+    actual, _, _ = run(accelerated)
+    assert all(torch.equal(a, b) for a, b in zip(actual.parameters(), expected.parameters()))
+    model, optimizer, _ = run(lambda *args: None)
+    with pytest.raises(TypeError, match="must be the one accelerator.prepare returned, not a bare AdamW"):
+        update(accelerator, optimizer, model(torch.ones(1, 6)).sum(), model.parameters())
+
+
 # --- bf16 autocast on the CPU ------------------------------------------------------------------
 
 class Recorder:

@@ -154,7 +154,7 @@ def paper(tmp_path_factory, raw):
     return params, out / "prepared"
 
 
-def watch(monkeypatch, module, name: str, models_of) -> dict[str, set]:
+def watch(monkeypatch, module, name: str, models_of) -> dict[str, set | list]:
     """Wrap the loader ``module.name`` that a stage calls: the arguments of each call are recorded
     (``calls``), the weights of each model it returns (``models_of(returned)``) as (dtype, device),
     and hooks on their Linear and Conv2d layers record the (dtype, device) of every output they
@@ -316,3 +316,23 @@ def test_the_text_backbone_fine_tunes_in_the_runtime_it_is_given(raw):
     assert runs["mixed"][0] == {torch.bfloat16, ("checkpointing", True)}
     assert runs["default"][0] == {torch.float32, ("checkpointing", False)}
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in runs["mixed"][1]["rows"])
+
+
+def test_a_full_fine_tune_of_a_half_precision_lm_trains_float32_weights(raw):
+    """lora_rank 0 (every weight trains) on a bfloat16 LM under its bf16 runtime: the weights train
+    in float32, as the image pre-training's do, and the model comes back float32 (the stage saves
+    it and loads it back in runtime.dtype); the loss stays finite."""
+    from bat.text import backbone as tb
+    from tests.test_text_backbone import GGUF, RECORDS, smoke
+
+    config = smoke(raw, lora_rank=0)
+    tokenizer = tb.load_tokenizer(raw / GGUF)
+    model = tb.build_tiny_model(config.tiny_config, tokenizer, seed=config.seed, torch_dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    before = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+    trained, _, log = tb.fine_tune(config, RECORDS, model=model, tokenizer=tokenizer, runtime=BF16,
+                                   progress=False)
+    assert {p.dtype for p in trained.parameters()} == {torch.float32}
+    assert log["trainable_parameters"] == sum(p.numel() for p in trained.parameters())
+    assert any(not torch.equal(before[name], p) for name, p in trained.named_parameters())
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in log["rows"])

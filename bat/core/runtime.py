@@ -97,8 +97,8 @@ class RuntimeConfig:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """torch's autocast of ``mixed_precision`` on ``device`` (nothing with ``no``), for code
-        that does not train (evaluation, sampling, scoring); training loops take Accelerate's
-        (:func:`make_accelerator`)."""
+        that does not train (evaluation, sampling, scoring); the mixed-precision training loops
+        take Accelerate's (:func:`make_accelerator`)."""
         dtype = MIXED_PRECISIONS[self.mixed_precision]
         if dtype is None:
             return contextlib.nullcontext()
@@ -108,8 +108,9 @@ class RuntimeConfig:
 def make_accelerator(runtime: RuntimeConfig):
     """An ``accelerate.Accelerator`` for ``runtime``: its mixed precision, on the CPU or a GPU.
 
-    Every training loop goes through it (:func:`bat.core.train.train`, the backbones'
-    pre-training): Accelerate's autocast, loss scaling under fp16, clipping of the unscaled
+    Every loop that trains under the runtime's precision goes through it (the adapters'
+    :func:`bat.core.train.train`, the backbones' pre-training; the encoder stand-ins, which only
+    score, train in float32): Accelerate's autocast, loss scaling under fp16, clipping of the unscaled
     gradients and skipping of steps whose fp16 gradients overflowed. With the default runtime
     (CPU, float32) it is the plain PyTorch loop, bit for bit. Device placement is left to the
     caller, so that ``cuda:N`` means GPU N in one process. Accelerate keeps one state per
@@ -133,7 +134,13 @@ def update(accelerator, optimizer, loss: torch.Tensor, parameters, max_grad_norm
     (also those a selector's scoring left behind), back-propagate ``loss`` (scaled under fp16),
     clip the unscaled gradients of ``parameters`` to ``max_grad_norm`` (None or 0: no clipping)
     and step ``optimizer``, which ``accelerator.prepare`` returned (under fp16 a step whose
-    gradients overflowed is skipped)."""
+    gradients overflowed is skipped; its ``step_was_skipped`` says so). Raises TypeError for an
+    optimizer ``accelerator`` did not prepare: under fp16 it would apply the scaled gradients."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    if not isinstance(optimizer, AcceleratedOptimizer):
+        raise TypeError(f"update: the optimizer must be the one accelerator.prepare returned, "
+                        f"not a bare {type(optimizer).__name__}")
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     if max_grad_norm:

@@ -239,8 +239,10 @@ def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=1e-2)
     schedule = get_scheduler(config.unet_lr_schedule, optimizer, num_warmup_steps=min(50, config.unet_steps // 10),
                              num_training_steps=config.unet_steps)
+    # The schedule before prepare: Accelerate wraps (and under fp16 restores) the step it finds,
+    # which must be the one the schedule counts.
     accelerator = make_accelerator(runtime)
-    optimizer = accelerator.prepare(optimizer)  # the schedule steps the optimizer it wraps
+    optimizer = accelerator.prepare(optimizer)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay) if config.ema_decay else None
     generator = torch.Generator().manual_seed(config.seed + 1)
     log = []
@@ -260,7 +262,8 @@ def train_unet(pipe, latents: torch.Tensor, caption_embeddings: torch.Tensor,
             loss = task.batch_losses(unet, batch).mean()
         learning_rate = schedule.get_last_lr()[0]
         update(accelerator, optimizer, loss, unet.parameters(), max_grad_norm=1.0)
-        schedule.step()
+        if not optimizer.step_was_skipped:  # as a prepared scheduler: not after an overflowed fp16 step
+            schedule.step()
         if ema is not None:
             ema.step(unet.parameters())
         progress.set_postfix(loss=f"{loss.item():.4f}")

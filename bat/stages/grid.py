@@ -302,7 +302,7 @@ class GridContext:
     track_options: dict
     progress: bool
     fingerprint: str
-    runtime: RuntimeConfig | None = None  # device and precision of loading, training, evaluating
+    runtime: RuntimeConfig  # device and precision of loading, training, evaluating
 
 
 @dataclass

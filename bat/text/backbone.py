@@ -380,7 +380,9 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
     The loss is :class:`bat.text.task.CausalLMTask`'s, as in the adaptation runs: each example's mean
     cross-entropy over its response tokens, averaged over the batch. It is computed under
     ``runtime``'s mixed precision (through Accelerate: fp16 with its loss scaler) and gradient
-    checkpointing.
+    checkpointing. Trained weights are float32 whatever ``runtime.dtype`` (the LoRA's, as peft
+    keeps them; all of them with ``lora_rank: 0``), so the returned model is float32 when every
+    weight trained; the stage saves it and loads it back in ``runtime.dtype``.
     """
     started = time.perf_counter()
     runtime = runtime or RuntimeConfig()
@@ -399,8 +401,9 @@ def fine_tune(config: TextBackboneConfig, records: Sequence[Mapping[str, Any]], 
     torch.manual_seed(config.seed)  # LoRA's A matrices are drawn from the global generator
     if config.lora_rank:
         trained = attach_lora(model, config.lora_rank, config.lora_alpha)
-    else:
-        trained = model.requires_grad_(True)
+    else:  # every weight trains, in float32 as in the image pre-training (a half-precision
+        # update rounds small steps away, and fp16's loss scaler refuses half-precision gradients)
+        trained = model.float().requires_grad_(True)
     parameters = [p for p in trained.parameters() if p.requires_grad]
     log["trainable_parameters"] = sum(p.numel() for p in parameters)
     accelerator = make_accelerator(runtime)
