@@ -12,8 +12,8 @@ One row per (setting, guidance scale) replaces any row of the same name and scal
 ``train_minutes`` (VAE + UNet), ``eval_minutes`` (sampling and judging both groups at that scale),
 the thread count, peak RSS, and per group the thumbnail and encoder preference / top-1 (as counts
 of ``eval_prompts``), KID and its real-vs-real floor, and the VAE's PSNR on the real renders.
-Times are wall seconds on a shared 2-core machine at the thread count given: the stage itself
-runs with 2 threads and is faster.
+Times are wall seconds on a shared 2-core machine at the thread count given: under `make repro`
+(two stages at a time) the stage also gets one thread; with `JOBS=1` it gets two and is faster.
 """
 
 from __future__ import annotations
