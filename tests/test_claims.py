@@ -62,7 +62,7 @@ def scipy_interval(runs, bat_step, plain_step):
 def test_equal_steps_is_the_last_step_both_regimes_measured(tmp_path):
     # BAT ran to step 6, plain to 4: the comparison is at 4, matching scipy's paired t-test.
     runs = synthetic_runs(tmp_path)
-    [result] = classify((claim(),), tmp_path)
+    [result] = classify((claim(),), tmp_path, gate=False)
     mean, interval = scipy_interval(runs, 4, 4)
     comparison = result.verdict.comparison
     assert result.step == "4" and comparison.seeds == 4
@@ -74,7 +74,7 @@ def test_equal_steps_is_the_last_step_both_regimes_measured(tmp_path):
 def test_equal_exposure_pairs_plain_where_it_saw_as_many_adaptation_examples(tmp_path):
     # BAT ends at step 6 with 6 D^A examples; plain has seen 6 at step 3 (not measured), 8 at step 4.
     runs = synthetic_runs(tmp_path, plain_steps=(0, 2, 4, 6), bat_steps=(0, 2, 4, 6))
-    [result] = classify((claim("exposure"),), tmp_path)
+    [result] = classify((claim("exposure"),), tmp_path, gate=False)
     mean, interval = scipy_interval(runs, 6, 4)
     assert result.step == "bat 6 / plain 4"
     assert result.verdict.comparison.mean == pytest.approx(mean, abs=1e-12)
@@ -83,15 +83,66 @@ def test_equal_exposure_pairs_plain_where_it_saw_as_many_adaptation_examples(tmp
 
 def test_final_alignment_takes_each_runs_last_step(tmp_path):
     runs = synthetic_runs(tmp_path)
-    [result] = classify((claim("final"),), tmp_path)
+    [result] = classify((claim("final"),), tmp_path, gate=False)
     assert result.step == "bat 6 / plain 4"
     assert result.verdict.comparison.mean == pytest.approx(scipy_interval(runs, 6, 4)[0], abs=1e-12)
+
+
+def test_budget_alignment_gives_the_reference_its_best_measured_step(tmp_path):
+    # plain's held-out loss falls to step 4 in these runs; make its step 2 the best for seed 0
+    # only: the reference side is then step 2 for seed 0 and 4 for the others, BAT its last step.
+    runs = synthetic_runs(tmp_path)
+    best = (runs["regime"] == "plain") & (runs["seed"] == 0) & (runs["step"] == 2)
+    runs.loc[best, "heldout_loss"] = 0.0
+    (tmp_path / "runs" / "g").rename(tmp_path / "runs" / "old")
+    write_grid(tmp_path, "g", runs.to_dict("records"))
+    [result] = classify((claim("budget"),), tmp_path, gate=False)
+    assert result.step == "bat 6 / plain 2–4"
+    bat = runs[(runs["regime"] == "bat") & (runs["step"] == 6)].set_index("seed")["heldout_loss"]
+    plain = runs[(runs["regime"] == "plain") & (runs["step"] > 0)].groupby("seed")["heldout_loss"].min()
+    assert result.verdict.comparison.mean == pytest.approx((bat - plain).mean(), abs=1e-12)
+
+
+def test_the_two_sides_must_share_their_settings(tmp_path):
+    # a reference grid whose plain runs trained at another batch size cannot be paired silently
+    rows = synthetic_runs(tmp_path).to_dict("records")
+    write_grid(tmp_path, "other", [{**row, "batch_size": 4} for row in rows])
+    with pytest.raises(ConfigError, match="batch_size"):
+        classify((claim(reference_grid="other"),), tmp_path, gate=False)
+
+
+@pytest.mark.parametrize("random_effect, label, reason", [
+    (-0.05, "held", "interval excludes zero"),
+    (0.0, "inconclusive", "control control-x not held (inconclusive)")])
+def test_a_claim_has_a_verdict_only_when_its_tracks_controls_hold(tmp_path, monkeypatch, random_effect,
+                                                                   label, reason):
+    """A claim on a grid of the image track is held only when the image controls are; otherwise
+    inconclusive, naming the control and the ungated verdict."""
+    from bat.analysis import claims as claims_module
+
+    runs = synthetic_runs(tmp_path, seeds=tuple(range(8)))
+    (tmp_path / "runs" / "g").rename(tmp_path / "runs" / "old")
+    plain = runs[runs["regime"] == "plain"]
+    random = plain.assign(regime="random", gamma=0.5,
+                          heldout_loss=plain["heldout_loss"] + np.where(plain["step"] > 0, random_effect, 0.0)
+                          + np.random.default_rng(3).normal(0, 0.01, len(plain)))
+    write_grid(tmp_path, "g", pd.concat([runs, random]).to_dict("records"))
+    (tmp_path / "runs" / "g" / "grid.json").write_text(json.dumps({"config": {"track": "image"}}))
+    control = Claim("control-x", "control", "", "", "random", "plain", "lower",
+                    RunComparison("g", "heldout_loss"), control=True)
+    monkeypatch.setattr(claims_module, "CLAIMS", (control,))
+    monkeypatch.setattr(claims_module, "CONTROLS", {"image": ("control-x",), "text": ()})
+    [result] = classify((claim(),), tmp_path)
+    assert result.label == label and reason in result.verdict.reason
+    assert classify((claim(),), tmp_path, gate=False)[0].label == "held"
+    (tmp_path / "runs" / "g" / "grid.json").write_text(json.dumps({"config": {"track": "text"}}))
+    assert classify((claim(),), tmp_path)[0].label == "held"  # the text track needs no control-x
 
 
 @pytest.mark.parametrize("effect, label", [(-0.05, "held"), (0.05, "contradicted"), (0.0, "inconclusive")])
 def test_verdict_follows_the_sign_of_a_known_effect(tmp_path, effect, label):
     synthetic_runs(tmp_path, seeds=tuple(range(8)), effect=effect)
-    assert classify((claim(),), tmp_path)[0].label == label
+    assert classify((claim(),), tmp_path, gate=False)[0].label == label
 
 
 def test_what_is_missing_is_not_tested_with_the_reason(tmp_path):
@@ -101,9 +152,9 @@ def test_what_is_missing_is_not_tested_with_the_reason(tmp_path):
               Claim("x", "", "", "", "bat", "plain", "lower", RunComparison("nowhere", "heldout_loss")),
               Claim("d", "", "", "", "bat", "plain", "lower",
                     RunComparison("g", "heldout_loss", where={"dataset": "emojione"}))]
-    results = classify(tuple(absent), tmp_path / "empty")
+    results = classify(tuple(absent), tmp_path / "empty", gate=False)
     assert {r.label for r in results} == {"not tested"}
-    results = classify(tuple(absent), tmp_path)
+    results = classify(tuple(absent), tmp_path, gate=False)
     assert [r.label == "not tested" for r in results] == [False, True, True, True, True]
     reasons = [r.reason for r in results[1:]]
     assert "no 'random' runs" in reasons[0] and "no 'retention_loss'" in reasons[1]
@@ -118,7 +169,7 @@ def test_claims_that_cannot_pin_one_run_per_seed_or_name_bad_fields_raise(tmp_pa
     (tmp_path / "runs" / "g").rename(tmp_path / "runs" / "old")
     write_grid(tmp_path, "g", rows + [{**row, "batch_size": 4} for row in rows])
     with pytest.raises(ConfigError, match="where"):
-        classify((claim(),), tmp_path)
+        classify((claim(),), tmp_path, gate=False)
     with pytest.raises(ConfigError, match="where"):
         RunComparison("g", "heldout_loss", where={"step": 4})
     with pytest.raises(ConfigError, match="table"):
@@ -166,14 +217,14 @@ def test_controls_come_first_and_are_counted():
 
 def test_figure_comparisons_and_flat_metrics(tmp_path, monkeypatch):
     runs = synthetic_runs(tmp_path)
-    frame = results_frame(compare_regimes("g", "heldout_loss", ["bat"], root=tmp_path,
+    frame = results_frame(compare_regimes("g", "heldout_loss", ["bat"], root=tmp_path, gate=False,
                                           settings=[{"dataset": "noto"}]))
     assert frame.loc[0, "step"] == "4" and frame.loc[0, "verdict"] == "held"
-    [result] = classify((claim(),), tmp_path)
+    [result] = classify((claim(),), tmp_path, gate=False)
     metrics = flat_metrics(result.metrics(), {"effect": np.float64(0.5), "verdict": np.int64(-1)})
     assert metrics["verdict"] == 1 and metrics["seeds"] == 4 and metrics["secondary_verdict"] == -1
     assert all(type(v) in (int, float) for v in metrics.values())
-    untested = classify((claim(where={"dataset": "emojione"}),), tmp_path)[0].metrics()
+    untested = classify((claim(where={"dataset": "emojione"}),), tmp_path, gate=False)[0].metrics()
     assert flat_metrics(untested) == dict.fromkeys(untested)  # same keys, every value None
     with pytest.raises(ConfigError, match="schema"):
         flat_metrics({**result.metrics(), "curve": 1.0})
@@ -195,7 +246,8 @@ def test_gamma_selects_one_bat_run_and_keeps_the_gamma_free_reference(tmp_path):
     (tmp_path / "runs" / "g").rename(tmp_path / "runs" / "old")
     other = runs[runs["regime"] == "bat"].assign(gamma=0.25, heldout_loss=lambda f: f["heldout_loss"] + 1.0)
     write_grid(tmp_path, "g", pd.concat([runs, other]).to_dict("records"))
-    [low, high] = classify((claim(where={"gamma": 0.5}), claim(where={"gamma": 0.25}, align="exposure")), tmp_path)
+    [low, high] = classify((claim(where={"gamma": 0.5}), claim(where={"gamma": 0.25}, align="exposure")), tmp_path,
+                           gate=False)
     assert low.verdict.comparison.mean == pytest.approx(scipy_interval(runs, 4, 4)[0], abs=1e-12)
     assert high.step == "bat 6 / plain 4" and high.label == "contradicted"
 
@@ -218,7 +270,7 @@ def test_each_text_task_has_its_own_claims(tmp_path):
                                  "weight_difference": 0.1 * step, "n_adaptation": step})
     write_grid(tmp_path, "lora_dora", rows)
     text = [c for c in CLAIMS if c.id.startswith("fig05-lora-") and c.id.endswith("-steps")]
-    labels = {result.claim.id: result.label for result in classify(tuple(text), tmp_path)}
+    labels = {result.claim.id: result.label for result in classify(tuple(text), tmp_path, gate=False)}
     assert labels == {"fig05-lora-word_definition-steps": "held",
                       "fig05-lora-example_cloze-steps": "contradicted",
                       "fig05-lora-wiki_summary-steps": "not tested"}

@@ -122,8 +122,13 @@ def test_failed_condition_triggers_reselection():
     assert selector.records[0]["condition"] is False
     context.step = 1
     selector.select(context, 4)
-    assert selector.records[-1]["reselected"] and selector.records[-1]["reason"] == \
-        "condition_failed"
+    failed = selector.records[-1]
+    assert failed["reselected"] and failed["reason"] == "condition_failed"
+    # the record keeps the check that failed (why D^B' changed); the new set's check is beside it
+    assert failed["condition"] is False and failed["gamma"] * failed["score_bat"] > failed["score_adaptation"]
+    after = failed["after_reselection"]
+    assert set(after) == {"score_adaptation", "score_bat", "gamma", "condition", "reports"}
+    assert failed["reports"]["bat"] is not after["reports"]["bat"]
     context.candidate_ids = [i + 1000 for i in context.candidate_ids]
     context.step = 2
     selector.select(context, 4)

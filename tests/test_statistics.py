@@ -111,3 +111,12 @@ def test_paired_differences_refuse_ambiguous_rows_and_unknown_names():
 def test_bad_input_names_the_field(call, field):
     with pytest.raises(ConfigError, match=field):
         call()
+
+
+def test_identical_differences_are_no_interval_to_judge():
+    """Every seed giving the same difference (sd 0) makes a point, not an interval: inconclusive
+    whatever its sign, however far from zero."""
+    for value in (1e-12, -3.0):
+        for direction in ("lower", "higher"):
+            result = verdict(compare(np.full(4, value)), direction)
+            assert result.label == "inconclusive" and "sd 0" in result.reason

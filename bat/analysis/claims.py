@@ -11,9 +11,20 @@ setting (``where``) and at which step the two regimes meet (``align``, :data:`AL
   its first measured step that has seen at least as many D^A examples (``n_adaptation`` in
   ``steps.csv``; with regular-interval mixing BAT sees fewer D^A examples per step than plain);
 - ``"final"``: each run's last measured step, i.e. equal wall time for ``compute_matched``, whose
-  extra steps are the seconds BAT spent selecting.
+  extra steps are the seconds BAT spent selecting;
+- ``"budget"``: the regime at its last measured step, the reference at whichever of its measured
+  steps after 0 is best for it (lowest for a "lower" claim): the reference given the regime's
+  wall time and allowed to stop early. Plain DreamBooth trained past its held-out minimum gets
+  worse with extra steps, so at ``"final"`` BAT would "beat" ``compute_matched`` through the
+  baseline's over-training alone; choosing the reference's step by the held-out measure itself
+  favours the reference, so a claim that holds here holds against any stopping rule.
 
-The two sides are paired by seed (:func:`bat.analysis.statistics.paired_differences`): a 95 %
+Positive controls gate the verdicts: a claim on a run grid is *held* or *contradicted* only when
+every control of its track (:data:`CONTROLS`, the track read from ``runs/<grid>/grid.json``) is
+*held*; otherwise the verdict is *inconclusive*, naming the control (DESIGN.md §6: an experiment
+that cannot detect a known effect cannot support a verdict either way).
+
+The two sides must share every setting but γ (dataset, adapter, batch size) and are paired by seed (:func:`bat.analysis.statistics.paired_differences`): a 95 %
 t-interval, the MDE and a verdict (held / contradicted / inconclusive). Positive controls come
 first. A claim whose grid, regime, measure or common step is missing is *not tested*, with the
 reason; a malformed claim (unknown ``where`` key, table or alignment) raises :class:`ConfigError`.
@@ -41,7 +52,8 @@ NOT_TESTED = "not tested"
 MOVEMENT = "‖θ − θ^{A*}‖ (movement)"
 HELDOUT = "held-out loss"
 TABLES = ("evaluations", "steps")
-ALIGNMENTS = {"steps": "equal steps", "exposure": "equal D^A exposure", "final": "each run's last step"}
+ALIGNMENTS = {"steps": "equal steps", "exposure": "equal D^A exposure", "final": "each run's last step",
+              "budget": "equal wall time, the reference at its best measured step"}
 WHERE_KEYS = ("dataset", "adapter", "gamma", "batch_size")
 VERDICT_CODES = {"held": 1, "inconclusive": 0, "contradicted": -1}  # metrics/*.json: numbers only
 
@@ -82,6 +94,14 @@ class RunComparison:
         regime = _side(root, self.grid, self.table, self.measure, self.where, claim.regime)
         reference = _side(root, self.reference_grid or self.grid, self.table, self.measure, self.where,
                           claim.reference)
+        for key in WHERE_KEYS:
+            if key == "gamma" or key not in regime or key not in reference:
+                continue
+            values = {side: set(rows[key].dropna()) for side, rows in (("regime", regime), ("reference", reference))}
+            if values["regime"] != values["reference"]:
+                raise ConfigError(f"where: {self.where} pairs {claim.regime!r} runs of {key} "
+                                  f"{sorted(values['regime'])} with {claim.reference!r} runs of "
+                                  f"{sorted(values['reference'])}; name the {key} in where")
         # Label the sides, not the regimes: Tab. 2 compares "bat" of one grid with "bat" of another.
         chosen = _align(regime.assign(side="regime"), reference.assign(side="reference"), self.measure,
                         self.align, claim)
@@ -144,6 +164,13 @@ def _align(regime: pd.DataFrame, reference: pd.DataFrame, measure: str, align: s
         return pd.concat([regime[regime["step"] == last], reference[reference["step"] == last]])
     if align == "final":
         return pd.concat([rows.loc[rows.groupby("seed")["step"].idxmax()] for rows in (regime, reference)])
+    if align == "budget":
+        ends = regime.loc[regime.groupby("seed")["step"].idxmax()]
+        measured = reference[reference["step"] > 0]
+        if measured.empty:
+            raise NotTested(f"{claim.reference} has no measured step after 0")
+        pick = "idxmin" if claim.direction == "lower" else "idxmax"
+        return pd.concat([ends, measured.loc[getattr(measured.groupby("seed")[measure], pick)()]])
     # exposure: the reference where it has seen as many D^A examples as the regime at its end
     ends = regime.loc[regime.groupby("seed")["step"].idxmax()]
     matched = []
@@ -279,7 +306,7 @@ CLAIMS: tuple[Claim, ...] = (
       for style in STYLES),
     *(_dreambooth(style, "bat", "compute_matched",
                   "BAT beats plain DreamBooth given BAT's selection time as extra steps", "Fig. 4",
-                  align="final")
+                  align="budget")
       for style in STYLES),
     *(_dreambooth(style, "bat_oracle_free", "plain",
                   "Oracle-free BAT lowers the held-out loss of DreamBooth", "Sec. 6")
@@ -312,23 +339,67 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
-def classify(claims: tuple[Claim, ...] = CLAIMS, root: str | Path = paths.ROOT) -> list[Result]:
-    """Each claim's verdict from ``<root>/runs`` (and ``<root>/metrics/prop2_convex.json``).
+# The positive controls each track's claims need (module docstring): the convex check of
+# Proposition 2's premise for every track, and for the image track the deep-retention control of
+# its own pipeline. The text track has no control of its own pipeline yet.
+CONTROLS = {"image": ("control-convex-ridge", "control-convex-logistic", "control-retention"),
+            "text": ("control-convex-ridge", "control-convex-logistic")}
+
+
+def _track(root: Path, grid: str) -> str:
+    """The track of ``runs/<grid>`` from its ``grid.json`` (its config's ``track``)."""
+    stored = read_json(root / "runs" / grid / "grid.json") if (root / "runs" / grid / "grid.json").is_file() else None
+    track = stored.get("config", {}).get("track") if isinstance(stored, dict) else None
+    if track not in CONTROLS:
+        raise NotTested(f"runs/{grid}/grid.json names no track of {sorted(CONTROLS)}")
+    return track
+
+
+def _measure(claim: Claim, root: Path) -> Result:
+    if claim.source is None:
+        return Result(claim, None, None, claim.untested)
+    try:
+        comparison, step = claim.source.read(root, claim)
+    except NotTested as missing:
+        return Result(claim, None, None, str(missing))
+    return Result(claim, step, verdict(comparison, claim.direction, claim.paper_effect))
+
+
+def _gated(result: Result, root: Path, controls: dict[str, Result]) -> Result:
+    """``result`` with a held or contradicted verdict turned inconclusive when a control of its
+    track is not held (module docstring)."""
+    source = result.claim.source
+    if result.verdict is None or result.verdict.label == "inconclusive" or not isinstance(source, RunComparison):
+        return result
+    try:
+        needed = CONTROLS[_track(root, source.grid)]
+    except NotTested as missing:
+        needed, unknown = (), str(missing)
+    else:
+        unknown = ""
+    failed = [name for name in needed if controls[name].label != "held"]
+    if not failed and not unknown:
+        return result
+    why = unknown or f"control {', '.join(failed)} not held ({', '.join(controls[n].label for n in failed)})"
+    gated = Verdict("inconclusive", f"{why}: the experiment cannot support a verdict; ungated: "
+                    f"{result.verdict.label}", result.verdict.comparison)
+    return Result(result.claim, result.step, gated, result.reason)
+
+
+def classify(claims: tuple[Claim, ...] = CLAIMS, root: str | Path = paths.ROOT, *,
+             gate: bool = True) -> list[Result]:
+    """Each claim's verdict from ``<root>/runs`` (and ``<root>/metrics/prop2_convex.json``),
+    gated by the positive controls of its track (:data:`CONTROLS`, read from :data:`CLAIMS`
+    whether or not ``claims`` lists them); ``gate=False``: the ungated verdicts (tests of the
+    pairing on hand-built tables, which have no controls).
 
     A claim whose tables lack what it compares is *not tested*, with the reason; raises
-    :class:`ConfigError` when a claim selects several runs per seed."""
-    results = []
-    for claim in claims:
-        if claim.source is None:
-            results.append(Result(claim, None, None, claim.untested))
-            continue
-        try:
-            comparison, step = claim.source.read(Path(root), claim)
-        except NotTested as missing:
-            results.append(Result(claim, None, None, str(missing)))
-            continue
-        results.append(Result(claim, step, verdict(comparison, claim.direction, claim.paper_effect)))
-    return results
+    :class:`ConfigError` when a claim selects several runs per seed or pairs sides of different
+    settings."""
+    root = Path(root)
+    controls = {claim.id: _measure(claim, root) for claim in CLAIMS if claim.control} if gate else {}
+    results = [controls[claim.id] if claim.id in controls else _measure(claim, root) for claim in claims]
+    return [_gated(result, root, controls) for result in results] if gate else results
 
 
 def comparison_metrics(claim_id: str, root: str | Path = paths.ROOT) -> dict:
@@ -342,17 +413,18 @@ def comparison_metrics(claim_id: str, root: str | Path = paths.ROOT) -> dict:
 
 def compare_regimes(grid: str, measure: str, regimes, reference: str = "plain", settings=({},),
                     direction: str = "lower", table: str = "evaluations", align: str = "steps",
-                    reference_grid: str | None = None, root: str | Path = paths.ROOT) -> list[Result]:
+                    reference_grid: str | None = None, root: str | Path = paths.ROOT,
+                    gate: bool = True) -> list[Result]:
     """Each of ``regimes`` against ``reference`` (of ``reference_grid``, default the same grid) on
     ``measure`` of ``runs/<grid>``, once per setting (a ``where`` dict, e.g. ``{"dataset": "noto"}``):
-    the figures' comparison tables, built by the same pairing as :data:`CLAIMS`. Raises
+    the figures' comparison tables, built by the same pairing and gating as :data:`CLAIMS`. Raises
     :class:`ConfigError` for a bad table, align or where."""
     claims = tuple(Claim(f"{grid}-{regime}-{reference}-{i}", "", ", ".join(f"{k} {v}" for k, v in where.items()),
                          measure, regime, reference, direction,
                          RunComparison(grid, measure, table, dict(where), reference_grid, align))
                    for i, where in enumerate(settings) for regime in regimes
                    if regime != reference or reference_grid not in (None, grid))
-    return classify(claims, root)
+    return classify(claims, root, gate=gate)
 
 
 def results_frame(results: list[Result]) -> pd.DataFrame:

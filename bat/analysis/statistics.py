@@ -161,7 +161,8 @@ def verdict(comparison: PairedComparison, direction: str, paper_effect: float | 
       paper's effect, i.e. it excludes the paper's effect size as too large. An interval beyond
       the paper's effect in the claimed direction does not contradict a claimed benefit.
     - *held*: the interval lies wholly on the claimed side of zero (and is not contradicted).
-    - *inconclusive*: otherwise, with the MDE; always when fewer than two seeds.
+    - *inconclusive*: otherwise, with the MDE; always when fewer than two seeds or when every
+      seed gives the same difference (sd 0: a point, not an interval).
 
     Raises :class:`ConfigError` for a ``direction`` outside :data:`DIRECTIONS` or a
     ``paper_effect`` whose sign disagrees with ``direction``.
@@ -175,6 +176,9 @@ def verdict(comparison: PairedComparison, direction: str, paper_effect: float | 
     c = comparison
     if not c.defined:
         return Verdict("inconclusive", f"{c.seeds} seed: no interval or MDE without a second seed", c)
+    if c.sd == 0:  # identical differences: the seeds did not replicate anything, the interval is a point
+        return Verdict("inconclusive", "every seed gives the same difference (sd 0, so MDE 0): the seeds are not "
+                       "replicates, so there is no interval to judge", c)
     # Work in the claimed orientation: positive means "as claimed".
     low, high = sorted((sign * c.low, sign * c.high))
     if high < 0:

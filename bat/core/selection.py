@@ -277,13 +277,20 @@ class Prop2Selector:
             config.solve_options, config.gamma, inequality=config.inequality,
             relative=config.relative_damping)
         self._score_adaptation = scores.score_adaptation
-        record.update(
-            reselected=True, selected_ids=list(self.selected_ids),
-            positive_benefits=int((benefits[order] > 0).sum()),
-            candidates=len(context.candidate_ids),
-            score_adaptation=scores.score_adaptation, score_bat=scores.score_bat,
-            gamma=scores.gamma, condition=scores.holds,
-            reports={"benefit": report.as_dict(), **scores.reports})
+        selected = {"score_adaptation": scores.score_adaptation, "score_bat": scores.score_bat,
+                    "gamma": scores.gamma, "condition": scores.holds}
+        record.update(reselected=True, selected_ids=list(self.selected_ids),
+                      positive_benefits=int((benefits[order] > 0).sum()),
+                      candidates=len(context.candidate_ids),
+                      after_reselection={**selected, "reports": scores.reports})
+        # A check that failed keeps what it measured (it is why D^B' changed); a selection with no
+        # check before it (the first, or the candidates changed) has only the new set's scores.
+        for key, value in selected.items():
+            record.setdefault(key, value)
+        reports = record.setdefault("reports", {})
+        reports["benefit"] = report.as_dict()
+        for name, value in scores.reports.items():
+            reports.setdefault(name, value)
 
 
 # --- set-level selection: greedy forward selection by a predicted Newton step ---------------

@@ -7,7 +7,9 @@ size and regime; its folder ``runs/<name>`` holds plain tables (:mod:`bat.analys
 
 ``steps.csv``
     one row per run and step: training loss, ‖θ − θ^{A*}‖ (every ``log_every`` steps), backbone
-    examples so far, wall seconds of the step and of its selection, and Algorithm 1's checks;
+    examples so far, wall seconds of the step and of its selection, and Algorithm 1's checks
+    (Score_A, Score_bat, whether eq. 12 held, whether and why D^B' was re-selected, and whether
+    eq. 12 holds for the re-selected D^B': ``condition_after_reselection``);
 ``evaluations.csv``
     one row per run and evaluated step (0 = the backbone): the held-out loss (noise prediction on
     all of the style's held-out concepts, or the LM loss on the task's test split), the personalization
@@ -240,16 +242,20 @@ def oracle_name(dataset: str, adapter: str) -> str:
     return f"{dataset}_{adapter}"
 
 
-CHECK_COLUMNS = ("score_adaptation", "score_bat", "condition", "reselected", "reason")
+CHECK_COLUMNS = ("score_adaptation", "score_bat", "condition", "reselected", "reason",
+                 "condition_after_reselection")
 
 
 def _selection_rows(records: list[dict]) -> dict[int, dict]:
     """Per step (1-based) that Algorithm 1 worked at: Score_A and Score_bat (when computed),
-    whether eq. 12 held, whether and why it re-selected D^B'."""
+    whether eq. 12 held (for a check that failed: the values that failed, not the re-selected
+    set's), whether and why it re-selected D^B', and whether eq. 12 holds for the new D^B'."""
     return {record["step"] + 1: {"score_adaptation": record.get("score_adaptation"),
                                  "score_bat": record.get("score_bat"),
                                  "condition": record.get("condition"),
-                                 "reselected": "reason" in record, "reason": record.get("reason")}
+                                 "reselected": "reason" in record, "reason": record.get("reason"),
+                                 "condition_after_reselection":
+                                     record.get("after_reselection", {}).get("condition")}
             for record in records}
 
 
