@@ -152,8 +152,8 @@ def bench_dreambooth_check(repeats):
     options = SolveOptions(solver="woodbury", damping=1e-3, indefinite="clip")
 
     def check(curvature, relative):
-        return Prop2Problem(unet, task, adaptation, backbone, curvature).scores(
-            options, gamma=0.5, relative=relative)
+        return Prop2Problem(unet, task, adaptation, backbone, curvature, gamma=0.5).scores(
+            options, relative=relative)
 
     # What no check can skip: the gradient sums (a forward and backward over all 12 examples,
     # true targets) and the curvature's rows (a hooked pass with drawn targets). Beside them a

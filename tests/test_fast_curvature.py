@@ -122,8 +122,8 @@ def test_projected_scores_approach_the_exact_ones_as_the_projection_widens(kind)
     backbone = {key: value[n // 2:] for key, value in batch.items()}
 
     def scores(grads):
-        problem = Prop2Problem(model, task, adaptation, backbone, "fisher", grads=grads)
-        result = problem.scores(options, gamma=0.5)
+        problem = Prop2Problem(model, task, adaptation, backbone, "fisher", gamma=0.5, grads=grads)
+        result = problem.scores(options)
         return torch.tensor([result.score_adaptation, result.score_bat], dtype=torch.float64)
 
     reference = scores(exact)

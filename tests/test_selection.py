@@ -84,19 +84,43 @@ def test_selector_prefers_candidates_from_the_adaptation_distribution(mode, setu
 
 
 def test_algorithm_1_schedule_keeps_selection_and_records_json(tmp_path):
-    context, theta_a = problem()
-    config = SelectionConfig(score_adaptation_every=2, score_bat_every=3, gamma=0.01)
+    # At θ_A, D^B' from D^A's law, exact curvature: D^bat's Newton step is the shorter, eq. 12
+    # holds (γ·Score_bat / Score_A = 0.82) and nothing is re-selected.
+    context, theta_a = problem(n_bad=0)
+    set_flat_parameters(context.model, theta_a)
+    config = SelectionConfig(score_adaptation_every=2, score_bat_every=3, gamma=0.9,
+                             curvature="hessian", solver="dense", indefinite="abs")
     selector = Prop2Selector(config, target=theta_a)
     first = selector.select(context, 4)
     for step in range(1, 7):
         context.step = step
-        assert selector.select(context, 4) == first  # γ = 0.01: eq. 12 holds, nothing re-selected
+        assert selector.select(context, 4) == first
     steps = {r["step"]: r for r in selector.records}
     assert sorted(steps) == [0, 2, 3, 4, 6]
     assert "score_bat" not in steps[2] and "score_bat" in steps[3] and "score_bat" in steps[6]
     assert all(r["condition"] for r in selector.records if "condition" in r)
     io.write_json(tmp_path / "records.json", selector.records)
     assert io.read_json(tmp_path / "records.json")[0]["selected_ids"] == first
+
+
+def test_a_check_that_falls_on_a_step_without_backbone_examples_happens_at_the_next():
+    """Steps with no backbone examples call no selector (γ = 0.862 at batch 2 adds one every
+    few steps): a check due then is made at the next call, and the count restarts there."""
+    context, theta_a = problem(n_bad=0)
+    set_flat_parameters(context.model, theta_a)
+    config = SelectionConfig(score_adaptation_every=3, score_bat_every=3, gamma=0.9,
+                             curvature="hessian", solver="dense", indefinite="abs")
+    selector = Prop2Selector(config, target=theta_a)
+    for step in (0, 2, 4, 5, 7, 10):  # the steps that have backbone examples
+        context.step = step
+        selector.select(context, 4)
+    checked = [r["step"] for r in selector.records if "score_bat" in r]
+    assert checked == [0, 4, 7, 10]  # 0: the first selection's scores; 3 and 6 had none
+    restored = Prop2Selector(config, target=theta_a)
+    restored.load_state_dict(selector.state_dict())
+    context.step = 12
+    restored.select(context, 4)
+    assert restored.records == selector.records  # 12 − 10 < 3: nothing due, nothing recorded
 
 
 def test_fewer_needed_takes_the_best_kept_more_needed_reselects():

@@ -191,9 +191,9 @@ def _condition_at_optimum(config, task, theta_star, adaptation, pool, chosen) ->
     options = SolveOptions(solver="dense", damping=config.damping, indefinite="abs")
     result = {}
     for reading in BACKBONE_CURVATURES:
-        scores = Prop2Problem(model, task, adaptation, backbone, "hessian",
+        scores = Prop2Problem(model, task, adaptation, backbone, "hessian", gamma=config.gamma,
                               backbone_curvature=reading).scores(
-            options, config.gamma, inequality=config.inequality, relative=True)
+            options, inequality=config.inequality, relative=True)
         result.update({f"score_adaptation_{reading}": scores.score_adaptation,
                        f"score_bat_{reading}": scores.score_bat,
                        f"condition_{reading}": scores.holds,

@@ -1,14 +1,20 @@
 """Proposition 2's scores, the candidate score that drives selection, and weight-difference metrics.
 
-With D^bat = D^A ∪ D^B' (n adaptation and m backbone examples, k = n + m) and γ the configured
-share of D^A in D^bat (Def. 2; a parameter, never the measured n/k of the scoring sets),
+With D^bat = D^A ∪ D^B' (n adaptation and m backbone examples) mixed at γ, the configured share
+of D^A in D^bat (Def. 2; the training's γ, never the measured n/m of the scoring sets),
 Proposition 2 asks for
 
     γ · Score_bat ≤ Score_A,                                                    (eq. 12)
     Score_A   = ‖(H^{bat|A} − H^{bat} + λI)⁻¹ Σ_{D^A}   ∇ℓ‖,
     Score_bat = ‖(H^{bat|A}           + λI)⁻¹ Σ_{D^bat} ∇ℓ‖,
 
-all at the model's current θ. H^{bat|A} is the mean curvature over D^bat. Two readings of H^{bat}:
+all at the model's current θ. D^bat is the mixture training sees: a selector scores all n
+examples of D^A but only the m backbone examples of one step, so each of those stands for
+n(1 − γ)/(γ m) examples of D^bat. Then D^bat has k = n/γ examples' weight, Σ_{D^bat} ∇ℓ =
+Σ_{D^A} ∇ℓ + n(1 − γ)/(γ m) Σ_{D^B'} ∇ℓ, and H^{bat|A} = γ H̄^A + (1 − γ) H̄^{B'}, the mean
+curvature over D^bat. Without the weights (every example once), a selector's D^bat would be
+n/(n + m) ≈ 0.97 D^A and Score_bat ≈ Score_A whatever D^B' holds, so eq. 12 could not fail.
+Two readings of H^{bat}:
 
 - ``"share"`` (default): the proof's (App. A.5) H^{bat|A} − H^{bat} = H^A, the mean curvature
   over D^A. Then, with Δ_D = (H̄_D + λI)⁻¹ mean_D ∇ℓ the Newton step of data D from θ,
@@ -17,9 +23,9 @@ all at the model's current θ. H^{bat|A} is the mean curvature over D^bat. Two r
   The mean over D^A, not D^B''s share Σ_{D^A} C_i / k = γ H̄^A of the D^bat mean, is what makes
   Score_A / n the length of D^A's own Newton step; the share would test ‖Δ_bat‖ ≤ ‖Δ_A‖ / γ.
 - ``"conditional"``: the statement read literally, H^{bat} the mean over D^B', so the
-  difference is γ_m (H̄^A − H̄^{B'}) with γ_m = n/k, possibly indefinite (a solver policy decides).
+  difference is γ (H̄^A − H̄^{B'}), possibly indefinite (a solver policy decides).
 
-Which inequality is tested (``inequality``), under ``share`` and with γ = n/k:
+Which inequality is tested (``inequality``), under ``share`` (k = n/γ):
 
 - ``"norms"``: γ·Score_bat ≤ Score_A  ⇔  ‖Δ_bat‖ ≤ ‖Δ_A‖, eq. 23 as the proof writes it;
 - ``"mean_squares"``: √γ·Score_bat ≤ Score_A  ⇔  k‖Δ_bat‖² ≤ n‖Δ_A‖², the sample version of
@@ -69,7 +75,7 @@ INEQUALITIES = ("norms", "mean_squares")
 class Prop2Scores:
     score_adaptation: float
     score_bat: float
-    gamma: float  # the configured γ of eq. 12
+    gamma: float  # γ of eq. 12: D^bat's share of D^A (Prop2Problem.gamma)
     inequality: str  # "norms" or "mean_squares", see the module docstring
     reports: dict[str, dict]
 
@@ -95,19 +101,37 @@ def relative_damping(operator: CurvatureOperator, options: SolveOptions) -> Solv
     return replace(options, damping=options.damping * top if top > 0 else options.damping)
 
 
-def curvature_subsample(n: int, k: int, count: int | None, seed: int
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The examples whose curvature stands for the mean over all k of D^bat, and their weights.
+def bat_share(n: int, m: int, gamma: float | None) -> float:
+    """The share of D^A in a D^bat of n adaptation and m backbone examples mixed at ``gamma``.
 
-    Indices [≤ k]: ``count`` of the first n (D^A; a seeded draw, in order) and all of the
-    k − n after them (D^B'); None: all k. Weights [same length, float64]: 1/k, the D^A ones
-    times n/count, so that Σ weight·C_i estimates the mean curvature over D^bat without bias.
+    ``gamma`` when D^B' has examples (the training's mixture); 1 when it has none (D^bat is D^A,
+    e.g. before a first selection); n/(n + m), every example once, when ``gamma`` is None.
     """
-    if count is None or count >= n:
-        return torch.arange(k), torch.full((k,), 1.0 / k, dtype=torch.float64)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    index = torch.cat([order[:count].sort().values, torch.arange(n, k)])
-    weights = torch.where(index < n, n / count, 1.0).to(torch.float64) / k
+    if m == 0:
+        return 1.0
+    return n / (n + m) if gamma is None else gamma
+
+
+def curvature_subsample(n: int, k: int, count: int | None, seed: int,
+                        gamma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples whose curvature stands for the mean over D^bat, and their weights.
+
+    D^bat holds n adaptation examples then k − n backbone examples, mixed at γ =
+    :func:`bat_share` (n, k − n, ``gamma``). Indices [≤ k]: ``count`` of the first n (D^A; a
+    seeded draw, in order) and all of the k − n after them (D^B'); None: all k. Weights [same
+    length, float64]: γ/count for each D^A example (γ/n without a subsample), (1 − γ)/(k − n)
+    for each D^B' one, so that Σ weight·C_i estimates γ H̄^A + (1 − γ) H̄^{B'} without bias.
+    """
+    share = bat_share(n, k - n, gamma)
+    drawn = n if count is None or count >= n else count
+    if drawn == n:
+        index = torch.arange(k)
+    else:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        index = torch.cat([order[:count].sort().values, torch.arange(n, k)])
+    backbone_weight = (1 - share) / (k - n) if k > n else 0.0
+    weights = torch.full(index.shape, backbone_weight, dtype=torch.float64)
+    weights[index < n] = share / drawn  # float64 throughout: float32 weights move scores by 1e-8
     return index, weights
 
 
@@ -115,17 +139,22 @@ class Prop2Problem:
     """D^bat at the model's current θ, with the two curvatures and two sums of Proposition 2."""
 
     def __init__(self, model: nn.Module, task: Task, adaptation_batch: Batch,
-                 backbone_batch: Batch, curvature: str, *, backbone_curvature: str = "share",
-                 chunk_size: int | None = None, grads: torch.Tensor | None = None,
-                 draws: int = 1, seed: int = 0, curvature_examples: int | None = None):
-        """``grads``: per-sample gradients of D^A then D^B' at the current θ, if known [k, d].
+                 backbone_batch: Batch, curvature: str, *, gamma: float | None = None,
+                 backbone_curvature: str = "share", chunk_size: int | None = None,
+                 grads: torch.Tensor | None = None, draws: int = 1, seed: int = 0,
+                 curvature_examples: int | None = None):
+        """``gamma``: the share of D^A in D^bat as training mixes it (module docstring); each
+        D^B' example then counts n(1 − γ)/(γ m) times. None: every example once (γ = n/(n + m)).
 
+        ``grads``: per-sample gradients of D^A then D^B' at the current θ, if known [k, d].
         ``draws``, ``seed``: targets per example and their seed for ``sampled_fisher``.
         ``curvature_examples``: the curvatures use this many examples of D^A (a subsample drawn
         with ``seed``, reweighted to stand for all n) and all of D^B'; None: all of D^A. The
-        gradient sums always use every example.
+        gradient sums always use every example. Raises ConfigError for a ``gamma`` outside (0, 1).
         """
         validate.choice("backbone_curvature", backbone_curvature, BACKBONE_CURVATURES)
+        if gamma is not None:
+            validate.open_interval("gamma", gamma, 0.0, 1.0)
         self.model, self.task, self.curvature = model, task, curvature
         self.chunk_size, self.draws, self.seed = chunk_size, draws, seed
         self.batch = concat_batches(adaptation_batch, backbone_batch,
@@ -133,22 +162,25 @@ class Prop2Problem:
         self.n = len(next(iter(adaptation_batch.values())))
         self.m = len(next(iter(backbone_batch.values())))
         k = self.n + self.m
+        self.gamma = bat_share(self.n, self.m, gamma)
         if grads is None and curvature == "fisher":
             grads = per_sample_grads_hooks(model, task, self.batch, chunk_size=chunk_size)
         self.grads = grads
         if grads is None:
-            self.sum_adaptation, self.sum_bat = gradient_sums(model, task, self.batch, self.n,
-                                                              chunk_size=chunk_size)
+            self.sum_adaptation, sum_all = gradient_sums(model, task, self.batch, self.n,
+                                                         chunk_size=chunk_size)
         else:
-            self.sum_adaptation, self.sum_bat = grads[:self.n].sum(0), grads.sum(0)
+            self.sum_adaptation, sum_all = grads[:self.n].sum(0), grads.sum(0)
+        # Σ_{D^bat} ∇ℓ over k = n/γ examples' weight: each D^B' example counts n(1 − γ)/(γ m).
+        backbone_count = self.n * (1 - self.gamma) / (self.gamma * self.m) if self.m else 0.0
+        self.sum_bat = self.sum_adaptation + backbone_count * (sum_all - self.sum_adaptation)
         # The curvatures' examples and the weights of their mean over D^bat (the D^A subsample
         # stands for all n); the difference H^{bat|A} − H^{bat} is reweighted alike.
-        self.curvature_index, self.bat_weights = curvature_subsample(self.n, k, curvature_examples,
-                                                                     seed)
-        scale = self.bat_weights * k
+        self.curvature_index, self.bat_weights = curvature_subsample(
+            self.n, k, curvature_examples, seed, self.gamma)
         is_backbone = self.curvature_index >= self.n
         if backbone_curvature == "share":  # H^{bat|A} − H^{bat} = H^A, the mean over D^A
-            self.difference_weights = (~is_backbone).to(torch.float64) * scale / self.n
+            self.difference_weights = torch.where(is_backbone, 0.0, self.bat_weights / self.gamma)
         else:  # H^{bat|A} − mean over D^B'
             self.difference_weights = self.bat_weights - is_backbone.to(torch.float64) / self.m
         self._operators: list[CurvatureOperator] | None = None
@@ -179,19 +211,18 @@ class Prop2Problem:
         """‖(H^{bat|A} + λI)⁻¹ Σ_{D^bat} ∇ℓ‖ with λ = options.damping."""
         return solve_norm(self.operators()[1], self.sum_bat, options)
 
-    def scores(self, options: SolveOptions, gamma: float, *, inequality: str = "norms",
+    def scores(self, options: SolveOptions, *, inequality: str = "norms",
                relative: bool = False) -> Prop2Scores:
-        """Both sides of eq. 12 with the configured ``gamma`` in (0, 1).
+        """Both sides of eq. 12, with the problem's γ.
 
         ``relative``: λ = options.damping × top eigenvalue of H^{bat|A}, the same in both scores.
-        Raises ConfigError for a γ outside (0, 1) or an unknown ``inequality``.
+        Raises ConfigError for an unknown ``inequality``.
         """
-        validate.open_interval("gamma", gamma, 0.0, 1.0)
         validate.choice("inequality", inequality, INEQUALITIES)
         options = self.solve_options(options, relative)
         score_a, report_a = self.score_adaptation(options)
         score_bat, report_bat = self.score_bat(options)
-        return Prop2Scores(score_a, score_bat, gamma, inequality,
+        return Prop2Scores(score_a, score_bat, self.gamma, inequality,
                            {"adaptation": report_a.as_dict(), "bat": report_bat.as_dict()})
 
 
@@ -216,7 +247,7 @@ def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
     weight (1/k) and holds H fixed, which a single example changes by O(1/k) only.
     With T = ½‖θ − θ^{A*}‖², ∇T = θ − θ^{A*} (oracle); with T the loss on held-out
     adaptation data, ∇T is its gradient (oracle-free). H is Σ_i w_i C_i with
-    ``training_weights`` w (default 1/k each; :func:`curvature_subsample`'s for a subsample).
+    ``training_weights`` w (default 1/k each; :func:`curvature_subsample`'s for a γ mixture).
     ``relative``: λ scaled as in :func:`relative_damping`; ``draws``, ``seed``, ``chunk_size``:
     as in :class:`Prop2Problem`.
     """

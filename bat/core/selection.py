@@ -2,10 +2,13 @@
 
 :class:`Prop2Selector` keeps a selection D^B' and serves it at every step, so the expensive work
 is amortised: Score_A is recomputed every ``score_adaptation_every`` steps, Score_bat every
-``score_bat_every`` steps, and D^B' is selected again only when eq. 12, γ·Score_bat ≤ Score_A,
-fails (Algorithm 1, App. C), when it does not exist yet, or when its samples are no longer among
-the candidates the training loop offers. A (re)selection ranks all candidates with one shared
-solve (:func:`bat.core.prop2.candidate_benefits`) and keeps the ``count`` best:
+``score_bat_every`` steps (counted from the last computation, so a check that falls on a step
+without backbone examples happens at the next step with some), and D^B' is selected again only
+when eq. 12, γ·Score_bat ≤ Score_A, fails (Algorithm 1, App. C), when it does not exist yet, or
+when its samples are no longer among the candidates the training loop offers. γ is the
+training's (``gamma``): the scores weigh D^B' as that mixture does (:mod:`bat.core.prop2`). A
+(re)selection ranks all candidates with one shared solve
+(:func:`bat.core.prop2.candidate_benefits`) and keeps the ``count`` best:
 
 - ``oracle``: the target is θ^{A*} (e.g. an adapter trained long on D^A): benefit
   g_jᵀ (H + λI)⁻¹ (θ − θ^{A*}) > 0 when the candidate's preconditioned step goes toward θ^{A*};
@@ -13,7 +16,7 @@ solve (:func:`bat.core.prop2.candidate_benefits`) and keeps the ``count`` best:
   g_jᵀ (H + λI)⁻¹ ∇L_holdout > 0 when the step lowers the held-out loss. The held-out split is
   used only for this direction; scores and curvature use the rest of D^A.
 
-H is the curvature of the current D^bat (D^A alone before the first selection). Each call that
+H is the curvature of the current D^bat mixed at γ (D^A alone before the first selection). Each call that
 did any work appends one JSON-ready dict to ``records``.
 
 :class:`SetSelector` chooses D^B' as a set instead (greedy forward selection on a predicted
@@ -122,6 +125,9 @@ class Prop2Selector:
         self.selected_ids: list[int] = []
         self._selected_batch: Batch | None = None
         self._score_adaptation: float | None = None
+        # the step each score was last computed at: a check falls due that many steps later,
+        # at the first step that has backbone examples to score (steps with none call no selector)
+        self._last_scored: dict[str, int] = {}
 
     def select(self, context: SelectionContext, count: int) -> list[int]:
         if count > len(context.candidate_ids):
@@ -133,25 +139,30 @@ class Prop2Selector:
         adaptation, holdout = self._split(context.adaptation_batch)
         record: dict = {"step": step}
         reason = self._stale_reason(context, count)
-        due_adaptation = step % config.score_adaptation_every == 0
+        due_adaptation = self._due("score_adaptation", step, config.score_adaptation_every)
+        due_bat = self._due("score_bat", step, config.score_bat_every)
         problem = None
-        if reason is None and (due_adaptation or step % config.score_bat_every == 0):
+        if reason is None and (due_adaptation or due_bat):
             problem = self._problem(context, adaptation)
         if problem is not None and (due_adaptation or self._score_adaptation is None):
             self._score_adaptation, report = problem.score_adaptation(self._options(problem))
+            self._last_scored["score_adaptation"] = step
             record.update(score_adaptation=self._score_adaptation,
                           reports={"adaptation": report.as_dict()})
-        if problem is not None and step % config.score_bat_every == 0:
+        if problem is not None and due_bat:
             score_bat, report = problem.score_bat(self._options(problem))
-            holds = Prop2Scores(self._score_adaptation, score_bat, config.gamma,
+            self._last_scored["score_bat"] = step
+            holds = Prop2Scores(self._score_adaptation, score_bat, problem.gamma,
                                 config.inequality, {}).holds
-            record.update(score_bat=score_bat, gamma=config.gamma, condition=holds,
+            record.update(score_bat=score_bat, gamma=problem.gamma, condition=holds,
                           score_adaptation=self._score_adaptation)
             record.setdefault("reports", {})["bat"] = report.as_dict()
             if not holds:
                 reason = "condition_failed"
         if reason is not None:
             self._reselect(context, adaptation, holdout, count, record)
+            # the new set's scores were just computed: the next checks count from here
+            self._last_scored = {"score_adaptation": step, "score_bat": step}
             record["reason"] = reason
         if len(record) > 1:
             record["seconds"] = time.perf_counter() - start
@@ -175,6 +186,7 @@ class Prop2Selector:
                                    {key: value.clone() for key, value in
                                     self._selected_batch.items()}),
                 "score_adaptation": self._score_adaptation,
+                "last_scored": dict(self._last_scored),
                 "records": copy.deepcopy(self.records)}
 
     def load_state_dict(self, state: dict | None) -> None:
@@ -197,7 +209,12 @@ class Prop2Selector:
         self.selected_ids = list(state["selected_ids"])
         self._selected_batch = state["selected_batch"]
         self._score_adaptation = state["score_adaptation"]
+        self._last_scored = dict(state["last_scored"])
         self.records = copy.deepcopy(state["records"])
+
+    def _due(self, score: str, step: int, every: int) -> bool:
+        last = self._last_scored.get(score)
+        return last is None or step - last >= every
 
     def _stale_reason(self, context: SelectionContext, count: int) -> str | None:
         if len(self.selected_ids) < count:
@@ -222,7 +239,7 @@ class Prop2Selector:
                  grads: torch.Tensor | None = None) -> Prop2Problem:
         config = self.config
         return Prop2Problem(context.model, context.task, adaptation, self._selected_batch,
-                            config.curvature, chunk_size=config.chunk_size,
+                            config.curvature, gamma=config.gamma, chunk_size=config.chunk_size,
                             backbone_curvature=config.backbone_curvature, grads=grads,
                             draws=config.fisher_draws, seed=self._draw_seed(context.step),
                             curvature_examples=config.curvature_examples)
@@ -259,7 +276,8 @@ class Prop2Selector:
         # scores' subsample of D^A, weighted as the scores weigh it
         n = len(next(iter(adaptation.values())))
         index, weights = curvature_subsample(n, len(next(iter(training.values()))),
-                                             config.curvature_examples, self._draw_seed(context.step))
+                                             config.curvature_examples, self._draw_seed(context.step),
+                                             config.gamma)
         benefits, report = candidate_benefits(
             context.model, context.task, take_examples(training, index), candidate_grads,
             target_gradient, config.curvature, config.solve_options,
@@ -274,19 +292,20 @@ class Prop2Selector:
         grads = (None if training_grads is None
                  else torch.cat([training_grads[:n], candidate_grads[order]]))
         scores = self._problem(context, adaptation, grads).scores(
-            config.solve_options, config.gamma, inequality=config.inequality,
-            relative=config.relative_damping)
+            config.solve_options, inequality=config.inequality, relative=config.relative_damping)
         self._score_adaptation = scores.score_adaptation
         selected = {"score_adaptation": scores.score_adaptation, "score_bat": scores.score_bat,
                     "gamma": scores.gamma, "condition": scores.holds}
         record.update(reselected=True, selected_ids=list(self.selected_ids),
                       positive_benefits=int((benefits[order] > 0).sum()),
-                      candidates=len(context.candidate_ids),
-                      after_reselection={**selected, "reports": scores.reports})
-        # A check that failed keeps what it measured (it is why D^B' changed); a selection with no
-        # check before it (the first, or the candidates changed) has only the new set's scores.
-        for key, value in selected.items():
-            record.setdefault(key, value)
+                      candidates=len(context.candidate_ids))
+        # A check that failed keeps what it measured (it is why D^B' changed) and has the new
+        # set's scores beside it; a selection with no check before it (the first, or the
+        # candidates changed) has only the new set's scores.
+        if "condition" in record:
+            record["after_reselection"] = {**selected, "reports": scores.reports}
+        else:
+            record.update(selected)
         reports = record.setdefault("reports", {})
         reports["benefit"] = report.as_dict()
         for name, value in scores.reports.items():
