@@ -106,3 +106,28 @@ def test_text_checks_with_fresh_candidate_draws_mix_batches_of_other_widths(tmp_
           text_examples(16, seed=2, length=20), config, tmp_path, selector=selector, progress=False)
     checks = [record for record in selector.records if "score_bat" in record]
     assert len(checks) >= 2 and all(math.isfinite(record["score_bat"]) for record in checks)
+
+
+def test_plain_and_augmented_steps_train_adaptation_examples_on_the_same_noise(tmp_path, monkeypatch):
+    """Paired regimes: at every step the D^A examples of a ``random`` (or ``bat``) batch get the
+    noise and timesteps the ``plain`` run of the same seed gave them, though the augmented batch
+    draws for more examples at each step."""
+    batches = []
+    prepare = DiffusionTask.prepare
+
+    def recording(self, examples, generator):
+        batch = prepare(self, examples, generator)
+        batches.append(batch)
+        return batch
+
+    monkeypatch.setattr(DiffusionTask, "prepare", recording)
+    run("locon", "plain", tmp_path / "plain")
+    plain, batches[:] = list(batches), []
+    run("locon", "random", tmp_path / "random")
+    batches = [b for b in batches if len(b["latents"]) < 8 + 16]  # not the candidates offered
+    assert len(plain) == len(batches) == 4
+    for alone, mixed in zip(plain, batches):
+        assert len(mixed["latents"]) > len(alone["latents"]) == 4
+        for key in ("latents", "noise", "timesteps"):
+            torch.testing.assert_close(mixed[key][:4], alone[key], rtol=0, atol=0)
+    assert not torch.equal(plain[0]["noise"], plain[1]["noise"])  # fresh noise every step

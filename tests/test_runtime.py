@@ -111,7 +111,6 @@ def reference_run(kind: str, train_config: TrainConfig) -> tuple[list[float], di
     optimizer = torch.optim.AdamW(params.values(), lr=train_config.learning_rate,
                                   betas=train_config.betas, eps=train_config.eps,
                                   weight_decay=train_config.weight_decay)
-    data = torch.Generator().manual_seed(derived_seed(train_config.seed, 2))
     selection = torch.Generator().manual_seed(derived_seed(train_config.seed, 3))
     gamma = None if train_config.regime == "plain" else train_config.gamma
     mixer = Mixer(count_examples("adaptation", s["adaptation"]), train_config.batch_size, gamma,
@@ -124,7 +123,8 @@ def reference_run(kind: str, train_config: TrainConfig) -> tuple[list[float], di
             ids = select_backbone(RandomSelector(train_config.seed), model, s["task"], s["adaptation"],
                                   s["backbone"], train_config, plan.backbone_count, step, selection)
             examples = concat_batches(examples, take_examples(s["backbone"], ids))
-        batch = s["task"].prepare(examples, data)
+        batch = s["task"].prepare(examples, torch.Generator().manual_seed(
+            derived_seed(train_config.seed, 2, step)))
         model.train()
         loss = s["task"].batch_losses(model, batch).mean()
         optimizer.zero_grad(set_to_none=True)

@@ -279,7 +279,7 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
     # selection, measurements and checkpoints use ``model``.
     trained, optimizer = accelerator.prepare(model, optimizer)
     # Separate streams, so selection's draws never shift the training noise of a later step.
-    generators = {"data": torch.Generator().manual_seed(derived_seed(config.seed, 2)),
+    generators = {"data": torch.Generator(),  # reseeded at every step, below
                   "selection": torch.Generator().manual_seed(derived_seed(config.seed, 3))}
 
     log, start, last_checkpoint = [], 0, None
@@ -317,6 +317,9 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
         examples = take_examples(adaptation, plan.adaptation_ids)
         if backbone_ids:
             examples = concat_batches(examples, take_examples(backbone, backbone_ids))
+        # Reseeded per step: a bat step draws for more examples than the plain step of the same
+        # seed, and D^A's noise at later steps must not depend on how many (paired regimes).
+        generators["data"].manual_seed(derived_seed(config.seed, 2, step))
         batch = to_device(task.prepare(examples, generators["data"]), device)
         trained.train()
         with accelerator.autocast():

@@ -2,7 +2,8 @@
 
 It builds training batches from stored examples (:meth:`DiffusionTask.prepare`), drawing the
 noise and timesteps there from a ``torch.Generator``, so a batch is a fixed value that can be
-scored twice (by a selector, then by the optimizer step) and replayed after a resume.
+scored twice (by a selector, then by the optimizer step) and replayed after a resume, and the
+examples two regimes' batches share get the same draws.
 Losses use only per-example arithmetic, so ``torch.func.vmap`` over single examples (each a batch
 of one) gives the same numbers as the whole batch.
 """
@@ -57,9 +58,24 @@ class DiffusionTask:
         self.prior_loss_weight = float(prior_loss_weight)
 
     def prepare(self, examples: Batch, generator: torch.Generator) -> Batch:
-        return make_diffusion_batch(examples["latents"], examples["encoder_hidden_states"], generator,
-                                    self.noise_scheduler.config.num_train_timesteps,
-                                    self.prior_weights(examples["prior"]) if "prior" in examples else None)
+        """A training batch of ``examples``: each example draws its noise, then its timestep, in
+        turn from ``generator``.
+
+        Drawn one example at a time, not as one batch tensor, so that two batches that begin
+        with the same examples, prepared from the same generator state, give those examples the
+        same noise and timesteps: a ``bat`` step (D^A, then D^B') and the ``plain`` step of the
+        same seed (D^A alone) train D^A on the same noise (``bat.core.train`` reseeds per step).
+        """
+        latents, steps = examples["latents"], self.noise_scheduler.config.num_train_timesteps
+        noise, timesteps = [], []
+        for _ in range(len(latents)):
+            noise.append(torch.randn(latents.shape[1:], generator=generator, dtype=latents.dtype))
+            timesteps.append(torch.randint(0, steps, (), generator=generator))
+        batch = {"latents": latents, "encoder_hidden_states": examples["encoder_hidden_states"],
+                 "noise": torch.stack(noise), "timesteps": torch.stack(timesteps)}
+        if "prior" in examples:
+            batch["loss_weight"] = self.prior_weights(examples["prior"])
+        return batch
 
     def prior_weights(self, prior: torch.Tensor) -> torch.Tensor:
         """Per-example loss weights ``[examples]`` for the class-image mask ``prior`` (bool).
