@@ -37,6 +37,7 @@ writes the flat counts to ``metrics/claims.json``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,15 +165,14 @@ def _align(regime: pd.DataFrame, reference: pd.DataFrame, measure: str, align: s
         return pd.concat([regime[regime["step"] == last], reference[reference["step"] == last]])
     if align == "final":
         return pd.concat([rows.loc[rows.groupby("seed")["step"].idxmax()] for rows in (regime, reference)])
+    ends = regime.loc[regime.groupby("seed")["step"].idxmax()]  # budget, exposure: the regime's end
     if align == "budget":
-        ends = regime.loc[regime.groupby("seed")["step"].idxmax()]
         measured = reference[reference["step"] > 0]
         if measured.empty:
             raise NotTested(f"{claim.reference} has no measured step after 0")
         pick = "idxmin" if claim.direction == "lower" else "idxmax"
         return pd.concat([ends, measured.loc[getattr(measured.groupby("seed")[measure], pick)()]])
     # exposure: the reference where it has seen as many D^A examples as the regime at its end
-    ends = regime.loc[regime.groupby("seed")["step"].idxmax()]
     matched = []
     for _, end in ends.iterrows():
         candidates = reference[(reference["seed"] == end["seed"])
@@ -365,22 +365,19 @@ def _measure(claim: Claim, root: Path) -> Result:
     return Result(claim, step, verdict(comparison, claim.direction, claim.paper_effect))
 
 
-def _gated(result: Result, root: Path, controls: dict[str, Result]) -> Result:
+def _gated(result: Result, track: Callable[[str], str | NotTested],
+           control: Callable[[str], Result]) -> Result:
     """``result`` with a held or contradicted verdict turned inconclusive when a control of its
-    track is not held (module docstring)."""
+    track is not held (module docstring); ``track`` and ``control`` look them up by name."""
     source = result.claim.source
     if result.verdict is None or result.verdict.label == "inconclusive" or not isinstance(source, RunComparison):
         return result
-    try:
-        needed = CONTROLS[_track(root, source.grid)]
-    except NotTested as missing:
-        needed, unknown = (), str(missing)
-    else:
-        unknown = ""
-    failed = [name for name in needed if controls[name].label != "held"]
+    found = track(source.grid)
+    needed, unknown = ((), str(found)) if isinstance(found, NotTested) else (CONTROLS[found], "")
+    failed = [name for name in needed if control(name).label != "held"]
     if not failed and not unknown:
         return result
-    why = unknown or f"control {', '.join(failed)} not held ({', '.join(controls[n].label for n in failed)})"
+    why = unknown or f"control {', '.join(failed)} not held ({', '.join(control(n).label for n in failed)})"
     gated = Verdict("inconclusive", f"{why}: the experiment cannot support a verdict; ungated: "
                     f"{result.verdict.label}", result.verdict.comparison)
     return Result(result.claim, result.step, gated, result.reason)
@@ -397,9 +394,27 @@ def classify(claims: tuple[Claim, ...] = CLAIMS, root: str | Path = paths.ROOT, 
     :class:`ConfigError` when a claim selects several runs per seed or pairs sides of different
     settings."""
     root = Path(root)
-    controls = {claim.id: _measure(claim, root) for claim in CLAIMS if claim.control} if gate else {}
-    results = [controls[claim.id] if claim.id in controls else _measure(claim, root) for claim in claims]
-    return [_gated(result, root, controls) for result in results] if gate else results
+    results = [_measure(claim, root) for claim in claims]
+    if not gate:
+        return results
+    # Controls and tracks are looked up once each, and only when a verdict needs gating.
+    controls = {result.claim.id: result for result in results if result.claim.control}
+    tracks: dict[str, str | NotTested] = {}
+
+    def control(name: str) -> Result:
+        if name not in controls:
+            controls[name] = _measure(next(c for c in CLAIMS if c.id == name), root)
+        return controls[name]
+
+    def track(grid: str) -> str | NotTested:
+        if grid not in tracks:
+            try:
+                tracks[grid] = _track(root, grid)
+            except NotTested as missing:
+                tracks[grid] = missing
+        return tracks[grid]
+
+    return [_gated(result, track, control) for result in results]
 
 
 def comparison_metrics(claim_id: str, root: str | Path = paths.ROOT) -> dict:

@@ -31,6 +31,9 @@ import os
 from dataclasses import dataclass
 
 import torch
+from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.state import AcceleratorState, PartialState
 from torch import nn
 
 from bat import validate
@@ -119,9 +122,6 @@ def make_accelerator(runtime: RuntimeConfig):
     distributed launch that state is reset first (an Accelerator made elsewhere in the process is
     then stale).
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
     cpu = runtime.torch_device.type == "cpu"
     if not PartialState(cpu=cpu).use_distributed:
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -136,8 +136,6 @@ def update(accelerator, optimizer, loss: torch.Tensor, parameters, max_grad_norm
     and step ``optimizer``, which ``accelerator.prepare`` returned (under fp16 a step whose
     gradients overflowed is skipped; its ``step_was_skipped`` says so). Raises TypeError for an
     optimizer ``accelerator`` did not prepare: under fp16 it would apply the scaled gradients."""
-    from accelerate.optimizer import AcceleratedOptimizer
-
     if not isinstance(optimizer, AcceleratedOptimizer):
         raise TypeError(f"update: the optimizer must be the one accelerator.prepare returned, "
                         f"not a bare {type(optimizer).__name__}")
