@@ -90,7 +90,8 @@ summary.round(3)
 # Top row: mean n·error with ± one standard error over seeds; dashed lines are the predictions
 # (ρ_A for plain, the biased-mixture prediction for random). A filled marker means the measured
 # ρ_bat|A = k·E error is at most the measured ρ_A = n·E error of plain at that n.
-# Bottom row: the fraction of seeds for which eq. 12 holds at θ\*, with the configured γ and
+# Bottom row: the fraction of seeds for which eq. 12 holds at θ\*, with γ = n/k (the fits train
+# on every example once, so D^A's share is n/k, not the configured γ that sets |D^B'|) and
 # `inequality` (`mean_squares`: √γ·Score_bat ≤ Score_A, which under the `share` reading is
 # k‖θ̂_bat − θ\*‖² ≤ n‖θ̂_A − θ\*‖², the sample version of ρ_bat|A ≤ ρ_A; see `bat.core.prop2`).
 

@@ -185,13 +185,17 @@ def _select(config, method, task, theta_plain, theta_star, adaptation, pool, m) 
 
 
 def _condition_at_optimum(config, task, theta_star, adaptation, pool, chosen) -> dict:
-    """Eq. 12 at θ = θ*, with the configured γ and inequality, for both readings of H^{bat}."""
+    """Eq. 12 at θ = θ*, with the configured inequality, for both readings of H^{bat}.
+
+    γ is D^A's share n/(n + |D^B'|): the fits above train on every example once (gamma=None),
+    not on a mixture weighted to the configured γ as the grids' batches are.
+    """
     model = glm.LinearModel(theta_star)
     backbone = {key: value[chosen] for key, value in pool.items()}
     options = SolveOptions(solver="dense", damping=config.damping, indefinite="abs")
     result = {}
     for reading in BACKBONE_CURVATURES:
-        scores = Prop2Problem(model, task, adaptation, backbone, "hessian", gamma=config.gamma,
+        scores = Prop2Problem(model, task, adaptation, backbone, "hessian", gamma=None,
                               backbone_curvature=reading).scores(
             options, inequality=config.inequality, relative=True)
         result.update({f"score_adaptation_{reading}": scores.score_adaptation,
