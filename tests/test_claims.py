@@ -130,7 +130,7 @@ def test_a_claim_has_a_verdict_only_when_its_tracks_controls_hold(tmp_path, monk
     (tmp_path / "runs" / "g" / "grid.json").write_text(json.dumps({"config": {"track": "image"}}))
     control = Claim("control-x", "control", "", "", "random", "plain", "lower",
                     RunComparison("g", "heldout_loss"), control=True)
-    monkeypatch.setattr(claims_module, "CLAIMS", (control,))
+    monkeypatch.setattr(claims_module, "CLAIMS_BY_ID", {control.id: control})
     monkeypatch.setattr(claims_module, "CONTROLS", {"image": ("control-x",), "text": ()})
     [result] = classify((claim(),), tmp_path)
     assert result.label == label and reason in result.verdict.reason
@@ -208,6 +208,7 @@ def test_convex_control_holds_only_when_it_holds_at_every_n(tmp_path, shift, lab
 
 
 def test_controls_come_first_and_are_counted():
+    assert len({c.id for c in CLAIMS}) == len(CLAIMS)  # controls are looked up by id
     assert [c.control for c in CLAIMS] == sorted((c.control for c in CLAIMS), reverse=True)
     results = classify(tuple(c for c in CLAIMS if c.control), paths.ROOT)
     counts = summary_metrics(results)

@@ -337,6 +337,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("fig08", "Fig. 8", "At the largest batch (8) BAT lowers the held-out loss", HELDOUT,
           "bat", "plain", "lower", RunComparison("batch_size", "heldout_loss", where={"batch_size": 8})),
 )
+CLAIMS_BY_ID = {claim.id: claim for claim in CLAIMS}  # ids are unique (tests/test_claims.py)
 
 
 # The positive controls each track's claims need (module docstring): the convex check of
@@ -403,7 +404,7 @@ def classify(claims: tuple[Claim, ...] = CLAIMS, root: str | Path = paths.ROOT, 
 
     def control(name: str) -> Result:
         if name not in controls:
-            controls[name] = _measure(next(c for c in CLAIMS if c.id == name), root)
+            controls[name] = _measure(CLAIMS_BY_ID[name], root)
         return controls[name]
 
     def track(grid: str) -> str | NotTested:
@@ -420,10 +421,9 @@ def classify(claims: tuple[Claim, ...] = CLAIMS, root: str | Path = paths.ROOT, 
 def comparison_metrics(claim_id: str, root: str | Path = paths.ROOT) -> dict:
     """The flat metrics (:meth:`Result.metrics`) of the claim ``claim_id``, for a figure's
     ``metrics/<stem>.json``. Raises :class:`ConfigError` for an unknown id."""
-    claims = [c for c in CLAIMS if c.id == claim_id]
-    if not claims:
-        raise ConfigError(f"claim: {claim_id!r} is not in CLAIMS; known: {[c.id for c in CLAIMS]}")
-    return classify(tuple(claims), root)[0].metrics()
+    if claim_id not in CLAIMS_BY_ID:
+        raise ConfigError(f"claim: {claim_id!r} is not in CLAIMS; known: {list(CLAIMS_BY_ID)}")
+    return classify((CLAIMS_BY_ID[claim_id],), root)[0].metrics()
 
 
 def compare_regimes(grid: str, measure: str, regimes, reference: str = "plain", settings=({},),
