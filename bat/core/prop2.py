@@ -1,7 +1,7 @@
 """Proposition 2's scores, the candidate score that drives selection, and weight-difference metrics.
 
 With D^bat = D^A ∪ D^B' (n adaptation and m backbone examples) mixed at γ, the configured share
-of D^A in D^bat (Def. 2; the training's γ, never the measured n/m of the scoring sets),
+of D^A in D^bat (Def. 2; the training's γ, never the measured n/(n + m) of the scoring sets),
 Proposition 2 asks for
 
     γ · Score_bat ≤ Score_A,                                                    (eq. 12)

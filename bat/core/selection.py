@@ -125,9 +125,10 @@ class Prop2Selector:
         self.selected_ids: list[int] = []
         self._selected_batch: Batch | None = None
         self._score_adaptation: float | None = None
-        # the step each score was last computed at: a check falls due that many steps later,
-        # at the first step that has backbone examples to score (steps with none call no selector)
-        self._last_scored: dict[str, int] = {}
+        # the steps Score_A and Score_bat were last computed at: a check falls due that many
+        # steps later, at the first step with backbone examples (steps with none call no selector)
+        self._score_adaptation_step: int | None = None
+        self._score_bat_step: int | None = None
 
     def select(self, context: SelectionContext, count: int) -> list[int]:
         if count > len(context.candidate_ids):
@@ -139,19 +140,19 @@ class Prop2Selector:
         adaptation, holdout = self._split(context.adaptation_batch)
         record: dict = {"step": step}
         reason = self._stale_reason(context, count)
-        due_adaptation = self._due("score_adaptation", step, config.score_adaptation_every)
-        due_bat = self._due("score_bat", step, config.score_bat_every)
+        due_adaptation = _due(self._score_adaptation_step, step, config.score_adaptation_every)
+        due_bat = _due(self._score_bat_step, step, config.score_bat_every)
         problem = None
         if reason is None and (due_adaptation or due_bat):
             problem = self._problem(context, adaptation)
         if problem is not None and (due_adaptation or self._score_adaptation is None):
             self._score_adaptation, report = problem.score_adaptation(self._options(problem))
-            self._last_scored["score_adaptation"] = step
+            self._score_adaptation_step = step
             record.update(score_adaptation=self._score_adaptation,
                           reports={"adaptation": report.as_dict()})
         if problem is not None and due_bat:
             score_bat, report = problem.score_bat(self._options(problem))
-            self._last_scored["score_bat"] = step
+            self._score_bat_step = step
             holds = Prop2Scores(self._score_adaptation, score_bat, problem.gamma,
                                 config.inequality, {}).holds
             record.update(score_bat=score_bat, gamma=problem.gamma, condition=holds,
@@ -162,7 +163,7 @@ class Prop2Selector:
         if reason is not None:
             self._reselect(context, adaptation, holdout, count, record)
             # the new set's scores were just computed: the next checks count from here
-            self._last_scored = {"score_adaptation": step, "score_bat": step}
+            self._score_adaptation_step = self._score_bat_step = step
             record["reason"] = reason
         if len(record) > 1:
             record["seconds"] = time.perf_counter() - start
@@ -186,7 +187,8 @@ class Prop2Selector:
                                    {key: value.clone() for key, value in
                                     self._selected_batch.items()}),
                 "score_adaptation": self._score_adaptation,
-                "last_scored": dict(self._last_scored),
+                "score_adaptation_step": self._score_adaptation_step,
+                "score_bat_step": self._score_bat_step,
                 "records": copy.deepcopy(self.records)}
 
     def load_state_dict(self, state: dict | None) -> None:
@@ -209,12 +211,9 @@ class Prop2Selector:
         self.selected_ids = list(state["selected_ids"])
         self._selected_batch = state["selected_batch"]
         self._score_adaptation = state["score_adaptation"]
-        self._last_scored = dict(state["last_scored"])
+        self._score_adaptation_step = state["score_adaptation_step"]
+        self._score_bat_step = state["score_bat_step"]
         self.records = copy.deepcopy(state["records"])
-
-    def _due(self, score: str, step: int, every: int) -> bool:
-        last = self._last_scored.get(score)
-        return last is None or step - last >= every
 
     def _stale_reason(self, context: SelectionContext, count: int) -> str | None:
         if len(self.selected_ids) < count:
@@ -533,6 +532,10 @@ class SetSelector:
             mask[part] = True
             masks.append(mask)
         return masks
+
+
+def _due(last: int | None, step: int, every: int) -> bool:
+    return last is None or step - last >= every
 
 
 def _span_basis(vectors: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:

@@ -279,8 +279,9 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
     # selection, measurements and checkpoints use ``model``.
     trained, optimizer = accelerator.prepare(model, optimizer)
     # Separate streams, so selection's draws never shift the training noise of a later step.
-    generators = {"data": torch.Generator(),  # reseeded at every step, below
-                  "selection": torch.Generator().manual_seed(derived_seed(config.seed, 3))}
+    # The data stream is reseeded at every step (below), so only selection's is checkpointed.
+    data_generator = torch.Generator()
+    generators = {"selection": torch.Generator().manual_seed(derived_seed(config.seed, 3))}
 
     log, start, last_checkpoint = [], 0, None
     state = load_state(run_dir)
@@ -319,8 +320,8 @@ def train(model: nn.Module, adapter: AdapterConfig, task, adaptation: Batch,
             examples = concat_batches(examples, take_examples(backbone, backbone_ids))
         # Reseeded per step: a bat step draws for more examples than the plain step of the same
         # seed, and D^A's noise at later steps must not depend on how many (paired regimes).
-        generators["data"].manual_seed(derived_seed(config.seed, 2, step))
-        batch = to_device(task.prepare(examples, generators["data"]), device)
+        data_generator.manual_seed(derived_seed(config.seed, 2, step))
+        batch = to_device(task.prepare(examples, data_generator), device)
         trained.train()
         with accelerator.autocast():
             loss, batch_loss = step_losses(task, trained, batch, accelerator)
