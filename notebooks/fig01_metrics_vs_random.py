@@ -16,7 +16,7 @@
 # Here the runs are the `grid_image@dreambooth` stage (`bat.stages.grid`), shared with Fig. 3, 4, 9 and
 # 10: every style of the grid, every seed, evaluated every `evaluate_every` steps and once on the
 # backbone before training (step 0). Beside the paper's two curves: `random_matched` (random
-# backbone samples from the pool BAT was offered, as many at every step as the BAT run took),
+# backbone samples from BAT's pool, as many at every step as the BAT run took),
 # oracle-free BAT, plain DreamBooth and DreamBooth with its prior-preservation loss. The held-out
 # loss (noise prediction on the style's held-out concepts) leads; the personalization scores of
 # `bat.image.evaluation` follow, an arrow in the axis label saying which direction is better (the

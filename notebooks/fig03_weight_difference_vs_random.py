@@ -17,7 +17,7 @@
 # and 10; θ^{A*} is the `oracle_image@<style>_dreambooth` stage (see Fig. 4). ‖θ − θ^{A*}‖ rises from
 # step 0 in every regime, so it is read as **movement** (lower: moved less), not convergence; the
 # **held-out loss** (noise prediction on the style's held-out concepts) is shown first. Beside the
-# paper's two curves: `random_matched` (random samples of the pool BAT was offered, as many at every
+# paper's two curves: `random_matched` (random samples of BAT's pool, as many at every
 # step as BAT took). Every curve is regime − random of the same seed, mean over seeds with its 95 %
 # t-interval; the table compares at **equal steps** (the last step both have) and prints the MDE.
 

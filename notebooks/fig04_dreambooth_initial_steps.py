@@ -19,7 +19,7 @@
 # The runs are the `grid_image@dreambooth` stage (`bat.stages.grid`), shared with Fig. 1, 3, 9 and
 # 10. Beside plain DreamBooth and BAT: DreamBooth with its prior-preservation loss
 # (`prior_preservation`, the paper's DreamBooth baseline), oracle-free BAT (`bat_oracle_free`: a
-# held-out part of D^A stands in for θ^{A*}), random samples from the pool BAT was offered, as many
+# held-out part of D^A stands in for θ^{A*}), random samples from BAT's pool, as many
 # at every step as BAT took (`random_matched`), and plain training given the extra steps BAT's
 # selection time would have paid for (`compute_matched`).
 #

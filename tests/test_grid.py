@@ -16,7 +16,7 @@ from bat.analysis.runs import (band_summary, compare_final, final_rows, paired_d
 VALID = {"name": "test", "track": "image", "datasets": ["noto"], "adapters": ["dreambooth"],
          "seeds": [0, 1], "regimes": ["plain", "bat", "random_matched"], "gammas": [0.5],
          "batch_sizes": [4], "steps": 2, "learning_rate": 0.0001, "log_every": 1,
-         "evaluate_every": 1, "pool": "backbone", "pool_size": 4,
+         "evaluate_every": 1, "pool": "backbone", "pool_size": 4, "candidates": 0,
          "selection": {"score_adaptation_every": 1, "score_bat_every": 1, "damping": 0.001},
          "class_images": 4, "prior_loss_weight": 1.0,
          "eval_size": 2, "sample_steps": 2, "guidance_scale": 7.5, "benchmark_items": 0}
@@ -41,6 +41,9 @@ def test_every_grid_of_each_profile_is_valid(smoke_params):
     ("steps", 0, r"steps: 0 must be a positive integer"),
     ("pool", "laion", r"pool: 'laion' is not allowed; choose one of \['backbone', 'out_of_backbone'\]"),
     ("pool_size", 3, r"pool_size: 3 is fewer than the 4 backbone examples"),
+    ("candidates", 3, r"candidates: 3 must lie between the 4 backbone examples a step may take "
+                      r"and pool_size 4, or be 0"),
+    ("candidates", -1, r"candidates: -1"),
     ("benchmark_items", 4, r"benchmark_items: the multiple-choice sets score LMs"),
     ("selection", {"solver": "qr"}, r"solver: 'qr' is not allowed"),
     ("regimes", ["plain", "bogus"], r"regimes: 'bogus' is not allowed"),

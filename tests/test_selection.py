@@ -153,11 +153,34 @@ def test_failed_condition_triggers_reselection():
     after = failed["after_reselection"]
     assert set(after) == {"score_adaptation", "score_bat", "gamma", "condition", "reports"}
     assert failed["reports"]["bat"] is not after["reports"]["bat"]
+
+
+def test_dbprime_is_kept_outside_the_offer_and_a_failed_check_selects_from_the_fresh_draw():
+    """Algorithm 1 keeps D^B' between checks whatever the step offers; when eq. 12 fails it
+    selects again among that step's candidates (a fresh draw), not among the set it replaces."""
+    context, theta_a = problem(n_good=0)
+    x, y = context.adaptation_batch["x"], context.adaptation_batch["y"]
+    set_flat_parameters(context.model, torch.linalg.lstsq(x, y[:, None]).solution[:, 0])
+    config = SelectionConfig(backbone_curvature="share", score_adaptation_every=2,
+                             score_bat_every=2)
+    selector = Prop2Selector(config, target=theta_a)
+    first = selector.select(context, 4)
+    assert selector.records[0]["condition"] is False  # Score_A = 0 at D^A's fit: every check fails
+    kept = context.candidate_batch
+    # step 1: no check due, and the step offers other ids: D^B' stays as it is
     context.candidate_ids = [i + 1000 for i in context.candidate_ids]
+    context.step = 1
+    assert selector.select(context, 4) == first and len(selector.records) == 1
+    # step 2: the check fails; the new D^B' comes from this step's draw
+    context.candidate_batch = {key: value.flip(0) for key, value in kept.items()}
     context.step = 2
-    selector.select(context, 4)
-    assert selector.records[-1]["reason"] == "candidates_changed"
-    assert all(i >= 1100 for i in selector.selected_ids)
+    second = selector.select(context, 4)
+    assert selector.records[-1]["reason"] == "condition_failed"
+    assert set(second) <= set(context.candidate_ids) and not set(second) & set(first)
+    # the new D^B' holds the examples offered under its ids, not those of the old offer
+    position = [context.candidate_ids.index(i) for i in second]
+    assert torch.equal(selector.state_dict()["selected_batch"]["x"],
+                       context.candidate_batch["x"][position])
 
 
 def test_score_adaptation_with_share_is_the_adaptation_only_newton_step():

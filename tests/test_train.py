@@ -250,6 +250,41 @@ def test_matched_random_run_uses_the_bat_runs_backbone_counts(tmp_path):
     assert sum(schedule) < 4 * 2  # fewer than the mixer's two per step
 
 
+class KeepingSelector:
+    """Chooses once from the first offer and keeps those ids, as Algorithm 1 keeps D^B'."""
+
+    def __init__(self):
+        self.kept, self.offers = None, []
+
+    def select(self, context, count):
+        self.offers.append(list(context.candidate_ids))
+        if self.kept is None:
+            self.kept = list(context.candidate_ids[:count])
+        return self.kept[:count]
+
+
+def test_a_selector_may_keep_ids_that_a_later_draw_does_not_offer(tmp_path):
+    selector = KeepingSelector()
+    result = run("locon", "bat", tmp_path, selector=selector, steps=3)
+    assert len({tuple(offer) for offer in selector.offers}) == 3  # a fresh draw of 8 of 24 per step
+    assert any(not set(selector.kept) <= set(offer) for offer in selector.offers[1:])
+    assert result.log[-1]["n_backbone"] == 3 * 2
+
+
+class FixedSelector:
+    def __init__(self, ids):
+        self.ids = ids
+
+    def select(self, context, count):
+        return self.ids
+
+
+@pytest.mark.parametrize("ids", [[0, 0], [24], [-1], [0, 1, 2]])
+def test_a_selector_returning_repeated_unknown_or_too_many_ids_is_refused(ids, tmp_path):
+    with pytest.raises(RuntimeError, match=r"at most 2 distinct ids of the 24 examples of D\^B"):
+        run("locon", "bat", tmp_path, selector=FixedSelector(ids), steps=1)
+
+
 def test_compute_matched_steps_pays_selection_time_in_training_steps():
     log = [{"seconds": 0.5, "selection_seconds": 1.0}] * 4
     assert compute_matched_steps(log) == 8

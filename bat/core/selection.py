@@ -4,10 +4,12 @@
 is amortised: Score_A is recomputed every ``score_adaptation_every`` steps, Score_bat every
 ``score_bat_every`` steps (counted from the last computation, so a check that falls on a step
 without backbone examples happens at the next step with some), and D^B' is selected again only
-when eq. 12, γ·Score_bat ≤ Score_A, fails (Algorithm 1, App. C), when it does not exist yet, or
-when its samples are no longer among the candidates the training loop offers. γ is the
-training's (``gamma``): the scores weigh D^B' as that mixture does (:mod:`bat.core.prop2`). A
-(re)selection ranks all candidates with one shared solve
+when eq. 12, γ·Score_bat ≤ Score_A, fails (Algorithm 1, App. C: "select D^bat again"), when it
+does not exist yet, or when a step needs more examples than it holds. D^B' is kept between
+checks whether or not the step's candidates include it (the training loop offers a fresh random
+draw of candidates at every step), so a re-selection ranks a fresh draw, not the set it is
+replacing. γ is the training's (``gamma``): the scores weigh D^B' as that mixture does
+(:mod:`bat.core.prop2`). A (re)selection ranks the step's candidates with one shared solve
 (:func:`bat.core.prop2.candidate_benefits`) and keeps the ``count`` best:
 
 - ``oracle``: the target is θ^{A*} (e.g. an adapter trained long on D^A): benefit
@@ -139,7 +141,7 @@ class Prop2Selector:
         config, step = self.config, context.step
         adaptation, holdout = self._split(context.adaptation_batch)
         record: dict = {"step": step}
-        reason = self._stale_reason(context, count)
+        reason = self._stale_reason(count)
         due_adaptation = _due(self._score_adaptation_step, step, config.score_adaptation_every)
         due_bat = _due(self._score_bat_step, step, config.score_bat_every)
         problem = None
@@ -215,12 +217,9 @@ class Prop2Selector:
         self._score_bat_step = state["score_bat_step"]
         self.records = copy.deepcopy(state["records"])
 
-    def _stale_reason(self, context: SelectionContext, count: int) -> str | None:
+    def _stale_reason(self, count: int) -> str | None:
         if len(self.selected_ids) < count:
             return "initial" if not self.selected_ids else "count_changed"
-        offered = set(context.candidate_ids)
-        if any(i not in offered for i in self.selected_ids):
-            return "candidates_changed"
         return None
 
     def _split(self, batch: Batch) -> tuple[Batch, Batch | None]:
@@ -299,8 +298,8 @@ class Prop2Selector:
                       positive_benefits=int((benefits[order] > 0).sum()),
                       candidates=len(context.candidate_ids))
         # A check that failed keeps what it measured (it is why D^B' changed) and has the new
-        # set's scores beside it; a selection with no check before it (the first, or the
-        # candidates changed) has only the new set's scores.
+        # set's scores beside it; a selection with no check before it (the first, or a step
+        # needing more examples) has only the new set's scores.
         if "condition" in record:
             record["after_reselection"] = {**selected, "reports": scores.reports}
         else:
@@ -451,8 +450,10 @@ class SetSelector:
     θ − θ^{A*}), or in all of θ_A when d is no larger: the step is the Newton step restricted to
     that subspace (exact when d ≤ r, and for curvature that maps the span into itself).
     λ = ``damping`` × the largest eigenvalue of D^A's summed projected curvature.
-    Re-selects every ``reselect_every`` steps or when its choice is no longer offered; each
-    selection appends a JSON-ready record to ``records``.
+    Re-selects from the step's candidates every ``reselect_every`` steps or when a step needs
+    more examples than the last selection asked for, and keeps its choice in between (whether or
+    not the step's candidates include it); each selection appends a JSON-ready record to
+    ``records``.
     """
 
     def __init__(self, config: SetSelectionConfig, target: torch.Tensor | None = None):
@@ -465,10 +466,8 @@ class SetSelector:
     def select(self, context: SelectionContext, count: int) -> list[int]:
         if count > len(context.candidate_ids):
             raise ValueError(f"count {count} exceeds the {len(context.candidate_ids)} candidates")
-        offered = set(context.candidate_ids)
         stale = (self.selected_ids is None or count != self._count
-                 or context.step % self.config.reselect_every == 0
-                 or any(i not in offered for i in self.selected_ids))
+                 or context.step % self.config.reselect_every == 0)
         if stale and count > 0:
             start = time.perf_counter()
             targets = self.newton_targets(context)

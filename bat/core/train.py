@@ -178,7 +178,14 @@ def check_resumable(state: dict, adapter: AdapterConfig, config: TrainConfig, ru
 def select_backbone(selector, model: nn.Module, task, adaptation: Batch, backbone: Batch,
                     config: TrainConfig, count: int, step: int,
                     generator: torch.Generator) -> list[int]:
-    """Offer candidates of D^B to ``selector``; it scores them against all of D^A."""
+    """Offer candidates of D^B to ``selector``; it scores them against all of D^A.
+
+    The candidates are a fresh random draw of ``config.candidates`` examples at every step (all of
+    D^B when it holds no more). A stateful selector may return ids it chose at an earlier step
+    that this draw lacks (Algorithm 1 keeps D^B' between checks); any id must index D^B.
+    Raises RuntimeError when the selector returns more than ``count`` ids, repeats one, or
+    returns one outside D^B.
+    """
     n_backbone = count_examples("backbone", backbone)
     if config.candidates and config.candidates < n_backbone:
         candidate_ids = torch.randperm(n_backbone, generator=generator)[:config.candidates].tolist()
@@ -195,9 +202,10 @@ def select_backbone(selector, model: nn.Module, task, adaptation: Batch, backbon
                                candidate_batch={k: v[n_adaptation:] for k, v in offered.items()},
                                candidate_ids=candidate_ids, step=step)
     chosen = [int(i) for i in selector.select(context, count)]
-    if len(chosen) > count or not set(chosen) <= set(candidate_ids):
+    if (len(chosen) > count or len(set(chosen)) != len(chosen)
+            or not all(0 <= i < n_backbone for i in chosen)):
         raise RuntimeError(f"{type(selector).__name__}.select returned {chosen}: want at most "
-                           f"{count} ids out of context.candidate_ids")
+                           f"{count} distinct ids of the {n_backbone} examples of D^B")
     return chosen
 
 

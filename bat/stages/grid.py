@@ -30,9 +30,11 @@ offered, as many at each step as BAT took) and ``compute_matched`` (``plain`` wi
 steps that selection's wall time would have paid for).
 
 Cost: DreamBooth trains every UNet weight and Proposition 2 takes per-sample gradients of all of
-them, so BAT is offered a fixed random pool of ``pool_size`` examples per seed (``candidates = 0``:
-the stateful selector keeps its choice between checks, and a failed check re-ranks the pool at
-the current θ). Algorithm 1's settings are the grid's ``selection`` (n = ``score_adaptation_every``,
+them, so BAT draws from a fixed random pool of ``pool_size`` examples per seed: at every step
+the training loop offers a fresh random draw of ``candidates`` of them (0: the whole pool). The
+stateful selector keeps its choice between checks, and a failed check selects again from that
+step's draw (Algorithm 1's "select D^bat again"), so a re-selection is not a re-ranking of the
+set it replaces. Algorithm 1's settings are the grid's ``selection`` (n = ``score_adaptation_every``,
 k = ``score_bat_every``), with γ the run's. Run folders (full optimizer state) live in a temporary
 folder and are deleted: the tables are the result, and a seed re-creates any run exactly.
 
@@ -102,7 +104,8 @@ class GridConfig:
     log_every: int  # steps between weight-difference measurements
     evaluate_every: int  # steps between evaluations; 0: the last step only
     pool: str  # where BAT's candidates come from: D^B, or images that were never in it
-    pool_size: int  # candidates offered to Algorithm 1, a fixed random pool per seed
+    pool_size: int  # BAT's backbone pool, a fixed random draw of D^B (or the out-of-backbone set) per seed
+    candidates: int  # examples of the pool offered to Algorithm 1 per step, drawn afresh; 0: all
     selection: dict  # Algorithm 1's settings, less the per-run RUN_SELECTION_KEYS
     class_images: int  # image: backbone samples of the class prompts for prior_preservation
     prior_loss_weight: float  # image: λ of eq. 27 for those class images
@@ -141,7 +144,7 @@ class GridConfig:
         for name in ("steps", "log_every", "pool_size", "eval_size", "sample_steps", "class_images"):
             validate.positive(f"{where}.{name}", getattr(self, name), integer=True)
         validate.non_negative(f"{where}.prior_loss_weight", self.prior_loss_weight)
-        for name in ("evaluate_every", "benchmark_items"):
+        for name in ("evaluate_every", "benchmark_items", "candidates"):
             validate.non_negative(f"{where}.{name}", getattr(self, name), integer=True)
         for name in ("learning_rate", "guidance_scale"):
             validate.positive(f"{where}.{name}", getattr(self, name))
@@ -162,6 +165,10 @@ class GridConfig:
         if self.pool_size < most:
             raise ConfigError(f"{where}.pool_size: {self.pool_size} is fewer than the {most} "
                               "backbone examples a step may take at these gammas and batch_sizes")
+        if self.candidates and not most <= self.candidates <= self.pool_size:
+            raise ConfigError(f"{where}.candidates: {self.candidates} must lie between the {most} "
+                              f"backbone examples a step may take and pool_size {self.pool_size}, "
+                              "or be 0 (the whole pool at every step)")
 
     @property
     def mixing(self) -> str:
@@ -451,7 +458,7 @@ class GridRunner:
                     kwargs["selector"] = Prop2Selector(selection, target=run["oracle"])
                 else:  # a held-out part of D^A stands in for θ^{A*} (the paper's future work)
                     kwargs["selector"] = Prop2Selector(replace(selection, mode="oracle_free"))
-                train_config = replace(base, regime="bat")
+                train_config = replace(base, regime="bat", candidates=config.candidates)
             elif regime == "random":
                 train_config, backbone = replace(base, regime="random"), self.full_backbone
             elif regime == "random_matched":
