@@ -75,5 +75,9 @@ class SelectionContext:
 @runtime_checkable
 class Selector(Protocol):
     def select(self, context: SelectionContext, count: int) -> list[int]:
-        """Return ``count`` ids out of ``context.candidate_ids`` to add to this step's batch."""
+        """Return at most ``count`` distinct ids of the backbone pool to add to this step's batch.
+
+        Ids come from ``context.candidate_ids`` (this step's draw), or, for a selector that keeps
+        its choice between steps (Algorithm 1 keeps D^B'), from an earlier step's draw.
+        """
         ...

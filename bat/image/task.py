@@ -18,19 +18,27 @@ from bat.core.protocols import Batch
 from bat.core.runtime import model_dtype
 
 
-def make_diffusion_batch(latents: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                         generator: torch.Generator, num_train_timesteps: int,
-                         loss_weight: torch.Tensor | None = None) -> Batch:
-    """A diffusion training batch whose noise and timesteps come from ``generator``."""
-    batch = {
-        "latents": latents,
-        "encoder_hidden_states": encoder_hidden_states,
-        "noise": torch.randn(latents.shape, generator=generator, dtype=latents.dtype),
-        "timesteps": torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=generator),
-    }
+def diffusion_batch(latents: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                    noise: torch.Tensor, timesteps: torch.Tensor,
+                    loss_weight: torch.Tensor | None = None) -> Batch:
+    """The batch :class:`DiffusionTask` trains on: ``latents`` [B, C, H, W], their text
+    conditioning [B, tokens, dim], ``noise`` shaped as ``latents``, ``timesteps`` [B] (long) and,
+    when given, per-example ``loss_weight`` [B]."""
+    batch = {"latents": latents, "encoder_hidden_states": encoder_hidden_states,
+             "noise": noise, "timesteps": timesteps}
     if loss_weight is not None:
         batch["loss_weight"] = loss_weight
     return batch
+
+
+def make_diffusion_batch(latents: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                         generator: torch.Generator, num_train_timesteps: int) -> Batch:
+    """A diffusion training batch whose noise and timesteps ``generator`` draws as two batch
+    tensors (the backbone's pre-training, which pairs no regimes)."""
+    return diffusion_batch(
+        latents, encoder_hidden_states,
+        torch.randn(latents.shape, generator=generator, dtype=latents.dtype),
+        torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=generator))
 
 
 class DiffusionTask:
@@ -71,11 +79,9 @@ class DiffusionTask:
         for _ in range(len(latents)):
             noise.append(torch.randn(latents.shape[1:], generator=generator, dtype=latents.dtype))
             timesteps.append(torch.randint(0, steps, (), generator=generator))
-        batch = {"latents": latents, "encoder_hidden_states": examples["encoder_hidden_states"],
-                 "noise": torch.stack(noise), "timesteps": torch.stack(timesteps)}
-        if "prior" in examples:
-            batch["loss_weight"] = self.prior_weights(examples["prior"])
-        return batch
+        return diffusion_batch(latents, examples["encoder_hidden_states"], torch.stack(noise),
+                               torch.stack(timesteps),
+                               self.prior_weights(examples["prior"]) if "prior" in examples else None)
 
     def prior_weights(self, prior: torch.Tensor) -> torch.Tensor:
         """Per-example loss weights ``[examples]`` for the class-image mask ``prior`` (bool).
