@@ -171,12 +171,16 @@ def test_dbprime_is_kept_outside_the_offer_and_a_failed_check_selects_from_the_f
     context.candidate_ids = [i + 1000 for i in context.candidate_ids]
     context.step = 1
     assert selector.select(context, 4) == first and len(selector.records) == 1
-    # step 2: the check fails; the new D^B' comes from this step's draw
-    context.candidate_batch = {key: value.flip(0) for key, value in kept.items()}
+    # step 2: the check fails; the new D^B' is ranked among this step's draw, which holds two of
+    # the kept examples and the six candidates never chosen
+    rows = [first[0] - 100, first[1] - 100, *(i for i in range(10) if i + 100 not in first)]
+    context.candidate_ids = [first[0], first[1], *(2000 + row for row in rows[2:])]
+    context.candidate_batch = take_examples(kept, rows)
     context.step = 2
     second = selector.select(context, 4)
     assert selector.records[-1]["reason"] == "condition_failed"
-    assert set(second) <= set(context.candidate_ids) and not set(second) & set(first)
+    # ranked all 8 offered, and the kept examples this draw lacks (first[2:]) are gone
+    assert selector.records[-1]["candidates"] == 8 and set(second) <= set(context.candidate_ids)
     # the new D^B' holds the examples offered under its ids, not those of the old offer
     position = [context.candidate_ids.index(i) for i in second]
     assert torch.equal(selector.state_dict()["selected_batch"]["x"],
