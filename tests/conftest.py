@@ -16,7 +16,7 @@ import torch
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # `import tests.tiny_models` from any working directory
 
-from bat import paths# noqa: E402
+from bat import paths  # noqa: E402
 from bat.config import build, profile_params  # noqa: E402
 from bat.stages.fetch import require_raw  # noqa: E402
 
@@ -24,6 +24,22 @@ from bat.stages.fetch import require_raw  # noqa: E402
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture
+def trained_batches(monkeypatch) -> list:
+    """The batches the training steps of ``bat.core.train.train`` train on, in order (appended
+    as the steps run; a test may clear the list between runs)."""
+    import bat.core.train as training
+
+    batches, step_losses = [], training.step_losses
+
+    def recording(task, model, batch, accelerator):
+        batches.append(batch)
+        return step_losses(task, model, batch, accelerator)
+
+    monkeypatch.setattr(training, "step_losses", recording)
+    return batches
 
 
 @pytest.fixture(scope="session")

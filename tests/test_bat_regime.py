@@ -108,20 +108,12 @@ def test_text_checks_with_fresh_candidate_draws_mix_batches_of_other_widths(tmp_
     assert len(checks) >= 2 and all(math.isfinite(record["score_bat"]) for record in checks)
 
 
-def test_plain_and_augmented_steps_train_adaptation_examples_on_the_same_noise(tmp_path, monkeypatch):
+def test_plain_and_augmented_steps_train_adaptation_examples_on_the_same_noise(tmp_path,
+                                                                           trained_batches):
     """Paired regimes: at every step the D^A examples of a ``random`` (or ``bat``) batch get the
     noise and timesteps the ``plain`` run of the same seed gave them, though the augmented batch
     draws for more examples at each step."""
-    import bat.core.train as training
-
-    batches = []
-    step_losses = training.step_losses
-
-    def recording(task, model, batch, accelerator):  # the batches the steps train on
-        batches.append(batch)
-        return step_losses(task, model, batch, accelerator)
-
-    monkeypatch.setattr(training, "step_losses", recording)
+    batches = trained_batches
     run("locon", "plain", tmp_path / "plain")
     plain, batches[:] = list(batches), []
     run("locon", "random", tmp_path / "random")

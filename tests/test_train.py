@@ -263,24 +263,14 @@ class KeepingSelector:
         return self.kept[:count]
 
 
-def test_a_selector_may_keep_ids_that_a_later_draw_does_not_offer(tmp_path, monkeypatch):
-    import bat.core.train as training
-
-    batches = []
-    step_losses = training.step_losses
-
-    def recording(task, model, batch, accelerator):  # the batches the steps train on
-        batches.append(batch)
-        return step_losses(task, model, batch, accelerator)
-
-    monkeypatch.setattr(training, "step_losses", recording)
+def test_a_selector_may_keep_ids_that_a_later_draw_does_not_offer(tmp_path, trained_batches):
     selector = KeepingSelector()
     result = run("locon", "bat", tmp_path, selector=selector, steps=3)
     assert len({tuple(offer) for offer in selector.offers}) == 3  # a fresh draw of 8 of 24 per step
     assert any(not set(selector.kept) <= set(offer) for offer in selector.offers[1:])
     assert result.log[-1]["n_backbone"] == 3 * 2
     kept = setting("locon")["backbone"]["latents"][selector.kept]
-    for batch in batches:  # every step trains its 2 D^A examples, then the kept D^B examples
+    for batch in trained_batches:  # each step trains its 2 D^A examples, then the kept D^B ones
         assert torch.equal(batch["latents"][2:], kept)
 
 
