@@ -173,6 +173,29 @@ def test_a_grid_is_deterministic(smoke_grids, smoke_root, smoke_params, tmp_path
     pd.testing.assert_frame_equal(again.evaluations, first.evaluations)
 
 
+def test_only_the_bat_regimes_draw_candidates(smoke_root, smoke_encoders, smoke_oracles, smoke_params,
+                                             tmp_path, monkeypatch):
+    """Algorithm 1 ranks a fresh draw of ``candidates`` per step; the baselines take their
+    examples at random from all they are given (random_matched: BAT's pool), so a draw would
+    only shrink what they sample from."""
+    import dataclasses
+
+    import bat.core.train
+
+    monkeypatch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
+    offered, original = [], bat.core.train.train
+
+    def recording(*args, **kwargs):
+        offered.append((args[5].regime, args[5].candidates))  # args[5]: the TrainConfig
+        return original(*args, **kwargs)
+    monkeypatch.setattr(bat.core.train, "train", recording)
+    config = dataclasses.replace(load_grid("dreambooth", smoke_params), seeds=(0,), evaluate_every=0)
+    assert config.candidates == 3 and "random_matched" in config.regimes
+    run_grid(config, tmp_path / "dreambooth", smoke_root / "models")
+    assert len(offered) == len(config.regimes)  # bat, bat_oracle_free: "bat"; the rest plain/random
+    assert set(offered) == {("plain", 0), ("random", 0), ("bat", 3)}
+
+
 def test_mean_sd_table_keeps_the_means_precision():
     from bat.analysis.runs import mean_sd_table
 

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from bat import io
-from bat.core.curvature import curvature_operators, flat_parameters, set_flat_parameters
+from bat.core.curvature import (curvature_operators, flat_parameters, per_sample_grads_loop,
+                                set_flat_parameters)
 from bat.errors import ConfigError
 from bat.core.protocols import take_examples
 from bat.core.prop2 import (Prop2Problem, parameter_distance, weight_difference,
@@ -123,6 +124,16 @@ def test_a_check_that_falls_on_a_step_without_backbone_examples_happens_at_the_n
     assert restored.records == selector.records  # 12 − 10 < 3: nothing due, nothing recorded
 
 
+def test_resuming_from_an_older_selector_state_names_the_fix():
+    context, theta_a = problem()
+    selector = Prop2Selector(SelectionConfig(), target=theta_a)
+    selector.select(context, 4)
+    state = selector.state_dict()
+    state["last_scored"] = state.pop("score_bat_step")  # how an older version saved it
+    with pytest.raises(ConfigError, match="score_bat_step.*fresh folder"):
+        Prop2Selector(SelectionConfig(), target=theta_a).load_state_dict(state)
+
+
 def test_fewer_needed_takes_the_best_kept_more_needed_reselects():
     context, theta_a = problem()
     config = SelectionConfig(score_adaptation_every=100, score_bat_every=100, gamma=0.01)
@@ -185,6 +196,64 @@ def test_dbprime_is_kept_outside_the_offer_and_a_failed_check_selects_from_the_f
     position = [context.candidate_ids.index(i) for i in second]
     assert torch.equal(selector.state_dict()["selected_batch"]["x"],
                        context.candidate_batch["x"][position])
+
+
+@pytest.mark.parametrize("setup", [s for s in CURVATURE_SETUPS if s["curvature"] != "sampled_fisher"],
+                         ids=lambda s: s["curvature"])
+def test_replace_backbone_scores_equal_a_fresh_problem(setup):
+    """Right after a re-selection the new D^bat's scores reuse D^A's gradient sum and rows; with a
+    deterministic curvature they are exactly a fresh problem's on D^A ∪ new D^B'."""
+    context, _ = problem()
+    old = take_examples(context.candidate_batch, [0, 12])
+    new = take_examples(context.candidate_batch, [3, 15, 16])
+    options = SolveOptions(solver=setup["solver"], damping=1e-3, indefinite=setup.get("indefinite", "clip"))
+    kept = Prop2Problem(context.model, context.task, context.adaptation_batch, old,
+                        setup["curvature"], gamma=0.5, curvature_examples=25)
+    kept.scores(options)  # the check that failed: D^A's parts are computed here
+    replaced = kept.replace_backbone(new, per_sample_grads_loop(context.model, context.task, new))
+    fresh = Prop2Problem(context.model, context.task, context.adaptation_batch, new,
+                         setup["curvature"], gamma=0.5, curvature_examples=25)
+    assert replaced.sum_adaptation is kept.sum_adaptation
+    for ours, theirs in zip(replaced.scores(options).__dict__.values(), fresh.scores(options).__dict__.values()):
+        if isinstance(ours, float):
+            assert ours == pytest.approx(theirs, rel=1e-9)
+
+
+def test_replace_backbone_keeps_the_adaptation_rows_and_draws_new_backbone_rows():
+    context, _ = problem()
+    old, new = (take_examples(context.candidate_batch, ids) for ids in ([0, 12], [3, 15, 16]))
+    kept = Prop2Problem(context.model, context.task, context.adaptation_batch, old,
+                        "sampled_fisher", gamma=0.5, draws=2, seed=7, curvature_examples=25)
+    replaced = kept.replace_backbone(new, per_sample_grads_loop(context.model, context.task, new))
+    assert replaced.rows.shape == ((25 + 3) * 2, DIM)
+    assert torch.equal(replaced.rows[:50], kept.rows[:50])  # D^A's subsample: same rows
+    fresh = Prop2Problem(context.model, context.task, context.adaptation_batch, new,
+                         "sampled_fisher", gamma=0.5, draws=2, seed=7, curvature_examples=25)
+    assert torch.equal(replaced.curvature_index, fresh.curvature_index)
+    assert torch.allclose(replaced.sum_bat, fresh.sum_bat, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(replaced.rows[50:], fresh.rows[50:])  # fresh draws, another seed
+
+
+def test_a_failed_check_reselects_without_passing_over_its_d_bat_again(monkeypatch):
+    """A failed check's problem serves the re-selection: its H^{bat|A} is the benefits'
+    curvature and its D^A parts the new set's scores, so only the candidates and the new D^B'
+    cost a pass (before, D^A ∪ D^B' went through the network three more times)."""
+    context, theta_a = problem(n_good=0)
+    x, y = context.adaptation_batch["x"], context.adaptation_batch["y"]
+    set_flat_parameters(context.model, torch.linalg.lstsq(x, y[:, None]).solution[:, 0])
+    selector = Prop2Selector(SelectionConfig(fisher_draws=2), target=theta_a)
+    selector.select(context, 4)
+    forwarded = []
+    original = LinearRegressionTask.batch_outputs
+    monkeypatch.setattr(LinearRegressionTask, "batch_outputs",
+                        lambda task, model, batch: forwarded.append(len(batch["x"])) or
+                        original(task, model, batch))
+    context.step = 1
+    selector.select(context, 4)
+    assert selector.records[-1]["reason"] == "condition_failed"
+    n, m, candidates, draws = 40, 4, 10, 2
+    check = (n + m) + 2 * draws * (n + m)  # gradient sums; drawn targets and their gradients
+    assert sum(forwarded) == check + candidates + 2 * draws * m
 
 
 def test_score_adaptation_with_share_is_the_adaptation_only_newton_step():

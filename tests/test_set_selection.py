@@ -139,6 +139,19 @@ def test_oracle_free_cross_validates_and_implements_the_selector_protocol():
     assert len(quiet.records) == 1  # kept between re-selections
 
 
+def test_a_step_needing_fewer_takes_a_prefix_of_the_greedy_order_and_more_selects_again():
+    """per_batch mixing alternates counts such as 10 and 11: a smaller count is served from the
+    kept greedy order (what the greedy rule picks with that limit), only a larger one re-selects."""
+    context, _ = ridge_context()
+    selector = SetSelector(SetSelectionConfig(curvature="hessian", folds=3, reselect_every=100))
+    chosen = selector.select(context, 4)
+    context.step = 1
+    assert selector.select(context, 2) == chosen[:2] and len(selector.records) == 1
+    context.step = 2
+    selector.select(context, 5)
+    assert [record["limit"] for record in selector.records] == [4, 5]
+
+
 @pytest.mark.parametrize("kwargs, field", [
     (dict(mode="oracel"), "mode"), (dict(curvature="kfac"), "curvature"),
     (dict(damping=0), "damping"), (dict(folds=1), "folds"), (dict(reselect_every=0), "reselect_every"),

@@ -872,26 +872,28 @@ class GaussNewtonOperator(CurvatureOperator):
 
 
 def curvature_operators(kind: str, model: nn.Module, task: Task, batch: Batch,
-                        weight_sets: Sequence[torch.Tensor], *, grads: torch.Tensor | None = None,
+                        weight_sets: Sequence[torch.Tensor], *, rows: torch.Tensor | None = None,
                         chunk_size: int | None = None, draws: int = 1, seed: int = 0
                         ) -> list[CurvatureOperator]:
     """One operator Σ_i w_i C_i per weight vector in ``weight_sets``, sharing one forward pass.
 
-    ``grads`` (per-sample gradients of ``batch``) are reused for ``fisher`` when given;
-    ``sampled_fisher`` draws ``draws`` targets per example with ``seed``
-    (:func:`sampled_fisher_rows`), each row weighted w_i / draws.
+    A row curvature's ``rows`` of ``batch`` are used when given (per-sample gradients
+    [batch, d] for ``fisher``, :func:`sampled_fisher_rows` [batch·draws, d] for
+    ``sampled_fisher``), else computed: ``sampled_fisher`` draws ``draws`` targets per example
+    with ``seed``. Each ``sampled_fisher`` row is weighted w_i / draws.
     """
     if kind not in CURVATURES:
         raise ConfigError(f"curvature: {kind!r} is not allowed; choose one of {list(CURVATURES)}")
     if kind in ROW_CURVATURES:
         if kind == "sampled_fisher":
-            grads = sampled_fisher_rows(model, task, batch, draws=draws, seed=seed,
-                                        chunk_size=chunk_size)
+            if rows is None:
+                rows = sampled_fisher_rows(model, task, batch, draws=draws, seed=seed,
+                                           chunk_size=chunk_size)
             weight_sets = [w.repeat_interleave(draws) / draws for w in weight_sets]
-        elif grads is None:
-            grads = per_sample_grads_hooks(model, task, batch, chunk_size=chunk_size)
-        factor = RowFactor(grads) if len(weight_sets) > 1 else None
-        return [FisherOperator(grads, w, kind, factor) for w in weight_sets]
+        elif rows is None:
+            rows = per_sample_grads_hooks(model, task, batch, chunk_size=chunk_size)
+        factor = RowFactor(rows) if len(weight_sets) > 1 else None
+        return [FisherOperator(rows, w, kind, factor) for w in weight_sets]
     params = adapter_parameters(model)[1]
     with scoring_mode(model), math_attention():
         if kind == "hessian":

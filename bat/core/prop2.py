@@ -1,8 +1,9 @@
 """Proposition 2's scores, the candidate score that drives selection, and weight-difference metrics.
 
 With D^bat = D^A ∪ D^B' (n adaptation and m backbone examples) mixed at γ, the configured share
-of D^A in D^bat (Def. 2; the training's γ, never the measured n/(n + m) of the scoring sets),
-Proposition 2 asks for
+of D^A in D^bat (Def. 2; a selector passes the training's γ, never the measured n/(n + m) of the
+scoring sets; ``gamma=None`` gives n/(n + m) for fits that train every example once, as
+``bat.convex.check``'s do), Proposition 2 asks for
 
     γ · Score_bat ≤ Score_A,                                                    (eq. 12)
     Score_A   = ‖(H^{bat|A} − H^{bat} + λI)⁻¹ Σ_{D^A}   ∇ℓ‖,
@@ -62,8 +63,10 @@ import torch
 from torch import nn
 
 from bat import validate
-from bat.core.curvature import (CurvatureOperator, FisherOperator, curvature_operators,
-                                gradient_sums, per_sample_grads_hooks)
+from bat.core.curvature import (ROW_CURVATURES, CurvatureOperator, FisherOperator,
+                                curvature_operators, gradient_sums, per_sample_grads_hooks,
+                                sampled_fisher_rows)
+from bat.core.mixing import derived_seed
 from bat.core.protocols import Batch, Task, concat_batches, take_examples
 from bat.core.solvers import CurvatureReport, SolveOptions, _power_norm, solve, solve_norm
 
@@ -139,14 +142,21 @@ class Prop2Problem:
     """D^bat at the model's current θ, with the two curvatures and two sums of Proposition 2."""
 
     def __init__(self, model: nn.Module, task: Task, adaptation_batch: Batch,
-                 backbone_batch: Batch, curvature: str, *, gamma: float | None = None,
+                 backbone_batch: Batch | None, curvature: str, *, gamma: float | None = None,
                  backbone_curvature: str = "share", chunk_size: int | None = None,
                  grads: torch.Tensor | None = None, draws: int = 1, seed: int = 0,
-                 curvature_examples: int | None = None):
+                 curvature_examples: int | None = None,
+                 sums: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 rows: torch.Tensor | None = None):
         """``gamma``: the share of D^A in D^bat as training mixes it (module docstring); each
         D^B' example then counts n(1 − γ)/(γ m) times. None: every example once (γ = n/(n + m)).
+        ``backbone_batch`` None: D^bat is D^A (m = 0, γ = 1; both readings of H^{bat|A} − H^{bat}
+        are then H^A), as before a selector's first selection.
 
         ``grads``: per-sample gradients of D^A then D^B' at the current θ, if known [k, d].
+        ``sums``: (Σ_{D^A} ∇ℓ, Σ_{D^B'} ∇ℓ) [d] each, if known (else from ``grads`` or a pass).
+        ``rows``: a row curvature's rows of the curvature examples, if known
+        (:attr:`rows`; :meth:`replace_backbone` passes them).
         ``draws``, ``seed``: targets per example and their seed for ``sampled_fisher``.
         ``curvature_examples``: the curvatures use this many examples of D^A (a subsample drawn
         with ``seed``, reweighted to stand for all n) and all of D^B'; None: all of D^A. The
@@ -157,33 +167,86 @@ class Prop2Problem:
             validate.open_interval("gamma", gamma, 0.0, 1.0)
         self.model, self.task, self.curvature = model, task, curvature
         self.chunk_size, self.draws, self.seed = chunk_size, draws, seed
+        self._settings = {"gamma": gamma, "backbone_curvature": backbone_curvature,
+                          "chunk_size": chunk_size, "draws": draws, "seed": seed,
+                          "curvature_examples": curvature_examples}
+        self.adaptation_batch = adaptation_batch
+        if backbone_batch is None:
+            backbone_batch = take_examples(adaptation_batch, [])
         self.batch = concat_batches(adaptation_batch, backbone_batch,
                                     getattr(task, "padding", None))
         self.n = len(next(iter(adaptation_batch.values())))
         self.m = len(next(iter(backbone_batch.values())))
         k = self.n + self.m
         self.gamma = bat_share(self.n, self.m, gamma)
-        if grads is None and curvature == "fisher":
+        if grads is None and sums is None and curvature == "fisher":
             grads = per_sample_grads_hooks(model, task, self.batch, chunk_size=chunk_size)
         self.grads = grads
-        if grads is None:
+        if sums is not None:
+            self.sum_adaptation, sum_backbone = sums
+        elif grads is not None:
+            self.sum_adaptation, sum_backbone = grads[:self.n].sum(0), grads[self.n:].sum(0)
+        else:
             self.sum_adaptation, sum_all = gradient_sums(model, task, self.batch, self.n,
                                                          chunk_size=chunk_size)
-        else:
-            self.sum_adaptation, sum_all = grads[:self.n].sum(0), grads.sum(0)
+            sum_backbone = sum_all - self.sum_adaptation
         # Σ_{D^bat} ∇ℓ over k = n/γ examples' weight: each D^B' example counts n(1 − γ)/(γ m).
         backbone_count = self.n * (1 - self.gamma) / (self.gamma * self.m) if self.m else 0.0
-        self.sum_bat = self.sum_adaptation + backbone_count * (sum_all - self.sum_adaptation)
+        self.sum_bat = self.sum_adaptation + backbone_count * sum_backbone
         # The curvatures' examples and the weights of their mean over D^bat (the D^A subsample
         # stands for all n); the difference H^{bat|A} − H^{bat} is reweighted alike.
         self.curvature_index, self.bat_weights = curvature_subsample(
-            self.n, k, curvature_examples, seed, self.gamma)
+            self.n, k, curvature_examples, seed, gamma)
         is_backbone = self.curvature_index >= self.n
-        if backbone_curvature == "share":  # H^{bat|A} − H^{bat} = H^A, the mean over D^A
+        if backbone_curvature == "share" or not self.m:  # H^{bat|A} − H^{bat} = H^A, mean over D^A
             self.difference_weights = torch.where(is_backbone, 0.0, self.bat_weights / self.gamma)
         else:  # H^{bat|A} − mean over D^B'
             self.difference_weights = self.bat_weights - is_backbone.to(torch.float64) / self.m
+        self._rows = rows
         self._operators: list[CurvatureOperator] | None = None
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """The rows of a row curvature (``fisher``, ``sampled_fisher``) over the curvature
+        examples, D^A's subsample then D^B', ``draws`` per example for ``sampled_fisher``
+        [len(curvature_index)·draws, d]; computed once. Raises ValueError for other curvatures."""
+        if self.curvature not in ROW_CURVATURES:
+            raise ValueError(f"curvature {self.curvature!r} has no rows; "
+                             f"rows exist for {list(ROW_CURVATURES)}")
+        if self._rows is None:
+            index = self.curvature_index
+            if self.curvature == "sampled_fisher":
+                self._rows = sampled_fisher_rows(self.model, self.task,
+                                                 take_examples(self.batch, index), draws=self.draws,
+                                                 seed=self.seed, chunk_size=self.chunk_size)
+            elif self.grads is not None:
+                self._rows = self.grads[index]
+            else:
+                self._rows = per_sample_grads_hooks(self.model, self.task,
+                                                    take_examples(self.batch, index),
+                                                    chunk_size=self.chunk_size)
+        return self._rows
+
+    def replace_backbone(self, backbone_batch: Batch, backbone_grads: torch.Tensor) -> Prop2Problem:
+        """The problem at the same θ with the same D^A and ``backbone_batch`` as D^B'.
+
+        What a selector needs right after it selected D^B' again: D^A's gradient sum and, for a
+        row curvature, D^A's rows are this problem's, so only the new D^B' costs a pass.
+        ``backbone_grads`` [m, d]: its per-sample gradients at this θ (the selector ranked the
+        candidates with them), which give its gradient sum and, for ``fisher``, its rows;
+        ``sampled_fisher`` draws its targets with a seed derived from this problem's.
+        """
+        sums = (self.sum_adaptation, backbone_grads.sum(0).to(self.sum_adaptation))
+        rows = None
+        if self.curvature in ROW_CURVATURES:
+            per_example = self.draws if self.curvature == "sampled_fisher" else 1
+            adaptation_rows = self.rows[:int((self.curvature_index < self.n).sum()) * per_example]
+            backbone_rows = (backbone_grads if self.curvature == "fisher" else sampled_fisher_rows(
+                self.model, self.task, backbone_batch, draws=self.draws,
+                seed=derived_seed(self.seed, 1), chunk_size=self.chunk_size))
+            rows = torch.cat([adaptation_rows, backbone_rows.to(adaptation_rows)])
+        return Prop2Problem(self.model, self.task, self.adaptation_batch, backbone_batch,
+                            self.curvature, sums=sums, rows=rows, **self._settings)
 
     def operators(self) -> tuple[CurvatureOperator, CurvatureOperator]:
         """H^{bat|A} − H^{bat} and H^{bat|A}, from one forward pass (built once)."""
@@ -192,7 +255,7 @@ class Prop2Problem:
             self._operators = curvature_operators(
                 self.curvature, self.model, self.task, take_examples(self.batch, index),
                 [self.difference_weights, self.bat_weights],
-                grads=None if self.grads is None else self.grads[index],
+                rows=self.rows if self.curvature in ROW_CURVATURES else None,
                 chunk_size=self.chunk_size, draws=self.draws, seed=self.seed)
             factor = getattr(self._operators[0], "factor", None)
             if factor is not None:  # both scores' right-hand sides in the Gram's pass over G
@@ -226,17 +289,13 @@ class Prop2Problem:
                            {"adaptation": report_a.as_dict(), "bat": report_bat.as_dict()})
 
 
-def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
-                       candidate_grads: torch.Tensor, target_gradient: torch.Tensor,
-                       curvature: str, options: SolveOptions, *,
-                       training_grads: torch.Tensor | None = None,
-                       training_weights: torch.Tensor | None = None, relative: bool = False,
-                       draws: int = 1, seed: int = 0, chunk_size: int | None = None
-                       ) -> tuple[torch.Tensor, CurvatureReport]:
+def candidate_benefits(operator: CurvatureOperator, candidate_grads: torch.Tensor,
+                       target_gradient: torch.Tensor, options: SolveOptions, *,
+                       relative: bool = False) -> tuple[torch.Tensor, CurvatureReport]:
     """Predicted decrease of a target T(θ) when each candidate joins the training set.
 
-    Up-weighting candidate j (per-sample gradient g_j, a row of ``candidate_grads``) by ε in the
-    training objective of ``training_batch`` (curvature H) moves its minimiser by
+    Up-weighting candidate j (per-sample gradient g_j, a row of ``candidate_grads`` [c, d]) by ε
+    in the training objective whose curvature is ``operator`` (H) moves its minimiser by
     −ε (H + λI)⁻¹ g_j, so T changes by −ε ∇Tᵀ (H + λI)⁻¹ g_j
     (the influence function of Koh & Liang, 2017). The benefit
 
@@ -246,17 +305,11 @@ def candidate_benefits(model: nn.Module, task: Task, training_batch: Batch,
     step −(H + λI)⁻¹ g_j goes down T. The approximation is first order in the candidate's
     weight (1/k) and holds H fixed, which a single example changes by O(1/k) only.
     With T = ½‖θ − θ^{A*}‖², ∇T = θ − θ^{A*} (oracle); with T the loss on held-out
-    adaptation data, ∇T is its gradient (oracle-free). H is Σ_i w_i C_i with
-    ``training_weights`` w (default 1/k each; :func:`curvature_subsample`'s for a γ mixture).
-    ``relative``: λ scaled as in :func:`relative_damping`; ``draws``, ``seed``, ``chunk_size``:
-    as in :class:`Prop2Problem`.
+    adaptation data, ∇T is its gradient (oracle-free). A selector passes H^{bat|A} of the
+    current D^bat (:meth:`Prop2Problem.operators`), the curvature its scores use.
+    ``relative``: λ scaled as in :func:`relative_damping`. Returns the benefits [c] and the
+    solve's report.
     """
-    k = len(next(iter(training_batch.values())))
-    if training_weights is None:
-        training_weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-    operator = curvature_operators(curvature, model, task, training_batch, [training_weights],
-                                   grads=training_grads, chunk_size=chunk_size, draws=draws,
-                                   seed=seed)[0]
     options = relative_damping(operator, options) if relative else options
     solution = solve(operator, target_gradient, options)
     return candidate_grads @ solution.x.to(candidate_grads.dtype), solution.report
@@ -275,7 +328,7 @@ def weight_difference(model: nn.Module, task: Task, batch: Batch, curvature: str
     grads = per_sample_grads_hooks(model, task, batch, chunk_size=chunk_size)
     operator = curvature_operators(curvature, model, task, batch,
                                    [torch.full((k,), 1.0 / k, dtype=torch.float64)],
-                                   grads=grads, chunk_size=chunk_size)[0]
+                                   rows=grads, chunk_size=chunk_size)[0]
     return solve_norm(operator, grads.sum(0), options)
 
 

@@ -7,8 +7,8 @@ without backbone examples happens at the next step with some), and D^B' is selec
 when eq. 12, γ·Score_bat ≤ Score_A, fails (Algorithm 1, App. C: "select D^bat again"), when it
 does not exist yet, or when a step needs more examples than it holds. D^B' is kept between
 checks whether or not the step's candidates include it (the training loop offers a fresh random
-draw of candidates at every step), so a re-selection ranks a fresh draw, not the set it is
-replacing. γ is the training's (``gamma``): the scores weigh D^B' as that mixture does
+draw of candidates at every step), so a re-selection ranks a fresh draw, not only the set it
+is replacing. γ is the training's (``gamma``): the scores weigh D^B' as that mixture does
 (:mod:`bat.core.prop2`). A (re)selection ranks the step's candidates with one shared solve
 (:func:`bat.core.prop2.candidate_benefits`) and keeps the ``count`` best:
 
@@ -39,7 +39,7 @@ from bat.core.curvature import (CURVATURES, ROW_CURVATURES, flat_parameters, los
                                 per_sample_grads_hooks, projected_curvatures)
 from bat.errors import ConfigError
 from bat.core.prop2 import (BACKBONE_CURVATURES, INEQUALITIES, Prop2Problem, Prop2Scores,
-                            candidate_benefits, curvature_subsample)
+                            candidate_benefits)
 from bat.core.protocols import Batch, SelectionContext, concat_batches, take_examples
 from bat.core.solvers import SOLVERS, SolveOptions
 
@@ -163,7 +163,7 @@ class Prop2Selector:
             if not holds:
                 reason = "condition_failed"
         if reason is not None:
-            self._reselect(context, adaptation, holdout, count, record)
+            self._reselect(context, adaptation, holdout, count, record, problem)
             # the new set's scores were just computed: the next checks count from here
             self._score_adaptation_step = self._score_bat_step = step
             record["reason"] = reason
@@ -197,13 +197,19 @@ class Prop2Selector:
         """Restore what :meth:`state_dict` saved.
 
         Raises :class:`ConfigError` when ``state`` is None (a checkpoint written without
-        selector state: resuming would select again and differ from the uninterrupted run) or
-        was saved under another :class:`SelectionConfig`.
+        selector state: resuming would select again and differ from the uninterrupted run),
+        lacks a key :meth:`state_dict` writes (an older version's checkpoint) or was saved under
+        another :class:`SelectionConfig`.
         """
         if state is None:
             raise ConfigError("selector: the checkpoint holds no selector state, so a resumed "
                               "run would select again and differ from an uninterrupted one; "
                               "start the run in a fresh folder")
+        missing = sorted(set(self.state_dict()) - set(state))
+        if missing:
+            raise ConfigError(f"selector: the checkpoint's selector state lacks {missing}; it was "
+                              "written by an older version of Prop2Selector, so start the run in "
+                              "a fresh folder")
         now = dataclasses.asdict(self.config)
         changed = [key for key in now if state["config"].get(key) != now[key]]
         if changed:
@@ -233,12 +239,12 @@ class Prop2Selector:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed))
         return take_examples(batch, order[held:]), take_examples(batch, order[:held])
 
-    def _problem(self, context: SelectionContext, adaptation: Batch,
-                 grads: torch.Tensor | None = None) -> Prop2Problem:
+    def _problem(self, context: SelectionContext, adaptation: Batch) -> Prop2Problem:
+        """The current D^bat: D^A and the kept D^B' (D^A alone before the first selection)."""
         config = self.config
         return Prop2Problem(context.model, context.task, adaptation, self._selected_batch,
                             config.curvature, gamma=config.gamma, chunk_size=config.chunk_size,
-                            backbone_curvature=config.backbone_curvature, grads=grads,
+                            backbone_curvature=config.backbone_curvature,
                             draws=config.fisher_draws, seed=self._draw_seed(context.step),
                             curvature_examples=config.curvature_examples)
 
@@ -250,7 +256,10 @@ class Prop2Selector:
         return problem.solve_options(self.config.solve_options, self.config.relative_damping)
 
     def _reselect(self, context: SelectionContext, adaptation: Batch, holdout: Batch | None,
-                  count: int, record: dict) -> None:
+                  count: int, record: dict, problem: Prop2Problem | None) -> None:
+        """Select D^B' from the step's candidates. ``problem``: the current D^bat's, built by a
+        check at this step (None: no check ran, build it): its H^{bat|A} is the benefits'
+        curvature, and the new D^bat's scores reuse its D^A parts (:meth:`Prop2Problem.replace_backbone`)."""
         config = self.config
         if holdout is None:
             theta = flat_parameters(context.model)
@@ -260,36 +269,18 @@ class Prop2Selector:
             target_gradient = theta - self.target.to(theta)
         else:
             target_gradient = loss_gradient(context.model, context.task, holdout)
-        training = (adaptation if self._selected_batch is None
-                    else concat_batches(adaptation, self._selected_batch,
-                                        getattr(context.task, "padding", None)))
-        # With the empirical Fisher one pass per set at this θ serves the benefits, the Fisher and
-        # both scores below; other curvatures need no per-sample rows of the training set.
-        training_grads = (per_sample_grads_hooks(context.model, context.task, training,
-                                                 chunk_size=config.chunk_size)
-                          if config.curvature == "fisher" else None)
+        if problem is None:
+            problem = self._problem(context, adaptation)
         candidate_grads = per_sample_grads_hooks(context.model, context.task,
                                                  context.candidate_batch, chunk_size=config.chunk_size)
-        # the benefits' curvature: the mean over D^A and the current D^B', estimated from the
-        # scores' subsample of D^A, weighted as the scores weigh it
-        n = len(next(iter(adaptation.values())))
-        index, weights = curvature_subsample(n, len(next(iter(training.values()))),
-                                             config.curvature_examples, self._draw_seed(context.step),
-                                             config.gamma)
-        benefits, report = candidate_benefits(
-            context.model, context.task, take_examples(training, index), candidate_grads,
-            target_gradient, config.curvature, config.solve_options,
-            training_grads=None if training_grads is None else training_grads[index],
-            training_weights=weights,
-            relative=config.relative_damping, draws=config.fisher_draws,
-            seed=self._draw_seed(context.step), chunk_size=config.chunk_size)
+        benefits, report = candidate_benefits(problem.operators()[1], candidate_grads,
+                                              target_gradient, config.solve_options,
+                                              relative=config.relative_damping)
         order = torch.argsort(benefits, descending=True, stable=True)[:count]
         self.selected_ids = [context.candidate_ids[i] for i in order.tolist()]
         self._selected_batch = {key: value.detach().clone() for key, value in
                                 take_examples(context.candidate_batch, order).items()}
-        grads = (None if training_grads is None
-                 else torch.cat([training_grads[:n], candidate_grads[order]]))
-        scores = self._problem(context, adaptation, grads).scores(
+        scores = problem.replace_backbone(self._selected_batch, candidate_grads[order]).scores(
             config.solve_options, inequality=config.inequality, relative=config.relative_damping)
         self._score_adaptation = scores.score_adaptation
         selected = {"score_adaptation": scores.score_adaptation, "score_bat": scores.score_bat,
@@ -466,7 +457,9 @@ class SetSelector:
     def select(self, context: SelectionContext, count: int) -> list[int]:
         if count > len(context.candidate_ids):
             raise ValueError(f"count {count} exceeds the {len(context.candidate_ids)} candidates")
-        stale = (self.selected_ids is None or count != self._count
+        # A step that needs fewer takes a prefix of the greedy order, which is what the greedy
+        # rule would choose with that limit; only a step that needs more selects again.
+        stale = (self.selected_ids is None or count > self._count
                  or context.step % self.config.reselect_every == 0)
         if stale and count > 0:
             start = time.perf_counter()

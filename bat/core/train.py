@@ -181,7 +181,7 @@ def select_backbone(selector, model: nn.Module, task, adaptation: Batch, backbon
     """Offer candidates of D^B to ``selector``; it scores them against all of D^A.
 
     The candidates are a fresh random draw of ``config.candidates`` examples at every step (all of
-    D^B when it holds no more). A stateful selector may return ids it chose at an earlier step
+    D^B when ``config.candidates`` is 0 or D^B holds no more). A stateful selector may return ids it chose at an earlier step
     that this draw lacks (Algorithm 1 keeps D^B' between checks); any id must index D^B.
     Raises RuntimeError when the selector returns more than ``count`` ids, repeats one, or
     returns one outside D^B.

@@ -33,8 +33,8 @@ Cost: DreamBooth trains every UNet weight and Proposition 2 takes per-sample gra
 them, so BAT draws from a fixed random pool of ``pool_size`` examples per seed: at every step
 the training loop offers a fresh random draw of ``candidates`` of them (0: the whole pool). The
 stateful selector keeps its choice between checks, and a failed check selects again from that
-step's draw (Algorithm 1's "select D^bat again"), so a re-selection is not a re-ranking of the
-set it replaces. Algorithm 1's settings are the grid's ``selection`` (n = ``score_adaptation_every``,
+step's draw (Algorithm 1's "select D^bat again"), so a re-selection ranks new examples, not
+only the set it replaces (a draw of 16 of 32 holds about half of a kept set). Algorithm 1's settings are the grid's ``selection`` (n = ``score_adaptation_every``,
 k = ``score_bat_every``), with γ the run's. Run folders (full optimizer state) live in a temporary
 folder and are deleted: the tables are the result, and a seed re-creates any run exactly.
 
