@@ -185,9 +185,10 @@ def test_dbprime_is_kept_outside_the_offer_and_a_failed_check_selects_from_the_f
     # step 2: the check fails; the new D^B' is ranked among this step's draw, which holds two of
     # the kept examples and the six candidates never chosen
     rows = [first[0] - 100, first[1] - 100, *(i for i in range(10) if i + 100 not in first)]
-    context.candidate_ids = [first[0], first[1], *(2000 + row for row in rows[2:])]
-    context.candidate_batch = take_examples(kept, rows)
-    context.step = 2
+    context = SelectionContext(model=context.model, task=context.task, step=2,
+                               candidate_ids=[first[0], first[1], *(2000 + row for row in rows[2:])],
+                               adaptation_batch=context.adaptation_batch,
+                               candidate_batch=take_examples(kept, rows))
     second = selector.select(context, 4)
     assert selector.records[-1]["reason"] == "condition_failed"
     # ranked all 8 offered, and the kept examples this draw lacks (first[2:]) are gone
@@ -254,6 +255,31 @@ def test_a_failed_check_reselects_without_passing_over_its_d_bat_again(monkeypat
     n, m, candidates, draws = 40, 4, 10, 2
     check = (n + m) + 2 * draws * (n + m)  # gradient sums; drawn targets and their gradients
     assert sum(forwarded) == check + candidates + 2 * draws * m
+
+
+def test_batches_are_prepared_only_when_a_selector_looks_at_them():
+    """The training loop passes ``prepare``: Algorithm 1 between its checks, and random
+    augmentation at every step, need ids only (the random regime offers all of D^B)."""
+    from bat.core.mixing import RandomSelector
+
+    context, theta_a = problem()
+    calls = []
+
+    def lazy(step):
+        def prepare():
+            calls.append(step)
+            return context.adaptation_batch, context.candidate_batch
+        return SelectionContext(model=context.model, task=context.task, step=step,
+                                candidate_ids=context.candidate_ids, prepare=prepare)
+    selector = Prop2Selector(SelectionConfig(score_adaptation_every=3, score_bat_every=3),
+                             target=theta_a)
+    for step in range(7):
+        selector.select(lazy(step), 4)
+        RandomSelector(seed=0).select(lazy(100 + step), 4)
+    assert calls == [0, 3, 6]  # the first selection and the two checks, once each
+    with pytest.raises(ValueError, match="not both"):
+        SelectionContext(model=context.model, task=context.task, step=0, candidate_ids=[1],
+                         prepare=lambda: None, adaptation_batch={}, candidate_batch={})
 
 
 def test_score_adaptation_with_share_is_the_adaptation_only_newton_step():

@@ -78,6 +78,8 @@ class DyingTask:
 
     def __init__(self, task, killed_at_step=None):
         self.task, self.killed_at_step, self.steps = task, killed_at_step, 0
+        # the LM task's fill values: a D^B' kept from one step's batch may be wider than D^A's
+        self.padding = getattr(task, "padding", None)
 
     def prepare(self, examples, generator):
         return self.task.prepare(examples, generator)

@@ -13,8 +13,7 @@ A :class:`Selector` picks which backbone samples join the adaptation batch (the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -60,16 +59,42 @@ class Task(Protocol):
         ...
 
 
-@dataclass
 class SelectionContext:
-    """What a selector may look at when it is asked for backbone samples at a training step."""
+    """What a selector may look at when it is asked for backbone samples at a training step.
 
-    model: nn.Module  # backbone with adapter; only the adapter's parameters require grad
-    task: Task
-    adaptation_batch: Batch  # examples of D^A used to score (the whole D^A when it is small)
-    candidate_batch: Batch  # candidate examples of D^B
-    candidate_ids: list[int]  # ids of the candidates in the backbone pool, same order
-    step: int
+    ``model``: backbone with adapter (only the adapter's parameters require grad); ``task``;
+    ``candidate_ids``: ids of the candidates in the backbone pool; ``step``. The batches,
+    ``adaptation_batch`` (examples of D^A to score with: the whole D^A when it is small) and
+    ``candidate_batch`` (the candidates, in ``candidate_ids`` order), are given, or made on
+    first access by ``prepare`` () -> (adaptation_batch, candidate_batch): the training loop
+    passes ``prepare``, so a selector that needs only ids (random augmentation, Algorithm 1
+    between its checks) costs no preparation. Raises ValueError unless exactly one of the
+    two ways is used.
+    """
+
+    def __init__(self, model: nn.Module, task: Task, candidate_ids: list[int], step: int, *,
+                 adaptation_batch: Batch | None = None, candidate_batch: Batch | None = None,
+                 prepare: Callable[[], tuple[Batch, Batch]] | None = None):
+        given = adaptation_batch is not None and candidate_batch is not None
+        if given == (prepare is not None) or (adaptation_batch is None) != (candidate_batch is None):
+            raise ValueError("SelectionContext: give adaptation_batch and candidate_batch, "
+                             "or prepare, not both")
+        self.model, self.task, self.candidate_ids, self.step = model, task, candidate_ids, step
+        self._batches = (adaptation_batch, candidate_batch) if given else None
+        self._prepare = prepare
+
+    def _prepared(self) -> tuple[Batch, Batch]:
+        if self._batches is None:
+            self._batches = self._prepare()
+        return self._batches
+
+    @property
+    def adaptation_batch(self) -> Batch:
+        return self._prepared()[0]
+
+    @property
+    def candidate_batch(self) -> Batch:
+        return self._prepared()[1]
 
 
 @runtime_checkable

@@ -139,13 +139,16 @@ class Prop2Selector:
             return []
         start = time.perf_counter()
         config, step = self.config, context.step
-        adaptation, holdout = self._split(context.adaptation_batch)
         record: dict = {"step": step}
         reason = self._stale_reason(count)
         due_adaptation = _due(self._score_adaptation_step, step, config.score_adaptation_every)
         due_bat = _due(self._score_bat_step, step, config.score_bat_every)
+        if reason is None and not (due_adaptation or due_bat):
+            # between checks: the kept D^B', and the step's batches are never prepared
+            return list(self.selected_ids[:count])
+        adaptation, holdout = self._split(context.adaptation_batch)
         problem = None
-        if reason is None and (due_adaptation or due_bat):
+        if reason is None:
             problem = self._problem(context, adaptation)
         if problem is not None and (due_adaptation or self._score_adaptation is None):
             self._score_adaptation, report = problem.score_adaptation(self._options(problem))

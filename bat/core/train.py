@@ -181,7 +181,8 @@ def select_backbone(selector, model: nn.Module, task, adaptation: Batch, backbon
     """Offer candidates of D^B to ``selector``; it scores them against all of D^A.
 
     The candidates are a fresh random draw of ``config.candidates`` examples at every step (all of
-    D^B when ``config.candidates`` is 0 or D^B holds no more). A stateful selector may return ids it chose at an earlier step
+    D^B when ``config.candidates`` is 0 or D^B holds no more). D^A and the candidates are
+    prepared only if the selector looks at them (:class:`SelectionContext`). A stateful selector may return ids it chose at an earlier step
     that this draw lacks (Algorithm 1 keeps D^B' between checks); any id must index D^B.
     Raises RuntimeError when the selector returns more than ``count`` ids, repeats one, or
     returns one outside D^B.
@@ -191,16 +192,23 @@ def select_backbone(selector, model: nn.Module, task, adaptation: Batch, backbon
         candidate_ids = torch.randperm(n_backbone, generator=generator)[:config.candidates].tolist()
     else:
         candidate_ids = list(range(n_backbone))
-    model.eval()  # scores without dropout noise; the step itself trains in train mode
-    # One prepare for both, so that they share a shape (the LM task trims padding per batch)
-    # and a selector can stack them into D^bat.
-    offered = task.prepare(concat_batches(adaptation, take_examples(backbone, candidate_ids)), generator)
-    offered = to_device(offered, model_device(model))
+    # The batches' draws (diffusion noise) come from a seed taken here at every step, so the
+    # stream does not depend on whether a selector asked for them.
+    prepare_seed = int(torch.randint(2 ** 62, (1,), generator=generator))
     n_adaptation = count_examples("adaptation", adaptation)
-    context = SelectionContext(model=model, task=task,
-                               adaptation_batch={k: v[:n_adaptation] for k, v in offered.items()},
-                               candidate_batch={k: v[n_adaptation:] for k, v in offered.items()},
-                               candidate_ids=candidate_ids, step=step)
+
+    def prepare() -> tuple[Batch, Batch]:
+        # One prepare for both, so that they share a shape (the LM task trims padding per
+        # batch) and a selector can stack them into D^bat.
+        offered = task.prepare(concat_batches(adaptation, take_examples(backbone, candidate_ids)),
+                               torch.Generator().manual_seed(prepare_seed))
+        offered = to_device(offered, model_device(model))
+        return ({k: v[:n_adaptation] for k, v in offered.items()},
+                {k: v[n_adaptation:] for k, v in offered.items()})
+
+    model.eval()  # scores without dropout noise; the step itself trains in train mode
+    context = SelectionContext(model=model, task=task, candidate_ids=candidate_ids, step=step,
+                               prepare=prepare)
     chosen = [int(i) for i in selector.select(context, count)]
     if (len(chosen) > count or len(set(chosen)) != len(chosen)
             or not all(0 <= i < n_backbone for i in chosen)):
