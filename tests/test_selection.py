@@ -1,12 +1,15 @@
 """Proposition-2 scores and Algorithm 1 on a linear model with known good and bad candidates."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from bat import io
 from bat.core.curvature import (curvature_operators, flat_parameters, per_sample_grads_loop,
-                                set_flat_parameters)
+                                sampled_fisher_rows, set_flat_parameters)
+from bat.core.mixing import derived_seed
 from bat.errors import ConfigError
 from bat.core.protocols import take_examples
 from bat.core.prop2 import (Prop2Problem, parameter_distance, weight_difference,
@@ -201,7 +204,8 @@ def test_dbprime_is_kept_outside_the_offer_and_a_failed_check_selects_from_the_f
 
 @pytest.mark.parametrize("setup", [s for s in CURVATURE_SETUPS if s["curvature"] != "sampled_fisher"],
                          ids=lambda s: s["curvature"])
-def test_replace_backbone_scores_equal_a_fresh_problem(setup):
+@pytest.mark.parametrize("curvature_examples", [None, 25])
+def test_replace_backbone_scores_equal_a_fresh_problem(setup, curvature_examples):
     """Right after a re-selection the new D^bat's scores reuse D^A's gradient sum and rows; with a
     deterministic curvature they are exactly a fresh problem's on D^A ∪ new D^B'."""
     context, _ = problem()
@@ -209,11 +213,11 @@ def test_replace_backbone_scores_equal_a_fresh_problem(setup):
     new = take_examples(context.candidate_batch, [3, 15, 16])
     options = SolveOptions(solver=setup["solver"], damping=1e-3, indefinite=setup.get("indefinite", "clip"))
     kept = Prop2Problem(context.model, context.task, context.adaptation_batch, old,
-                        setup["curvature"], gamma=0.5, curvature_examples=25)
+                        setup["curvature"], gamma=0.5, curvature_examples=curvature_examples)
     kept.scores(options)  # the check that failed: D^A's parts are computed here
     replaced = kept.replace_backbone(new, per_sample_grads_loop(context.model, context.task, new))
     fresh = Prop2Problem(context.model, context.task, context.adaptation_batch, new,
-                         setup["curvature"], gamma=0.5, curvature_examples=25)
+                         setup["curvature"], gamma=0.5, curvature_examples=curvature_examples)
     assert replaced.sum_adaptation is kept.sum_adaptation
     for ours, theirs in zip(replaced.scores(options).__dict__.values(), fresh.scores(options).__dict__.values()):
         if isinstance(ours, float):
@@ -232,7 +236,27 @@ def test_replace_backbone_keeps_the_adaptation_rows_and_draws_new_backbone_rows(
                          "sampled_fisher", gamma=0.5, draws=2, seed=7, curvature_examples=25)
     assert torch.equal(replaced.curvature_index, fresh.curvature_index)
     assert torch.allclose(replaced.sum_bat, fresh.sum_bat, rtol=1e-12, atol=1e-12)
-    assert not torch.equal(replaced.rows[50:], fresh.rows[50:])  # fresh draws, another seed
+    # D^B''s targets come from a stream apart from D^A's (the same seed would reuse its draws)
+    assert torch.equal(replaced.rows[50:], sampled_fisher_rows(context.model, context.task, new,
+                                                               draws=2, seed=derived_seed(7, 1)))
+    with pytest.raises(ValueError, match=r"backbone_grads: shape \(2, 4\), want \(3, 4\)"):
+        kept.replace_backbone(new, torch.zeros(2, DIM, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rows: 3 rows given"):
+        Prop2Problem(context.model, context.task, context.adaptation_batch, new, "sampled_fisher",
+                     draws=2, rows=torch.zeros(3, DIM, dtype=torch.float64))
+
+
+def test_without_backbone_examples_both_readings_are_the_adaptation_curvature():
+    """Before a first selection D^bat is D^A (m = 0, γ = 1): the conditional reading's mean over
+    an empty D^B' is undefined, and both readings give H^A."""
+    context, _ = problem()
+    options = SolveOptions(solver="woodbury", damping=1e-3)
+    share, conditional = (Prop2Problem(context.model, context.task, context.adaptation_batch, None,
+                                       "fisher", gamma=0.5, backbone_curvature=reading).scores(options)
+                          for reading in ("share", "conditional"))
+    assert share.gamma == 1.0 and math.isfinite(conditional.score_adaptation)
+    assert conditional.score_adaptation == pytest.approx(share.score_adaptation, rel=1e-12)
+    assert share.score_bat == pytest.approx(share.score_adaptation, rel=1e-12)
 
 
 def test_a_failed_check_reselects_without_passing_over_its_d_bat_again(monkeypatch):
@@ -255,6 +279,29 @@ def test_a_failed_check_reselects_without_passing_over_its_d_bat_again(monkeypat
     n, m, candidates, draws = 40, 4, 10, 2
     check = (n + m) + 2 * draws * (n + m)  # gradient sums; drawn targets and their gradients
     assert sum(forwarded) == check + candidates + 2 * draws * m
+
+
+def test_the_benefits_curvature_is_that_of_the_current_d_bat(monkeypatch):
+    """After a failed check the benefits use its H^{bat|A} (D^A and the kept D^B' mixed at γ),
+    not H^{bat|A} − H^{bat}, which gives the D^B' rows no weight."""
+    import bat.core.selection as selection
+
+    context, theta_a = problem(n_good=0)
+    x, y = context.adaptation_batch["x"], context.adaptation_batch["y"]
+    set_flat_parameters(context.model, torch.linalg.lstsq(x, y[:, None]).solution[:, 0])
+    selector = Prop2Selector(SelectionConfig(fisher_draws=2), target=theta_a)
+    selector.select(context, 4)
+    operators, original = [], selection.candidate_benefits
+    monkeypatch.setattr(selection, "candidate_benefits",
+                        lambda operator, *args, **kwargs: operators.append(operator) or
+                        original(operator, *args, **kwargs))
+    context.step = 1
+    selector.select(context, 4)
+    assert selector.records[-1]["reason"] == "condition_failed"
+    (operator,) = operators
+    backbone_weights = operator.weights[-4 * 2:]  # the kept D^B', two drawn rows per example
+    assert torch.allclose(backbone_weights, torch.full_like(backbone_weights, 0.5 / 4 / 2))
+    assert float(operator.weights.sum()) == pytest.approx(1.0)
 
 
 def test_batches_are_prepared_only_when_a_selector_looks_at_them():

@@ -160,7 +160,8 @@ class Prop2Problem:
         ``draws``, ``seed``: targets per example and their seed for ``sampled_fisher``.
         ``curvature_examples``: the curvatures use this many examples of D^A (a subsample drawn
         with ``seed``, reweighted to stand for all n) and all of D^B'; None: all of D^A. The
-        gradient sums always use every example. Raises ConfigError for a ``gamma`` outside (0, 1).
+        gradient sums always use every example. Raises ConfigError for a ``gamma`` outside (0, 1),
+        ValueError for ``rows`` of another count or curvature.
         """
         validate.choice("backbone_curvature", backbone_curvature, BACKBONE_CURVATURES)
         if gamma is not None:
@@ -202,14 +203,21 @@ class Prop2Problem:
             self.difference_weights = torch.where(is_backbone, 0.0, self.bat_weights / self.gamma)
         else:  # H^{bat|A} − mean over D^B'
             self.difference_weights = self.bat_weights - is_backbone.to(torch.float64) / self.m
+        if rows is not None:
+            expected = len(self.curvature_index) * (draws if curvature == "sampled_fisher" else 1)
+            if curvature not in ROW_CURVATURES or len(rows) != expected:
+                raise ValueError(f"rows: {len(rows)} rows given for curvature {curvature!r}; a "
+                                 f"row curvature ({list(ROW_CURVATURES)}) here has {expected}")
         self._rows = rows
         self._operators: list[CurvatureOperator] | None = None
 
     @property
     def rows(self) -> torch.Tensor:
-        """The rows of a row curvature (``fisher``, ``sampled_fisher``) over the curvature
-        examples, D^A's subsample then D^B', ``draws`` per example for ``sampled_fisher``
-        [len(curvature_index)·draws, d]; computed once. Raises ValueError for other curvatures."""
+        """The rows of a row curvature over the curvature examples, D^A's subsample then D^B':
+        per-sample gradients for ``fisher`` [len(curvature_index), d], ``draws`` drawn-target
+        gradients per example for ``sampled_fisher`` [len(curvature_index)·draws, d] (d: the
+        width of θ_A, or of the ``grads``/``rows`` given); computed once. Raises ValueError for
+        other curvatures."""
         if self.curvature not in ROW_CURVATURES:
             raise ValueError(f"curvature {self.curvature!r} has no rows; "
                              f"rows exist for {list(ROW_CURVATURES)}")
@@ -234,8 +242,19 @@ class Prop2Problem:
         row curvature, D^A's rows are this problem's, so only the new D^B' costs a pass.
         ``backbone_grads`` [m, d]: its per-sample gradients at this θ (the selector ranked the
         candidates with them), which give its gradient sum and, for ``fisher``, its rows;
-        ``sampled_fisher`` draws its targets with a seed derived from this problem's.
+        ``sampled_fisher`` draws its targets with ``derived_seed(seed, 1)``, a stream apart from
+        D^A's. So with ``sampled_fisher`` the scores are not those of a fresh problem built with
+        this seed (that one would draw D^A's targets again, over another batch), only as
+        accurate: each is one draw of the same estimator. Raises ValueError when
+        ``backbone_grads`` does not hold one row per example of ``backbone_batch`` over θ_A.
         """
+        m = len(next(iter(backbone_batch.values())))
+        if backbone_grads.shape != (m, self.sum_adaptation.numel()):
+            raise ValueError(f"backbone_grads: shape {tuple(backbone_grads.shape)}, want "
+                             f"({m}, {self.sum_adaptation.numel()}): one row per example of "
+                             "backbone_batch over θ_A")
+        device = next(iter(self.adaptation_batch.values())).device
+        backbone_batch = {key: value.to(device) for key, value in backbone_batch.items()}
         sums = (self.sum_adaptation, backbone_grads.sum(0).to(self.sum_adaptation))
         rows = None
         if self.curvature in ROW_CURVATURES:
