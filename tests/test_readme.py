@@ -63,6 +63,16 @@ def test_benchmarks_give_the_check_floor_only_when_measured(tmp_path):
     assert "| `dreambooth_check` | grid_check_s = 0.7 | goal_s = 1 | yes |" in block
     assert "(12 examples) costs 7.4 training steps" in block and "cost 5.75" in block
     assert "at least 2.44×" in block
+    assert "plain forward and backward" not in block
+    check.update(weights=5187204, batch_gradient_s=0.12, write_rows_s=0.1)
+    (tmp_path / readme.CURVATURE).write_text(json.dumps({"dreambooth_check": check, "per_sample_grads": {
+        "lora_unet_8x8": {"hooks_s": 0.15, "loop_s": 0.7, "batched_s": 0.14, "speedup_ceiling": 5.0,
+                          "speedup_hooks": 0.7 / 0.15, "goal_speedup": 5.0, "meets_goal": False}}}))
+    block = readme.benchmarks_block(tmp_path)
+    assert (f"Of the curvature rows' pass ({readme._number(check['sampled_fisher_rows_s'])} s), "
+            "one plain forward and backward of the same 12 examples costs 0.12 s") in block
+    assert "12 rows of 5.19M float32 weights into fresh memory, which alone takes 0.1 s" in block
+    assert "`lora_unet_8x8` 5× (the hooks cost 1.07× that pass)" in block
     (tmp_path / readme.GRID_SELECTION).write_text(json.dumps({"dreambooth": {"bat": {
         "ratio": 2.7, "goal_ratio": 1.3, "meets_goal": False, "selection_s": 85.0,
         "first_selection_s": 42.0, "ratio_without_first_selection": 1.9}}}))

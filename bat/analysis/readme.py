@@ -148,6 +148,22 @@ def benchmarks_block(root: Path) -> str:
                   f"with a check every {CHECK_EVERY} steps a run takes at least "
                   f"{_number(1 + floor / (CHECK_EVERY * step))}× the time of the same run without "
                   "checks (`dreambooth_check` in `curvature.json`)."]
+    if "batch_gradient_s" in check:
+        rows_s, plain_s = check["sampled_fisher_rows_s"], check["batch_gradient_s"]
+        lines += ["", f"Of the curvature rows' pass ({_number(rows_s)} s), one plain forward and "
+                  f"backward of the same {_number(check['examples'])} examples costs "
+                  f"{_number(plain_s)} s; the rest is the per-layer products and writing the "
+                  f"{_number(check['examples'])} rows of {_number(check['weights'] / 1e6)}M float32 "
+                  f"weights into fresh memory, which alone takes {_number(check['write_rows_s'])} s."]
+    ceilings = [(name, row) for name, row in curvature.get("per_sample_grads", {}).items()
+                if "speedup_ceiling" in row]
+    if ceilings:
+        parts = [f"`{name}` {_number(row['speedup_ceiling'])}× (the hooks cost "
+                 f"{_number(row['hooks_s'] / row['batched_s'])}× that pass)"
+                 for name, row in ceilings]
+        lines += ["", "A per-sample method that rides one batched forward and backward is at most "
+                  "as much faster than the per-example loop as that pass is: "
+                  f"{', '.join(parts)} (`batched_s` in `per_sample_grads`)."]
     if (root / GRID_SELECTION).exists():
         for grid, regimes in read_json(root / GRID_SELECTION).items():
             parts = [f"`{regime}` {_number(row['ratio_without_first_selection'])} "
