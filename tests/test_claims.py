@@ -281,3 +281,20 @@ def test_text_claims_cover_the_text_tracks_tasks():
     """claims.TEXT_TASKS is the analysis package's copy of the text track's task table (analysis
     imports no track); a task added to the track without a claim would go unreported."""
     assert TEXT_TASKS == ADAPTATION_TASKS
+
+
+def test_each_track_is_gated_by_a_retention_control_on_a_grid_of_its_own():
+    """Besides the convex controls, each track's claims wait for a random-vs-plain retention
+    control trained by that track's own pipeline, on a grid params.yaml gives that track."""
+    from bat.analysis.claims import CLAIMS_BY_ID, CONTROLS
+    from bat.config import read_yaml
+
+    grids = read_yaml(paths.PARAMS)["grids"]
+    for track, controls in CONTROLS.items():
+        own = [CLAIMS_BY_ID[name] for name in controls
+               if isinstance(CLAIMS_BY_ID[name].source, RunComparison)]
+        assert len(own) == 1 and own[0].control, track
+        source = own[0].source
+        assert source.measure == "retention_loss" and source.grid in grids[track], track
+        assert (own[0].regime, own[0].reference, own[0].direction) == ("random", "plain", "lower")
+        assert {"random", "plain"} <= set(grids[track][source.grid]["regimes"]), track

@@ -51,6 +51,37 @@ def test_the_text_track_takes_its_example_length_from_backbone_text(smoke_paths,
         load(smoke_text_backbone.parent, max_length=0)
 
 
+def test_the_text_tracks_retention_records_are_those_its_backbone_did_not_train_on(
+        smoke_paths, smoke_text_backbone, smoke_params, tmp_path):
+    """D^B is the records the backbone's fine-tune saw; the retention loss is scored on the first
+    held-out ones, and only where the fine-tune's records are known."""
+    import shutil
+
+    from bat.io import read_jsonl
+    from bat.text.backbone import PRETRAINING_IDS, pretraining_ids
+    from bat.text.track import RETENTION_SIZE, load
+
+    options = track_options("text", smoke_params)
+    track = load(smoke_text_backbone.parent, **options)
+    seen = set(pretraining_ids(smoke_text_backbone))
+    records = read_jsonl(paths.PREPARED / "text" / "backbone.jsonl")
+    assert [r["id"] for r in track.records] == [r["id"] for r in records if r["id"] in seen]
+    held_out = [r for r in records if r["id"] not in seen]
+    assert len(held_out) > RETENTION_SIZE  # so the cut below is tested
+    assert track.retention_records == held_out[:RETENTION_SIZE]
+    data = track.evaluation_data("word_definition", 2)
+    row, _ = track.evaluate(track.start_model, data, seed=0, with_benchmarks=False)
+    assert row["retention_loss"] > 0 and row["retention_loss"] != row["heldout_loss"]
+
+    # a backbone from elsewhere names no records: D^B is all of them and nothing is held out
+    shutil.copytree(smoke_text_backbone, tmp_path / "backbone_text",
+                    ignore=shutil.ignore_patterns(PRETRAINING_IDS))
+    elsewhere = load(tmp_path, **options)
+    assert len(elsewhere.records) == len(records) and elsewhere.retention_examples is None
+    row, _ = elsewhere.evaluate(elsewhere.start_model, data, seed=0, with_benchmarks=False)
+    assert "retention_loss" not in row
+
+
 def test_unknown_run_names_the_runs(smoke_params):
     with pytest.raises(ConfigError, match=r"oracles has no run 'x'; runs: \['emojione_dreambooth'"):
         load_run("x", smoke_params)

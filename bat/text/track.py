@@ -23,6 +23,7 @@ ADAPTERS = ("lora", "dora")
 MIXING = "regular_interval"  # App. B: whole backbone batches every few adaptation batches
 SEEDED_EVALUATION = False  # the LM loss and benchmark scores draw nothing
 EVAL_BATCH = 8  # LM logits of 8 × 64 tokens × 49k vocabulary: ~100 MB
+RETENTION_SIZE = 32  # held-out D^B records scored for retention, as many as the image track's concepts
 
 
 def datasets(params: dict) -> tuple[str, ...]:
@@ -51,6 +52,8 @@ class TextTrack:
 
     ``max_length``: tokens per example, as the backbone's fine-tune (``backbone_text.max_length``).
     ``runtime`` places the LM on its device in its dtype; evaluation runs under its autocast.
+    Where the backbone's fine-tune is known (:func:`bat.text.backbone.pretraining_ids`), D^B is the
+    records it trained on and :attr:`retention_examples` come from the rest.
     """
 
     def __init__(self, models: str | Path, max_length: int, benchmark_items: int = 0,
@@ -67,14 +70,20 @@ class TextTrack:
         self.task = CausalLMTask()
         records = read_jsonl(self.prepared / "backbone.jsonl")
         seen = pretraining_ids(folder)
+        held_out = []
         if seen is not None:  # D^B is what this backbone was trained on, when that is known
             seen = set(seen)
+            held_out = [record for record in records if record["id"] not in seen]
             records = [record for record in records if record["id"] in seen]
             if not records:
                 raise ConfigError(f"{folder}/bat_pretraining_ids.json names no record of "
                                   f"{self.prepared / 'backbone.jsonl'}; re-run the pretrain_text stage "
                                   "with backbone_text.steps > 0")
         self.records = records
+        # backbone.jsonl is shuffled when prepared (bat.text.data.backbone_instructions): its first
+        # held-out records are a random sample of the distribution D^B was drawn from
+        self.retention_records = held_out[:RETENTION_SIZE]
+        self._retention = None
         self.eval_sets = (load_eval_sets(self.prepared / "eval", benchmark_items)
                           if benchmark_items else None)
 
@@ -91,15 +100,29 @@ class TextTrack:
         records = self.records if indices is None else [self.records[i] for i in indices]
         return self._encode(records)
 
+    @property
+    def retention_examples(self) -> Batch | None:
+        """Up to :data:`RETENTION_SIZE` instruction records of D^B's distribution that the backbone's
+        fine-tune did not train on, on which an adapter that forgets what the backbone learned
+        loses (the text track's retention control); None when no record is known to be held out
+        (a backbone from elsewhere, or one whose fine-tune saw every record)."""
+        if self._retention is None and self.retention_records:
+            self._retention = self._encode(self.retention_records)
+        return self._retention
+
     def evaluation_data(self, dataset: str, eval_size: int) -> dict:
         validate.choice("dataset", dataset, DATASETS)
         test = read_jsonl(self.prepared / "tasks" / f"{dataset}_test.jsonl")[:eval_size]
         return {"adaptation": self.examples(f"{dataset}_train"), "heldout": self._encode(test)}
 
     def evaluate(self, model, data: dict, seed: int, with_benchmarks: bool) -> tuple[dict, None]:
-        """LM loss on the task's test items; on final models, acc / acc_norm of the eight sets."""
+        """LM loss on the task's test items and, where known, on the held-out D^B records
+        (``retention_loss``); on final models, acc / acc_norm of the eight sets."""
         with self.runtime.autocast():
             row = {"heldout_loss": heldout_loss(model, self.task, data["heldout"], EVAL_BATCH)}
+            if self.retention_examples is not None:
+                row["retention_loss"] = heldout_loss(model, self.task, self.retention_examples,
+                                                     EVAL_BATCH)
             scores = (score_eval_sets(model, self.tokenizer, self.eval_sets, progress=False)
                       if with_benchmarks and self.eval_sets is not None else None)
         if scores is not None:
