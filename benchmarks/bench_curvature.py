@@ -30,9 +30,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from bat import io
-from bat.core.curvature import (FisherOperator, adapter_parameters, curvature_operators,
-                                gradient_sums, per_sample_grads, per_sample_grads_hooks,
-                                per_sample_grads_loop, sampled_fisher_rows, scoring_mode)
+from bat.core.curvature import (FisherOperator, curvature_operators, gradient_sums,
+                                loss_gradient, per_sample_grads, per_sample_grads_hooks,
+                                per_sample_grads_loop, sampled_fisher_rows)
 from bat.core.protocols import SelectionContext, concat_batches, take_examples
 from bat.text.task import CausalLMTask
 from bat.core.selection import FirstSelector, Prop2Selector, SelectionConfig
@@ -102,14 +102,6 @@ def unet_batch(size, latent_size=8, seed=0):
             "context": torch.randn(size, 6, 32, generator=generator)}
 
 
-def batch_gradient(model, task, batch):
-    """One forward and backward of the whole batch to θ_A's summed gradient, in scoring mode as
-    the per-sample methods run: what every method that rides a batched backward pays at least."""
-    params = adapter_parameters(model)[1]
-    with scoring_mode(model):
-        return torch.autograd.grad(task.batch_losses(model, batch).sum(), params)
-
-
 def bench_per_sample(model, task, batch, repeats):
     vmapped = per_sample_grads(model, task, batch)
     loop = per_sample_grads_loop(model, task, batch)
@@ -117,8 +109,10 @@ def bench_per_sample(model, task, batch, repeats):
     vmap_s, hooks_s, loop_s, batched_s = best_times(
         [lambda: per_sample_grads(model, task, batch),
          lambda: per_sample_grads_hooks(model, task, batch),
+         # one plain batched pass (scoring mode, as the per-sample methods run): what every
+         # method that rides a batched backward pays at least
          lambda: per_sample_grads_loop(model, task, batch),
-         lambda: batch_gradient(model, task, batch)], repeats)
+         lambda: loss_gradient(model, task, batch)], repeats)
     return {"batch": len(next(iter(batch.values()))), "dim": vmapped.shape[1],
             "vmap_s": vmap_s, "hooks_s": hooks_s, "loop_s": loop_s,
             "speedup": loop_s / vmap_s, "speedup_hooks": loop_s / hooks_s,
@@ -156,8 +150,9 @@ def bench_dreambooth_check(repeats):
     task = DiffusionTask(DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1))
     generator = torch.Generator().manual_seed(0)
-    batch = task.prepare({"latents": torch.randn(12, 4, size, size, generator=generator),
-                          "encoder_hidden_states": torch.randn(12, 16, 384, generator=generator)},
+    examples = 12
+    batch = task.prepare({"latents": torch.randn(examples, 4, size, size, generator=generator),
+                          "encoder_hidden_states": torch.randn(examples, 16, 384, generator=generator)},
                          generator)
     n = 8  # D^A; the other 4 are D^B'
     adaptation = {key: value[:n] for key, value in batch.items()}
@@ -181,18 +176,18 @@ def bench_dreambooth_check(repeats):
     weights = sum(p.numel() for p in unet.parameters())
 
     def write_rows():
-        # the rows' memory alone: a fresh [12, d] float32 buffer, filled once
-        torch.empty(12, weights).fill_(1.0)
+        # the rows' memory alone: a fresh [examples, d] float32 buffer, filled once
+        torch.empty(examples, weights).fill_(1.0)
 
     grid, previous = check("sampled_fisher", True), check("fisher", False)
     grid_s, previous_s, sums_s, rows_s, step_s, batched_s, write_s = best_times(
         [lambda: check("sampled_fisher", True), lambda: check("fisher", False),
          lambda: gradient_sums(unet, task, batch, n),
          lambda: sampled_fisher_rows(unet, task, batch, seed=0), train_step,
-         lambda: batch_gradient(unet, task, batch), write_rows], repeats)
+         lambda: loss_gradient(unet, task, batch), write_rows], repeats)
     unet.zero_grad(set_to_none=True)
     return {"weights": weights, "latent_size": size,
-            "examples": 12, "grid_check_s": grid_s, "previous_check_s": previous_s,
+            "examples": examples, "grid_check_s": grid_s, "previous_check_s": previous_s,
             "gradient_sums_s": sums_s, "sampled_fisher_rows_s": rows_s, "train_step_s": step_s,
             # what the rows' pass costs beyond one plain pass over the same 12 examples: the
             # per-layer products and writing the 12·d rows (write_rows_s measures the writing)
