@@ -4,6 +4,7 @@ steps it says, and the verdicts agree with scipy's paired t-test on hand-built r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,29 @@ def test_equal_steps_is_the_last_step_both_regimes_measured(tmp_path):
     assert result.label == "held"
 
 
+def test_backbone_alignment_pairs_a_regimes_last_step_with_step_0(tmp_path):
+    # The premise of a retention control: one regime's end against the backbone it started from.
+    runs = synthetic_runs(tmp_path)
+    premise = Claim("p", "control", "plain moves", "held-out loss", "plain", "plain", "lower",
+                    RunComparison("g", "heldout_loss", align="backbone"))
+    [result] = classify((premise,), tmp_path, gate=False)
+    plain = runs[runs["regime"] == "plain"]
+    end, start = (plain[plain["step"] == step].set_index("seed")["heldout_loss"] for step in (4, 0))
+    interval = stats.ttest_rel(end, start).confidence_interval(0.95)
+    comparison = result.verdict.comparison
+    assert result.step == "plain 4 / plain 0" and comparison.seeds == 4
+    assert comparison.mean == pytest.approx((end - start).mean(), abs=1e-12)
+    assert (comparison.low, comparison.high) == pytest.approx((interval.low, interval.high), abs=1e-12)
+    assert result.label == "held"
+    late = runs[(runs["step"] > 0) | (runs["seed"] != 2)]  # seed 2 lost its backbone row
+    write_grid(tmp_path, "late", late.to_dict("records"))
+    [missing] = classify((replace(premise, source=replace(premise.source, grid="late")),), tmp_path)
+    assert missing.verdict is None and missing.reason == "plain has no step 0 (seeds [2])"
+    write_grid(tmp_path, "start", runs[runs["step"] == 0].to_dict("records"))  # nothing trained
+    [untrained] = classify((replace(premise, source=replace(premise.source, grid="start")),), tmp_path)
+    assert untrained.verdict is None and "no measured step after 0 (seeds [0, 1, 2, 3])" in untrained.reason
+
+
 def test_equal_exposure_pairs_plain_where_it_saw_as_many_adaptation_examples(tmp_path):
     # BAT ends at step 6 with 6 D^A examples; plain has seen 6 at step 3 (not measured), 8 at step 4.
     runs = synthetic_runs(tmp_path, plain_steps=(0, 2, 4, 6), bat_steps=(0, 2, 4, 6))
@@ -113,7 +137,8 @@ def test_the_two_sides_must_share_their_settings(tmp_path):
 
 @pytest.mark.parametrize("random_effect, label, reason", [
     (-0.05, "held", "interval excludes zero"),
-    (0.0, "inconclusive", "control control-x not held (inconclusive)")])
+    (0.0, "inconclusive", "control control-x not held (inconclusive)"),
+    (0.05, "inconclusive", "control control-x not held (contradicted)")])
 def test_a_claim_has_a_verdict_only_when_its_tracks_controls_hold(tmp_path, monkeypatch, random_effect,
                                                                    label, reason):
     """A claim on a grid of the image track is held only when the image controls are; otherwise
@@ -135,6 +160,8 @@ def test_a_claim_has_a_verdict_only_when_its_tracks_controls_hold(tmp_path, monk
     [result] = classify((claim(),), tmp_path)
     assert result.label == label and reason in result.verdict.reason
     assert classify((claim(),), tmp_path, gate=False)[0].label == "held"
+    # a control is never gated, by itself or another: a failed one reads as it came out
+    assert classify((control,), tmp_path)[0].label == classify((control,), tmp_path, gate=False)[0].label
     (tmp_path / "runs" / "g" / "grid.json").write_text(json.dumps({"config": {"track": "text"}}))
     assert classify((claim(),), tmp_path)[0].label == "held"  # the text track needs no control-x
 
@@ -285,16 +312,21 @@ def test_text_claims_cover_the_text_tracks_tasks():
 
 def test_each_track_is_gated_by_a_retention_control_on_a_grid_of_its_own():
     """Besides the convex controls, each track's claims wait for a random-vs-plain retention
-    control trained by that track's own pipeline, on a grid params.yaml gives that track."""
+    control trained by that track's own pipeline, on a grid params.yaml gives that track, and for
+    its premise on the same runs: plain's retention loss rose from the backbone's."""
     from bat.analysis.claims import CLAIMS_BY_ID, CONTROLS
     from bat.config import read_yaml
 
     grids = read_yaml(paths.PARAMS)["grids"]
     for track, controls in CONTROLS.items():
-        own = [CLAIMS_BY_ID[name] for name in controls
-               if isinstance(CLAIMS_BY_ID[name].source, RunComparison)]
-        assert len(own) == 1 and own[0].control, track
-        source = own[0].source
+        runs = [CLAIMS_BY_ID[name] for name in controls if isinstance(CLAIMS_BY_ID[name].source, RunComparison)]
+        own = {control.source.align: control for control in runs}
+        assert len(runs) == 2 and sorted(own) == ["backbone", "steps"], track
+        control, premise = own["steps"], own["backbone"]
+        assert control.control and premise.control, track
+        source = control.source
         assert source.measure == "retention_loss" and source.grid in grids[track], track
-        assert (own[0].regime, own[0].reference, own[0].direction) == ("random", "plain", "lower")
+        assert (control.regime, control.reference, control.direction) == ("random", "plain", "lower")
         assert {"random", "plain"} <= set(grids[track][source.grid]["regimes"]), track
+        assert (premise.regime, premise.reference, premise.direction) == ("plain", "plain", "higher")
+        assert replace(premise.source, align="steps") == source, track

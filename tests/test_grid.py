@@ -196,6 +196,33 @@ def test_only_the_bat_regimes_draw_candidates(smoke_root, smoke_encoders, smoke_
     assert set(offered) == {("plain", 0), ("random", 0), ("bat", 3)}
 
 
+def test_a_grid_without_pool_regimes_neither_checks_nor_draws_a_pool(smoke_root, smoke_text_oracles,
+                                                                     smoke_params, tmp_path, monkeypatch):
+    """pool_size and candidates matter to bat, bat_oracle_free and random_matched only: a grid of
+    plain and random runs accepts a pool too small for its steps, and no cell draws one."""
+    import dataclasses
+
+    from bat.stages.grid import GridRunner
+    from bat.stages.oracle import track_options
+
+    short = {**VALID, "regimes": ["plain", "random"], "pool_size": 1, "candidates": 1}
+    assert not build(GridConfig, short, "grids.image.test").uses_pool
+    with pytest.raises(ConfigError, match=r"pool_size: 1 is fewer than the 4 backbone examples"):
+        build(GridConfig, {**short, "regimes": ["plain", "bat_oracle_free"]}, "grids.image.test")
+
+    monkeypatch.setattr(paths, "PREPARED", smoke_root / "data" / "prepared")
+
+    def refuse(self, seed):
+        raise AssertionError(f"a grid of {self.config.regimes} drew BAT's pool of seed {seed}")
+    monkeypatch.setattr(GridRunner, "pool", refuse)
+    config = dataclasses.replace(load_grid("forgetting", smoke_params), pool_size=1, candidates=1)
+    assert set(config.regimes) == {"plain", "random"}
+    grid = read_grid(run_grid(config, tmp_path / "forgetting", smoke_root / "models",
+                              **track_options("text", smoke_params)))
+    assert grid.info["pools"] == {}
+    assert set(grid.evaluations["regime"]) == {"plain", "random"}
+
+
 def test_mean_sd_table_keeps_the_means_precision():
     from bat.analysis.runs import mean_sd_table
 

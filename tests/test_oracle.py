@@ -51,10 +51,11 @@ def test_the_text_track_takes_its_example_length_from_backbone_text(smoke_paths,
         load(smoke_text_backbone.parent, max_length=0)
 
 
-def test_the_text_tracks_retention_records_are_those_its_backbone_did_not_train_on(
+def test_the_text_tracks_retention_records_are_those_no_run_trains_on(
         smoke_paths, smoke_text_backbone, smoke_params, tmp_path):
     """D^B is the records the backbone's fine-tune saw; the retention loss is scored on the first
-    held-out ones, and only where the fine-tune's records are known."""
+    held-out ones. A backbone from elsewhere (fine-tuned on every record) holds the first records
+    out of D^B instead."""
     import shutil
 
     from bat.io import read_jsonl
@@ -73,13 +74,24 @@ def test_the_text_tracks_retention_records_are_those_its_backbone_did_not_train_
     row, _ = track.evaluate(track.start_model, data, seed=0, with_benchmarks=False)
     assert row["retention_loss"] > 0 and row["retention_loss"] != row["heldout_loss"]
 
-    # a backbone from elsewhere names no records: D^B is all of them and nothing is held out
+    # a backbone from elsewhere names no records: the first are held out of D^B for retention
     shutil.copytree(smoke_text_backbone, tmp_path / "backbone_text",
                     ignore=shutil.ignore_patterns(PRETRAINING_IDS))
     elsewhere = load(tmp_path, **options)
-    assert len(elsewhere.records) == len(records) and elsewhere.retention_examples is None
+    assert elsewhere.retention_records == records[:RETENTION_SIZE]
+    assert elsewhere.records == records[RETENTION_SIZE:]
+    assert elsewhere.backbone_size() == len(records) - RETENTION_SIZE  # what the runs draw from
     row, _ = elsewhere.evaluate(elsewhere.start_model, data, seed=0, with_benchmarks=False)
-    assert "retention_loss" not in row
+    assert row["retention_loss"] > 0
+
+    # ... and refuses a D^B that the hold-out would empty
+    few = tmp_path / "few"
+    (few / "text").mkdir(parents=True)
+    (few / "text" / "backbone.jsonl").write_text(
+        "".join(line + "\n" for line in (paths.PREPARED / "text" / "backbone.jsonl")
+                .read_text().splitlines()[:RETENTION_SIZE]))
+    with pytest.raises(ConfigError, match=rf"text_backbone_size: {RETENTION_SIZE} records leave no D\^B"):
+        load(tmp_path, prepared=few / "text", **options)
 
 
 def test_unknown_run_names_the_runs(smoke_params):

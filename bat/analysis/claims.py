@@ -17,7 +17,11 @@ setting (``where``) and at which step the two regimes meet (``align``, :data:`AL
   wall time and allowed to stop early. Plain DreamBooth trained past its held-out minimum gets
   worse with extra steps, so at ``"final"`` BAT would "beat" ``compute_matched`` through the
   baseline's over-training alone; choosing the reference's step by the held-out measure itself
-  favours the reference, so a claim that holds here holds against any stopping rule.
+  favours the reference, so a claim that holds here holds against any stopping rule;
+- ``"backbone"``: the regime at its last measured step, the reference at step 0 (the backbone
+  itself, which every regime shares): how far training moved a measure, e.g. the premise of a
+  retention control, that plain training at its rate does forget (regime and reference both
+  ``plain``).
 
 Positive controls gate the verdicts: a claim on a run grid is *held* or *contradicted* only when
 every control of its track (:data:`CONTROLS`, the track read from ``runs/<grid>/grid.json``) is
@@ -54,7 +58,8 @@ MOVEMENT = "‖θ − θ^{A*}‖ (movement)"
 HELDOUT = "held-out loss"
 TABLES = ("evaluations", "steps")
 ALIGNMENTS = {"steps": "equal steps", "exposure": "equal D^A exposure", "final": "each run's last step",
-              "budget": "equal wall time, the reference at its best measured step"}
+              "budget": "equal wall time, the reference at its best measured step",
+              "backbone": "the regime's last step against the backbone (step 0)"}
 WHERE_KEYS = ("dataset", "adapter", "gamma", "batch_size")
 VERDICT_CODES = {"held": 1, "inconclusive": 0, "contradicted": -1}  # metrics/*.json: numbers only
 
@@ -165,7 +170,16 @@ def _align(regime: pd.DataFrame, reference: pd.DataFrame, measure: str, align: s
         return pd.concat([regime[regime["step"] == last], reference[reference["step"] == last]])
     if align == "final":
         return pd.concat([rows.loc[rows.groupby("seed")["step"].idxmax()] for rows in (regime, reference)])
-    ends = regime.loc[regime.groupby("seed")["step"].idxmax()]  # budget, exposure: the regime's end
+    ends = regime.loc[regime.groupby("seed")["step"].idxmax()]  # backbone, budget, exposure: its end
+    if align == "backbone":
+        start = reference[reference["step"] == 0]
+        unmeasured = sorted(set(ends.loc[ends["step"] == 0, "seed"]))
+        if unmeasured:
+            raise NotTested(f"{claim.regime} has no measured step after 0 (seeds {unmeasured})")
+        missing = sorted(set(ends["seed"]) - set(start["seed"]))
+        if missing:
+            raise NotTested(f"{claim.reference} has no step 0 (seeds {missing})")
+        return pd.concat([ends, start])
     if align == "budget":
         measured = reference[reference["step"] > 0]
         if measured.empty:
@@ -278,6 +292,8 @@ def _dreambooth(style: str, regime: str, reference: str, statement: str, item: s
 
 
 STYLES = ("noto", "emojione")
+RETENTION = {"image": "retention loss (OpenMoji concepts held out of D^B)",
+             "text": "retention LM loss (D^B records held out of every run)"}
 # The text track's D^A tasks and the paper's set each stands for. The analysis package reads run
 # tables only and imports no track (tests/test_layout.py); tests/test_claims.py checks that this
 # equals bat.text.data.ADAPTATION_TASKS.
@@ -291,14 +307,22 @@ CLAIMS: tuple[Claim, ...] = (
       for model in ("ridge", "logistic")),
     Claim("control-retention", "control (ii)",
           "At a rate where plain DreamBooth forgets, random D^B augmentation keeps the backbone's concepts",
-          "retention loss (OpenMoji concepts held out of D^B)", "random", "plain", "lower",
+          RETENTION["image"], "random", "plain", "lower",
           RunComparison("overfitting", "retention_loss", where={"dataset": "noto"}), control=True),
     Claim("control-retention-text", "control (iii)",
           "At a rate where plain LoRA forgets, random D^B augmentation keeps the text backbone's "
-          "instruction following", "retention LM loss (D^B records the backbone's fine-tune did not "
-          "train on)", "random", "plain", "lower",
+          "instruction following", RETENTION["text"], "random", "plain", "lower",
           RunComparison("forgetting", "retention_loss", where={"dataset": "word_definition"}),
           control=True),
+    # The retention controls' premise, so that each verifies itself: at their rate plain forgets.
+    *(Claim(f"{name}-premise", item, f"Premise of {item}: at its rate plain {adapter} forgets "
+            "(its retention loss rises above the backbone's)", metric, "plain", "plain", "higher",
+            RunComparison(grid, "retention_loss", where={"dataset": dataset}, align="backbone"),
+            control=True)
+      for name, item, adapter, metric, grid, dataset in (
+          ("control-retention", "control (ii)", "DreamBooth", RETENTION["image"], "overfitting", "noto"),
+          ("control-retention-text", "control (iii)", "LoRA", RETENTION["text"], "forgetting",
+           "word_definition"))),
     # Headline: DreamBooth, per style, held-out loss at equal steps.
     *(_dreambooth(style, "bat", "plain", "BAT lowers the held-out loss of DreamBooth", "Fig. 4")
       for style in STYLES),
@@ -340,6 +364,16 @@ CLAIMS: tuple[Claim, ...] = (
           HELDOUT, "bat", "plain", "lower", RunComparison("ratio", "heldout_loss", where={"gamma": 0.16})),
     Claim("fig07", "Fig. 7", "BAT regularizes overfitting", HELDOUT, "bat", "plain", "lower",
           RunComparison("overfitting", "heldout_loss", where={"dataset": "noto"})),
+    # Regularization read on the backbone's side (no result of the paper: its runs, our measure):
+    # what the retention controls show random augmentation keeps, does BAT keep it too?
+    Claim("fig07-retention", "not in the paper (Fig. 7's runs)",
+          "BAT keeps more of the backbone's concepts than plain DreamBooth", RETENTION["image"],
+          "bat", "plain", "lower", RunComparison("overfitting", "retention_loss", where={"dataset": "noto"})),
+    *(Claim(f"fig05-{adapter}-{task}-retention", "not in the paper (Fig. 5's runs)",
+            f"BAT keeps more of the text backbone's instruction following than plain {name} ({task})",
+            RETENTION["text"], "bat", "plain", "lower",
+            RunComparison("lora_dora", "retention_loss", where={"dataset": task, "adapter": adapter}))
+      for task in TEXT_TASKS for adapter, name in (("lora", "LoRA"), ("dora", "DoRA"))),
     Claim("fig08", "Fig. 8", "At the largest batch (8) BAT lowers the held-out loss", HELDOUT,
           "bat", "plain", "lower", RunComparison("batch_size", "heldout_loss", where={"batch_size": 8})),
 )
@@ -347,9 +381,12 @@ CLAIMS_BY_ID = {claim.id: claim for claim in CLAIMS}  # ids are unique (tests/te
 
 
 # The positive controls each track's claims need (module docstring): the convex check of
-# Proposition 2's premise for every track, and the retention control of each track's own pipeline.
-CONTROLS = {"image": ("control-convex-ridge", "control-convex-logistic", "control-retention"),
-            "text": ("control-convex-ridge", "control-convex-logistic", "control-retention-text")}
+# Proposition 2's premise for every track, and the retention control of each track's own pipeline
+# with its premise (plain forgets there).
+CONTROLS = {"image": ("control-convex-ridge", "control-convex-logistic", "control-retention",
+                      "control-retention-premise"),
+            "text": ("control-convex-ridge", "control-convex-logistic", "control-retention-text",
+                     "control-retention-text-premise")}
 
 
 def _track(root: Path, grid: str) -> str:
@@ -374,9 +411,11 @@ def _measure(claim: Claim, root: Path) -> Result:
 def _gated(result: Result, track: Callable[[str], str | NotTested],
            control: Callable[[str], Result]) -> Result:
     """``result`` with a held or contradicted verdict turned inconclusive when a control of its
-    track is not held (module docstring); ``track`` and ``control`` look them up by name."""
+    track is not held (module docstring); ``track`` and ``control`` look them up by name. A
+    control is never gated: a premise that fails must read *contradicted*, not be hidden as
+    inconclusive by its own verdict."""
     source = result.claim.source
-    if result.verdict is None or result.verdict.label == "inconclusive" or not isinstance(source, RunComparison):
+    if result.claim.control or result.verdict is None or result.verdict.label == "inconclusive" or not isinstance(source, RunComparison):
         return result
     found = track(source.grid)
     needed, unknown = ((), str(found)) if isinstance(found, NotTested) else (CONTROLS[found], "")

@@ -17,8 +17,9 @@ size and regime; its folder ``runs/<name>`` holds plain tables (:mod:`bat.analys
     ``acc_norm`` on the eight multiple-choice sets (text, ``benchmark_items`` > 0);
 ``samples.npz``
     the images each image evaluation scored (for Fig. 10) and, as ``<dataset>/reference``, the real
-    renders they were scored against; ``grid.json``: settings, pools, captions, the runtime and
-    executor it ran under, time.
+    renders they were scored against; ``grid.json``: settings, pools (``{}`` when no regime
+    draws one: ``pool``, ``pool_size`` and ``candidates`` are then unused), captions, the runtime
+    and executor it ran under, time.
 
 Regimes: ``plain``; ``prior_preservation`` (DreamBooth with its prior-preservation loss: the
 style's class images drawn once by the backbone, one per instance image at every step, weighted
@@ -77,6 +78,7 @@ GRID_REGIMES = ("plain", "prior_preservation", "bat", "bat_oracle_free", "random
                 "compute_matched")
 WITHOUT_GAMMA = ("plain", "prior_preservation")  # one run per batch size, γ empty in the tables
 MATCHED = ("random_matched", "compute_matched")
+POOL_REGIMES = ("bat", "bat_oracle_free", "random_matched")  # the regimes that draw from BAT's pool
 IMAGE_ONLY = ("prior_preservation",)  # DreamBooth's class images come from a text-to-image backbone
 POOLS = ("backbone", "out_of_backbone")
 # Set per run, not per grid: the run's seed draws the oracle-free held-out split, and γ in eq. 12
@@ -106,6 +108,7 @@ class GridConfig:
     pool: str  # where BAT's candidates come from: D^B, or images that were never in it
     pool_size: int  # BAT's backbone pool, a fixed random draw of D^B (or the out-of-backbone set) per seed
     candidates: int  # examples of the pool offered to Algorithm 1 per step, drawn afresh; 0: all
+    # (pool, pool_size and candidates matter only to POOL_REGIMES: without them no pool is drawn)
     selection: dict  # Algorithm 1's settings, less the per-run RUN_SELECTION_KEYS
     class_images: int  # image: backbone samples of the class prompts for prior_preservation
     prior_loss_weight: float  # image: λ of eq. 27 for those class images
@@ -161,6 +164,10 @@ class GridConfig:
             raise ConfigError(f"{where}.selection.{fixed[0]} is set per run (the run's seed and γ); "
                               "remove it")
         self.selection_config(self.seeds[0], self.gammas[0])  # validates every selection key
+        if self.uses_pool:  # a grid without POOL_REGIMES draws no pool: its size cannot be short
+            self._validate_pool(where)
+
+    def _validate_pool(self, where: str) -> None:
         most = max(self.backbone_per_step(g, b) for g in self.gammas for b in self.batch_sizes)
         if self.pool_size < most:
             raise ConfigError(f"{where}.pool_size: {self.pool_size} is fewer than the {most} "
@@ -169,6 +176,11 @@ class GridConfig:
             raise ConfigError(f"{where}.candidates: {self.candidates} must lie between the {most} "
                               f"backbone examples a step may take and pool_size {self.pool_size}, "
                               "or be 0 (the whole pool at every step)")
+
+    @property
+    def uses_pool(self) -> bool:
+        """Whether a regime of this grid draws from BAT's pool (:data:`POOL_REGIMES`)."""
+        return any(regime in POOL_REGIMES for regime in self.regimes)
 
     @property
     def mixing(self) -> str:
@@ -322,8 +334,8 @@ class GridContext:
 class CellResult:
     """What one cell measured: its rows of ``steps.csv`` and ``evaluations.csv`` in table order,
     its ``samples.npz`` entries (image grids: its dataset's ``<dataset>/reference`` first), the
-    backbone pool of its seed (indices of D^B) and the captions its dataset's samples show
-    (image grids; None for text)."""
+    backbone pool of its seed (indices of D^B; empty when no regime uses it) and the captions
+    its dataset's samples show (image grids; None for text)."""
 
     pool: list[int]
     captions: list[str] | None
@@ -410,7 +422,7 @@ class GridRunner:
         from bat.core.train import seed_everything
 
         data = self.evaluation_data(cell.dataset, "prior_preservation" in cell.regimes)
-        indices, pool = self.pool(cell.seed)
+        indices, pool = self.pool(cell.seed) if self.config.uses_pool else ([], None)
         result = CellResult(pool=indices, captions=data.get("captions"))
         if "captions" in data:  # the real renders that the samples are scored against
             result.samples[f"{cell.dataset}/reference"] = data["references"]
@@ -579,7 +591,8 @@ def run_grid(config: GridConfig, out_folder: str | Path, models_folder: str | Pa
             np.savez_compressed(folder / "samples.npz", **samples)
         write_json(folder / "grid.json", {
             "config": asdict(config),
-            "pools": {str(cell.seed): result.pool for cell, result in zip(cells, results)},
+            "pools": {str(cell.seed): result.pool for cell, result in zip(cells, results)
+                      if config.uses_pool},
             # Algorithm 1's effective settings at each γ (every key; the seed is the run's)
             "selection": {str(gamma): {key: value for key, value in
                                        asdict(config.selection_config(0, gamma)).items() if key != "seed"}

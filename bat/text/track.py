@@ -53,7 +53,10 @@ class TextTrack:
     ``max_length``: tokens per example, as the backbone's fine-tune (``backbone_text.max_length``).
     ``runtime`` places the LM on its device in its dtype; evaluation runs under its autocast.
     Where the backbone's fine-tune is known (:func:`bat.text.backbone.pretraining_ids`), D^B is the
-    records it trained on and :attr:`retention_examples` come from the rest.
+    records it trained on and :attr:`retention_examples` come from the rest. A backbone from
+    elsewhere (the paper profile's LLaMA-2-7B-alpaca-cleaned) was fine-tuned on every record, so
+    the first :data:`RETENTION_SIZE` are held out of D^B instead: no run draws them, and an adapter
+    that forgets D^B loses on them. Raises :class:`ConfigError` when D^B would be left empty.
     """
 
     def __init__(self, models: str | Path, max_length: int, benchmark_items: int = 0,
@@ -70,7 +73,6 @@ class TextTrack:
         self.task = CausalLMTask()
         records = read_jsonl(self.prepared / "backbone.jsonl")
         seen = pretraining_ids(folder)
-        held_out = []
         if seen is not None:  # D^B is what this backbone was trained on, when that is known
             seen = set(seen)
             held_out = [record for record in records if record["id"] not in seen]
@@ -79,9 +81,16 @@ class TextTrack:
                 raise ConfigError(f"{folder}/bat_pretraining_ids.json names no record of "
                                   f"{self.prepared / 'backbone.jsonl'}; re-run the pretrain_text stage "
                                   "with backbone_text.steps > 0")
+        else:
+            if len(records) <= RETENTION_SIZE:
+                raise ConfigError(f"prepare.text_backbone_size: {len(records)} records leave no D^B "
+                                  f"once the first {RETENTION_SIZE} are held out for the retention loss; "
+                                  f"prepare more than {RETENTION_SIZE}")
+            held_out, records = records[:RETENTION_SIZE], records[RETENTION_SIZE:]
         self.records = records
-        # backbone.jsonl is shuffled when prepared (bat.text.data.backbone_instructions): its first
-        # held-out records are a random sample of the distribution D^B was drawn from
+        # backbone.jsonl is shuffled when prepared (bat.text.data.backbone_instructions, and the
+        # seeded shuffle of bat.text.hub.load_records): its first held-out records are a random
+        # sample of the distribution D^B was drawn from
         self.retention_records = held_out[:RETENTION_SIZE]
         self._retention = None
         self.eval_sets = (load_eval_sets(self.prepared / "eval", benchmark_items)
@@ -102,10 +111,10 @@ class TextTrack:
 
     @property
     def retention_examples(self) -> Batch | None:
-        """Up to :data:`RETENTION_SIZE` instruction records of D^B's distribution that the backbone's
-        fine-tune did not train on, on which an adapter that forgets what the backbone learned
-        loses (the text track's retention control); None when no record is known to be held out
-        (a backbone from elsewhere, or one whose fine-tune saw every record)."""
+        """Up to :data:`RETENTION_SIZE` instruction records of D^B's distribution that no run trains
+        on (and, where the backbone's fine-tune is known, that it did not train on either), on which
+        an adapter that forgets what the backbone learned loses (the text track's retention
+        control); None when the backbone's fine-tune saw every record."""
         if self._retention is None and self.retention_records:
             self._retention = self._encode(self.retention_records)
         return self._retention
