@@ -21,10 +21,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bat import io  # noqa: E402
+from bat.analysis.runs import SELECTING_REGIMES  # noqa: E402
 
 GOAL_RATIO = 1.3
 BASELINE = "random_matched"
-BAT_REGIMES = ("bat", "bat_oracle_free")
 
 
 def grid_ratios(steps: pd.DataFrame) -> dict:
@@ -39,7 +39,7 @@ def grid_ratios(steps: pd.DataFrame) -> dict:
     # first one weighs most, so the two are reported apart.
     first = steps[steps["reason"] == "initial"].groupby("regime")["selection_seconds"].sum()
     rows = {}
-    for regime in BAT_REGIMES:
+    for regime in SELECTING_REGIMES:
         if regime not in totals:
             continue
         ratio = float(totals[regime] / totals[BASELINE])

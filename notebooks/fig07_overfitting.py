@@ -15,7 +15,7 @@
 #
 # The runs are the `grid_image@overfitting` stage (`bat.stages.grid`): DreamBooth trained longer and
 # at a higher learning rate than the other grids. Before any claim about BAT, this grid carries
-# **positive control (ii), deep retention** (DESIGN.md §6): at a rate where plain DreamBooth
+# **positive control (ii), deep retention**: at a rate where plain DreamBooth
 # forgets, random augmentation with D^B must keep a lower loss on OpenMoji concepts held out of D^B
 # (`retention_loss`, the backbone's own distribution) than plain. If its interval does not exclude
 # zero, the experiment is not sensitive enough to detect what augmentation does, and the BAT rows

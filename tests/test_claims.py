@@ -237,10 +237,15 @@ def test_convex_control_holds_only_when_it_holds_at_every_n(tmp_path, shift, lab
 def test_controls_come_first_and_are_counted():
     assert len({c.id for c in CLAIMS}) == len(CLAIMS)  # controls are looked up by id
     assert [c.control for c in CLAIMS] == sorted((c.control for c in CLAIMS), reverse=True)
-    results = classify(tuple(c for c in CLAIMS if c.control), paths.ROOT)
-    counts = summary_metrics(results)
-    assert sum(counts[k] for k in ("held", "inconclusive", "contradicted", "not_tested")) == len(results)
-    assert counts["controls_held"] == sum(r.label == "held" for r in results)
+    controls = classify(tuple(c for c in CLAIMS if c.control), paths.ROOT)
+    counts = summary_metrics(controls)
+    # a held control is not a held claim: the verdict counts are over claims only
+    assert sum(counts[k] for k in ("held", "inconclusive", "contradicted", "not_tested")) == 0
+    assert counts["controls"] == len(controls)
+    assert counts["controls_held"] == sum(r.label == "held" for r in controls)
+    claim = next(c for c in CLAIMS if not c.control)
+    counts = summary_metrics(controls + classify((claim,), paths.ROOT))
+    assert sum(counts[k] for k in ("held", "inconclusive", "contradicted", "not_tested")) == 1
 
 
 def test_figure_comparisons_and_flat_metrics(tmp_path, monkeypatch):

@@ -91,6 +91,11 @@ def test_unknown_grid_lists_the_grids(smoke_params):
 def test_evaluation_steps_end_at_the_last_step():
     assert build(GridConfig, {**VALID, "steps": 10, "evaluate_every": 4}, "g").evaluation_steps == [4, 8, 10]
     assert build(GridConfig, {**VALID, "steps": 10, "evaluate_every": 0}, "g").evaluation_steps == [10]
+    # a longer run (compute_matched) goes on being evaluated at the same interval
+    assert build(GridConfig, {**VALID, "steps": 10, "evaluate_every": 4}, "g").evaluation_steps_until(17) \
+        == [4, 8, 12, 16, 17]
+    assert build(GridConfig, {**VALID, "steps": 10, "evaluate_every": 0}, "g").evaluation_steps_until(25) \
+        == [10, 20, 25]
 
 
 def test_missing_oracle_names_its_entry(smoke_root, smoke_image_backbone, smoke_encoders, tmp_path,
@@ -122,7 +127,13 @@ def test_dreambooth_grid_matches_its_baselines(smoke_grids, smoke_params):
         bat = steps[(steps["seed"] == seed) & (steps["regime"] == "bat")]["n_backbone"].tolist()
         matched = steps[(steps["seed"] == seed) & (steps["regime"] == "random_matched")]["n_backbone"].tolist()
         assert bat == matched and bat[-1] > 0
-    assert selection_summary(steps)["checks"].iloc[0] == len(config.seeds) * config.steps
+    selection = selection_summary(steps)  # one row per selecting regime and dataset
+    assert selection["checks"].iloc[0] == len(config.seeds) * config.steps
+    assert set(selection["regime"]) == set(config.regimes) & {"bat", "bat_oracle_free"}
+    matched = grid.evaluations[grid.evaluations["regime"] == "compute_matched"]
+    for seed, group in matched.groupby("seed"):  # evaluated along its extra steps as well
+        last = runs[(seed, "compute_matched")] - 1
+        assert sorted(group["step"].unique()) == [0, *config.evaluation_steps_until(last)]
 
     evaluations = grid.evaluations[grid.evaluations["regime"] != "compute_matched"]
     assert sorted(evaluations["step"].unique()) == [0, *config.evaluation_steps]

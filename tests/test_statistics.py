@@ -26,17 +26,21 @@ def test_interval_matches_scipy_ttest_rel_and_t_interval():
     assert result.seeds == 6 and result.sd == pytest.approx(np.std(regime - reference, ddof=1))
 
 
-def test_mde_is_the_effect_a_paired_t_test_detects_with_about_80_percent_power():
+@pytest.mark.parametrize("seeds", [3, 8])
+def test_mde_is_the_effect_a_paired_t_test_detects_with_80_percent_power(seeds):
     # Simulate: with a true mean difference equal to the MDE, a two-sided paired t-test at
-    # α = 0.05 on s seeds rejects about 80 % of the time (the formula drops non-centrality, so
-    # it slightly overstates the power for small s; 8 seeds is within a few points).
-    seeds, sd = 8, 1.0
+    # α = 0.05 on s seeds rejects 80 % of the time (standard error of the simulated power: 0.003).
+    sd = 1.0
     mde = minimum_detectable_effect(sd, seeds)
     rng = np.random.default_rng(1)
     draws = rng.normal(mde, sd, size=(20000, seeds))
     power = (stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05).mean()
-    assert 0.75 < power < 0.85
-    assert mde == pytest.approx((stats.t.ppf(0.975, 7) + stats.t.ppf(0.8, 7)) * sd / math.sqrt(8))
+    assert power == pytest.approx(0.8, abs=0.01)
+    # the shortcut that drops non-centrality understates the MDE, most at few seeds
+    shortcut = (stats.t.ppf(0.975, seeds - 1) + stats.t.ppf(0.8, seeds - 1)) * sd / math.sqrt(seeds)
+    assert mde > shortcut
+    draws = rng.normal(shortcut, sd, size=(20000, seeds))
+    assert (stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05).mean() < 0.8 - 0.01 * (seeds == 3)
 
 
 def test_summary_and_values_give_the_same_comparison():
@@ -107,6 +111,7 @@ def test_paired_differences_refuse_ambiguous_rows_and_unknown_names():
     (lambda: summarize(0.1, 0.2, 0), "seeds"),
     (lambda: minimum_detectable_effect(-1.0, 3), "sd"),
     (lambda: minimum_detectable_effect(1.0, 3, power=1.5), "power"),
+    (lambda: minimum_detectable_effect(1.0, 3, power=0.04), "power"),
 ])
 def test_bad_input_names_the_field(call, field):
     with pytest.raises(ConfigError, match=field):

@@ -25,8 +25,8 @@ setting (``where``) and at which step the two regimes meet (``align``, :data:`AL
 
 Positive controls gate the verdicts: a claim on a run grid is *held* or *contradicted* only when
 every control of its track (:data:`CONTROLS`, the track read from ``runs/<grid>/grid.json``) is
-*held*; otherwise the verdict is *inconclusive*, naming the control (DESIGN.md §6: an experiment
-that cannot detect a known effect cannot support a verdict either way).
+*held*; otherwise the verdict is *inconclusive*, naming the control (an experiment that cannot
+detect a known effect cannot support a verdict either way).
 
 The two sides must share every setting but γ (dataset, adapter, batch size) and are paired by seed (:func:`bat.analysis.statistics.paired_differences`): a 95 %
 t-interval, the MDE and a verdict (held / contradicted / inconclusive). Positive controls come
@@ -300,7 +300,7 @@ RETENTION = {"image": "retention loss (OpenMoji concepts held out of D^B)",
 TEXT_TASKS = {"word_definition": "MedQuad", "example_cloze": "WinoGrande", "wiki_summary": "XSum"}
 
 CLAIMS: tuple[Claim, ...] = (
-    # Positive controls first (DESIGN.md §6).
+    # Positive controls first: the claims of a track are read only once its controls held.
     *(Claim(f"control-convex-{model}", "control (i)",
             f"Convex model, D^B sharing D^A's optimum: random augmentation beats plain at every n ({model})",
             "n·‖θ̂ − θ*‖²_S", "random", "plain", "lower", ConvexControl(model), control=True)
@@ -503,12 +503,14 @@ def results_frame(results: list[Result]) -> pd.DataFrame:
 
 
 def summary_metrics(results: list[Result]) -> dict:
-    """Counts for ``metrics/claims.json``: claims per verdict, and how many positive controls held."""
-    counts = {label: sum(r.label == label for r in results) for label in (*VERDICT_CODES, NOT_TESTED)}
+    """Counts for ``metrics/claims.json``: the claims (positive controls left out) per verdict, then
+    the controls and how many of them held, so that a held control never reads as a held claim."""
+    claims = [r for r in results if not r.claim.control]
     controls = [r for r in results if r.claim.control]
+    counts = {label: sum(r.label == label for r in claims) for label in (*VERDICT_CODES, NOT_TESTED)}
     return {"held": counts["held"], "inconclusive": counts["inconclusive"],
             "contradicted": counts["contradicted"], "not_tested": counts[NOT_TESTED],
-            "controls_held": sum(r.label == "held" for r in controls)}
+            "controls": len(controls), "controls_held": sum(r.label == "held" for r in controls)}
 
 
 def _number(value: float) -> str:

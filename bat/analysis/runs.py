@@ -16,6 +16,7 @@ import pandas as pd
 from bat.errors import ConfigError
 
 RUN_KEYS = ("dataset", "adapter", "seed", "gamma", "batch_size", "regime")
+SELECTING_REGIMES = ("bat", "bat_oracle_free")  # the regimes whose runs Algorithm 1 selects for
 IMAGE_SCORES = ("cosine", "set_cosine", "centroid_distance", "clip_cosine", "clip_torchmetrics", "vendi")
 HIGHER_IS_BETTER = {"heldout_loss": False, "cosine": True, "set_cosine": True,
                     "centroid_distance": False, "clip_cosine": True, "clip_torchmetrics": True,
@@ -155,9 +156,10 @@ def _better_share(last: pd.DataFrame, group: pd.DataFrame, score: str, reference
     return float(better.mean())
 
 
-def selection_summary(steps: pd.DataFrame, by: tuple[str, ...] = ("dataset",)) -> pd.DataFrame:
-    """How often Algorithm 1 checked Proposition 2, how often it held, how often it reselected."""
-    checks = steps[(steps["regime"] == "bat") & steps["condition"].notna()].copy()
+def selection_summary(steps: pd.DataFrame, by: tuple[str, ...] = ("regime", "dataset")) -> pd.DataFrame:
+    """How often Algorithm 1 checked Proposition 2, how often it held, how often it reselected,
+    per ``by`` over the runs that select (``bat`` and ``bat_oracle_free``)."""
+    checks = steps[steps["regime"].isin(SELECTING_REGIMES) & steps["condition"].notna()].copy()
     checks["condition"] = checks["condition"].astype(str).str.lower() == "true"
     checks["reselected"] = checks["reselected"].astype(str).str.lower() == "true"
     return (checks.groupby(list(by), dropna=False)

@@ -36,7 +36,7 @@ from bat.io import read_json
 ADAPTERS = ("dreambooth", "locon", "loha", "lokr")
 MIXING = "per_batch"  # App. B: backbone images join each batch at ratio γ
 SEEDED_EVALUATION = True  # a run's samples are drawn with its seed
-HELDOUT_DRAWS = 4  # fixed noise / timestep draws per held-out concept (DESIGN.md §6: at least 4)
+HELDOUT_DRAWS = 4  # fixed noise / timestep draws per held-out concept, the same for every run
 POOLS = {"backbone": "backbone.npz", "out_of_backbone": "out_of_backbone.npz"}
 STYLE_TEMPLATE = "{caption} in {identifier} style"
 SUBJECT_TEMPLATE = "a photo of {identifier} {caption}"  # the caption of a folder's image is its class noun

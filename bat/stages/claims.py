@@ -2,7 +2,7 @@
 
 Classifies every claim of :data:`bat.analysis.claims.CLAIMS` from the committed run tables and
 writes the counts per verdict, flat, to ``metrics/claims.json`` (``held``, ``inconclusive``,
-``contradicted``, ``not_tested``, ``controls_held``), so that ``dvc metrics diff``
+``contradicted``, ``not_tested``, over the claims; ``controls``, ``controls_held``), so that ``dvc metrics diff``
 shows when a change of the runs moves a verdict. README's table is the per-claim view; it is
 rewritten by ``python -m bat.analysis.readme`` (README is not a stage output: people edit it), and
 this stage says on stderr when README's table is stale.

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from bat import paths, validate
-from bat.analysis.runs import RUN_KEYS, sample_key
+from bat.analysis.runs import RUN_KEYS, SELECTING_REGIMES, sample_key
 from bat.config import build, read_yaml, run_cli, section
 from bat.core.mixing import derived_seed
 from bat.core.runtime import RuntimeConfig, runtime_config
@@ -200,8 +200,14 @@ class GridConfig:
 
     @property
     def evaluation_steps(self) -> list[int]:
+        return self.evaluation_steps_until(self.steps)
+
+    def evaluation_steps_until(self, steps: int) -> list[int]:
+        """Every ``evaluate_every`` steps (0: every ``self.steps``) up to ``steps``, and ``steps``:
+        a run longer than the grid's (``compute_matched``) is evaluated along its extra steps
+        too, so that "its best evaluated step" can fall among them."""
         every = self.evaluate_every or self.steps
-        return sorted({*range(every, self.steps + 1, every), self.steps})
+        return sorted({*range(every, steps + 1, every), steps})
 
     def track_options(self) -> dict:
         """What this grid's settings ask of the track when it is loaded."""
@@ -464,7 +470,7 @@ class GridRunner:
                 adaptation = {**adaptation, "prior": torch.zeros(instances, dtype=torch.bool)}
                 train_config = replace(base, regime="random", gamma=0.5, mixing="per_batch")
                 backbone = prior
-            elif regime in ("bat", "bat_oracle_free"):
+            elif regime in SELECTING_REGIMES:
                 selection = config.selection_config(run["seed"], gamma)
                 if regime == "bat":
                     kwargs["selector"] = Prop2Selector(selection, target=run["oracle"])
@@ -479,7 +485,7 @@ class GridRunner:
             else:  # compute_matched
                 steps = config.steps + compute_matched_steps(bat_log)
                 train_config, backbone = replace(base, regime="plain", steps=steps), None
-            evaluation_steps = sorted({s for s in config.evaluation_steps if s <= steps} | {steps})
+            evaluation_steps = config.evaluation_steps_until(steps)
             run_key = {name: run[name] for name in RUN_KEYS if name in run}
             run_key.update(gamma=gamma, regime=regime)
             log = self.train_evaluated(result, run_key, run, adaptation, backbone, train_config,
