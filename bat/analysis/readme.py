@@ -11,7 +11,9 @@ committed files give, so no number in those tables is typed by hand:
 - ``benchmarks``: the benchmarks' measurements that have a goal, against it;
 - ``sweep``: the image backbone's sweep, one row per setting
   (``benchmarks/results/backbone_image_sweep.json``, written by
-  ``benchmarks/bench_backbone_image_sweep.py``).
+  ``benchmarks/bench_backbone_image_sweep.py``);
+- ``check_draws``: how much of a Proposition-2 verdict is the sampled Fisher's draw
+  (``benchmarks/results/check_draws.json``, written by ``benchmarks/bench_check_draws.py``).
 
 Usage: ``python -m bat.analysis.readme`` (after the pipeline, or after a benchmark run).
 """
@@ -32,6 +34,7 @@ CURVATURE = Path("benchmarks") / "results" / "curvature.json"
 SWEEP = Path("benchmarks") / "results" / "backbone_image_sweep.json"
 GRID_SELECTION = Path("benchmarks") / "results" / "grid_selection.json"
 LM_EVAL_COMPARE = Path("benchmarks") / "results" / "lm_eval_compare.json"
+CHECK_DRAWS = Path("benchmarks") / "results" / "check_draws.json"
 CHECK_EVERY = 4  # the check interval issue 12's grid-ratio goal names
 # What a curvature benchmark row measured against each kind of goal: the first key present.
 MEASURED = {"goal_speedup": ("speedup_hooks", "speedup"), "goal_gb": ("peak_projected_gb",),
@@ -202,13 +205,43 @@ def sweep_block(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_draws_block(root: Path) -> str:
+    """Per track, the grids' checks scored again with other sampled-Fisher draws: how many held
+    with the grid's own draw and with the pooled draws, how many checks' single-draw verdicts
+    split, how often one draw disagrees with the pooled verdict, the ratio's spread over draws
+    (median coefficient of variation) and the pooled ratio's shift from the single draws' mean."""
+    path = root / CHECK_DRAWS
+    if not path.exists():
+        return "No check-draws benchmark run yet: `python benchmarks/bench_check_draws.py`.\n"
+    data = read_json(path)
+    runs = data["runs"]
+    draws, pooled = runs[0]["draws"], runs[0]["pooled_draws"]
+    lines = ["| track | checks | held, the grid's draw | held, pooled | the grid's verdict = pooled "
+             "| checks whose single draws split | a single draw disagrees with pooled "
+             "| ratio CV over draws (median) | pooled − single-draw mean (median) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for track, row in data["summary"].items():
+        lines.append(f"| {track} | {row['checks']} | {row['grid_holding']} | {row['pooled_holding']} | "
+                     f"{row['grid_agrees_with_pooled']} of {row['checks']} | "
+                     f"{row['checks_with_split_single_verdicts']} | "
+                     f"{_number(row['single_disagrees_with_pooled'])} | "
+                     f"{_number(row['median_ratio_cv'])} | "
+                     f"{_number(row['median_pooled_minus_single_mean'])} |")
+    names = ", ".join(f"`{run['run']}`" for run in runs)
+    lines += ["", f"Runs: {names}; {draws} single draws and one pooled check of {pooled} draws per "
+              f"check of a kept D^B' ({_number(data['minutes'])} min). The scored runs reproduce the "
+              "committed checks to a relative "
+              f"{_number(max(run['committed_match'] for run in runs))} (`committed_match`)."]
+    return "\n".join(lines) + "\n"
+
+
 def blocks(root: str | Path = paths.ROOT) -> dict[str, str]:
     from bat.analysis.claims import classify, render
 
     root = Path(root)
     return {"claims": render(classify(root=root)), "budget": budget_block(root),
             "stages": stages_block(root), "benchmarks": benchmarks_block(root),
-            "sweep": sweep_block(root)}
+            "sweep": sweep_block(root), "check_draws": check_draws_block(root)}
 
 
 def update(readme: str | Path = paths.ROOT / "README.md", root: str | Path = paths.ROOT) -> bool:

@@ -1,0 +1,226 @@
+"""How much of a Proposition-2 verdict is the sampled Fisher's draw: each check of a grid's BAT run, again.
+
+    python benchmarks/bench_check_draws.py --out benchmarks/results/check_draws.json \
+        [--run dreambooth:noto:dreambooth:0 ...] [--draws 8] [--pooled-draws 8]
+
+The grids' check estimates both curvatures of eq. 12 with the sampled Fisher: one target drawn
+per example (``fisher_draws: 1``) and, with ``curvature_examples``, a seeded subsample of D^A, both
+fresh at every check (``Prop2Selector._draw_seed``). A check that fails because of its draw, not
+because of D^B', would re-select at random. This benchmark re-trains the ``bat`` run of a grid
+cell exactly as the grid does (same seed, data, pool, selector settings) and, at each check of
+the kept D^B' (not the first selection, whose D^bat is D^A alone), scores the same D^bat at the
+same θ again:
+
+- ``draws`` times with one draw each (fresh target and subsample seeds): the spread of the ratio
+  ``factor · Score_bat / Score_A`` (eq. 12 holds when it is ≤ 1; factor γ or √γ as the
+  ``inequality`` says), and the share of those single-draw checks that hold;
+- once with ``pooled_draws`` targets per example pooled into one curvature, a lower-variance
+  estimate of the same check, whose verdict the single-draw checks are compared with.
+
+Only the curvature is redrawn: the gradient sums are the check's own (for diffusion they carry
+that step's noise and timesteps, which this does not vary). The run's own check (the grid's draw)
+is reported beside them, and must equal the committed ``runs/<grid>/steps.csv`` row, which shows
+the extra scoring left training untouched. Nothing here changes a committed result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bat import io, paths  # noqa: E402
+from bat.config import read_yaml  # noqa: E402
+from bat.core import selection  # noqa: E402
+from bat.core.mixing import derived_seed  # noqa: E402
+from bat.core.prop2 import Prop2Problem  # noqa: E402
+from bat.core.runtime import runtime_config  # noqa: E402
+from bat.stages.grid import Cell, GridContext, GridRunner, load_grid  # noqa: E402
+from bat.stages.oracle import track_options  # noqa: E402
+
+DEFAULT_RUNS = ("dreambooth:noto:dreambooth:0", "dreambooth:emojione:dreambooth:0",
+                "dreambooth:noto:dreambooth:1", "dreambooth:emojione:dreambooth:1",
+                "lora_dora:word_definition:lora:0", "lora_dora:word_definition:dora:0")
+REDRAW_STREAM = 7  # derived_seed stream of the extra draws, apart from the grid's own
+
+
+def ratio(problem: Prop2Problem, config: selection.SelectionConfig) -> float:
+    """factor · Score_bat / Score_A of ``problem`` under ``config``: eq. 12 holds when ≤ 1."""
+    scores = problem.scores(config.solve_options, inequality=config.inequality,
+                            relative=config.relative_damping)
+    factor = scores.gamma if scores.inequality == "norms" else math.sqrt(scores.gamma)
+    return factor * scores.score_bat / scores.score_adaptation
+
+
+class RedrawingSelector(selection.Prop2Selector):
+    """A :class:`Prop2Selector` that, at each check of a kept D^B', also scores it with other draws."""
+
+    def __init__(self, config: selection.SelectionConfig, target: torch.Tensor | None = None, *,
+                 draws: int = 8, pooled_draws: int = 8):
+        super().__init__(config, target)
+        self.draws, self.pooled_draws = draws, pooled_draws
+        self.redraws: dict[int, dict] = {}  # by step: what _redraw measured at its check
+
+    def _problem(self, context, adaptation):
+        problem = super()._problem(context, adaptation)
+        if self._selected_batch is not None:  # a check of a kept D^B', not the first selection
+            self.redraws[context.step] = self._redraw(context, adaptation, problem)
+        return problem
+
+    def score_again(self, context, adaptation, problem: Prop2Problem, draws: int,
+                    seed: int) -> float:
+        """The ratio of ``problem``'s check with its curvature drawn again: ``draws`` targets per
+        example and the D^A subsample from ``seed``; the gradient sums are ``problem``'s."""
+        config = self.config
+        weight = problem.n * (1 - problem.gamma) / (problem.gamma * problem.m)
+        sums = (problem.sum_adaptation, (problem.sum_bat - problem.sum_adaptation) / weight)
+        return ratio(Prop2Problem(
+            context.model, context.task, adaptation, self._selected_batch, config.curvature,
+            gamma=config.gamma, chunk_size=config.chunk_size,
+            backbone_curvature=config.backbone_curvature, draws=draws, seed=seed,
+            curvature_examples=config.curvature_examples, sums=sums), config)
+
+    def _redraw(self, context, adaptation, problem: Prop2Problem) -> dict:
+        start, seed = time.perf_counter(), self._draw_seed(context.step)
+        single = [self.score_again(context, adaptation, problem, 1,
+                                   derived_seed(seed, REDRAW_STREAM, index))
+                  for index in range(self.draws)]
+        pooled = self.score_again(context, adaptation, problem, self.pooled_draws,
+                                  derived_seed(seed, REDRAW_STREAM, self.draws))
+        return {"single_ratios": single, "pooled_ratio": pooled,
+                "pooled_holds": pooled <= 1, "seconds": time.perf_counter() - start}
+
+
+def measure_run(spec: str, draws: int, pooled_draws: int) -> dict:
+    """The checks of one ``grid:dataset:adapter:seed`` BAT run, each scored again (module docstring)."""
+    grid, dataset, adapter, seed = spec.split(":")
+    params = read_yaml(paths.PARAMS)
+    config = load_grid(grid, params)
+    # the final evaluation only: evaluating draws no training randomness, and costs minutes
+    config = replace(config, evaluate_every=0, benchmark_items=0)
+    context = GridContext(config, paths.MODELS.absolute(), track_options(config.track, params),
+                          False, "bench_check_draws", runtime_config(params))
+    runner = GridRunner(context)
+    cell = Cell(dataset, adapter, int(seed), config.batch_sizes[0], config.gammas[0], ("bat",))
+    made: list[RedrawingSelector] = []
+
+    def redrawing(*args, **kwargs) -> RedrawingSelector:  # the grid builds its selector by this name
+        made.append(RedrawingSelector(*args, draws=draws, pooled_draws=pooled_draws, **kwargs))
+        return made[-1]
+
+    original, selection.Prop2Selector = selection.Prop2Selector, redrawing
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            runner.run_cell(cell, Path(scratch))
+    finally:
+        selection.Prop2Selector = original
+    selector = made[0]
+    checks = []
+    for record in selector.records:
+        redraw = selector.redraws.get(record["step"])
+        if redraw is None or "score_bat" not in record or "condition" not in record:
+            continue
+        factor = (record["gamma"] if selector.config.inequality == "norms"
+                  else math.sqrt(record["gamma"]))
+        single = redraw["single_ratios"]
+        checks.append({
+            "step": record["step"], "score_adaptation": record["score_adaptation"],
+            "score_bat": record["score_bat"],
+            "grid_ratio": factor * record["score_bat"] / record["score_adaptation"],
+            "grid_holds": bool(record["condition"]),
+            "single_ratio_mean": statistics.fmean(single),
+            "single_ratio_sd": statistics.stdev(single),
+            "single_ratio_min": min(single), "single_ratio_max": max(single),
+            "single_share_holding": sum(r <= 1 for r in single) / len(single),
+            # more draws widen the rows' span, so the pooled check is not only less noisy but
+            # can sit systematically apart from the single draws' mean
+            "pooled_minus_single_mean": redraw["pooled_ratio"] - statistics.fmean(single),
+            **{key: redraw[key] for key in ("single_ratios", "pooled_ratio", "pooled_holds",
+                                            "seconds")}})
+    return {"run": spec, "grid": grid, "dataset": dataset, "adapter": adapter, "seed": int(seed),
+            "draws": draws, "pooled_draws": pooled_draws,
+            "committed_match": committed_match(grid, dataset, adapter, int(seed), checks),
+            "checks": checks}
+
+
+def committed_match(grid: str, dataset: str, adapter: str, seed: int, checks: list[dict]) -> float:
+    """Largest relative difference between these checks' scores and the committed run's (NaN: none)."""
+    steps = pd.read_csv(paths.ROOT / "runs" / grid / "steps.csv")
+    rows = steps[(steps.regime == "bat") & (steps.dataset == dataset) & (steps.adapter == adapter)
+                 & (steps.seed == seed) & steps.score_bat.notna()].set_index("step")
+    worst = float("nan")
+    for check in checks:
+        # steps.csv is 1-based (the step a selection fed); the selector's records are 0-based
+        row = rows.loc[check["step"] + 1] if check["step"] + 1 in rows.index else None
+        if row is None:
+            continue
+        for key in ("score_adaptation", "score_bat"):
+            gap = abs(row[key] - check[key]) / abs(row[key])
+            worst = gap if math.isnan(worst) else max(worst, gap)
+    return worst
+
+
+def summary(runs: list[dict]) -> dict:
+    """Per track: how often one draw's verdict differs from the pooled one, and the ratio's spread."""
+    rows = {}
+    for track, grids in (("image", {"dreambooth"}), ("text", {"lora_dora"})):
+        checks = [check for run in runs if run["grid"] in grids for check in run["checks"]]
+        if not checks:
+            continue
+        disagree = [abs(check["single_share_holding"] - (1.0 if check["pooled_holds"] else 0.0))
+                    for check in checks]
+        rows[track] = {
+            "checks": len(checks),
+            "pooled_holding": sum(check["pooled_holds"] for check in checks),
+            "grid_holding": sum(check["grid_holds"] for check in checks),
+            "grid_agrees_with_pooled": sum(check["grid_holds"] == check["pooled_holds"]
+                                           for check in checks),
+            # the chance that a single-draw check, as the grids run it, disagrees with the pooled one
+            "single_disagrees_with_pooled": statistics.fmean(disagree),
+            "median_ratio_cv": statistics.median(check["single_ratio_sd"] / check["single_ratio_mean"]
+                                                 for check in checks),
+            "median_pooled_minus_single_mean": statistics.median(
+                check["pooled_minus_single_mean"] for check in checks),
+            "checks_with_split_single_verdicts": sum(0 < check["single_share_holding"] < 1
+                                                     for check in checks)}
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/check_draws.json")
+    parser.add_argument("--run", action="append", dest="runs",
+                        help="grid:dataset:adapter:seed of a BAT run (repeatable); default: "
+                             + ", ".join(DEFAULT_RUNS))
+    parser.add_argument("--draws", type=int, default=8, help="single-draw re-checks per check")
+    parser.add_argument("--pooled-draws", type=int, default=8,
+                        help="targets per example of the pooled reference check")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.draws < 2 or args.pooled_draws < 1:
+        parser.error("--draws must be at least 2 and --pooled-draws at least 1")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    runs = []
+    for spec in args.runs or DEFAULT_RUNS:
+        runs.append(measure_run(spec, args.draws, args.pooled_draws))
+        print(spec, [round(check["single_share_holding"], 2) for check in runs[-1]["checks"]],
+              flush=True)
+    io.write_json(args.out, {"runs": runs, "summary": summary(runs),
+                             "minutes": (time.perf_counter() - started) / 60,
+                             "threads": args.threads})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

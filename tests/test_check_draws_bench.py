@@ -1,0 +1,64 @@
+"""benchmarks/bench_check_draws.py: a Proposition-2 check scored again with other draws."""
+
+import pytest
+import torch
+
+from bat.core.curvature import flat_parameters
+from bat.core.protocols import SelectionContext
+from bat.core.selection import SelectionConfig
+from bat.text.task import CausalLMTask
+from benchmarks.bench_check_draws import RedrawingSelector, ratio, summary
+from benchmarks.bench_curvature import lm_batch, tiny_lm
+
+
+def selector_and_context(draws=3):
+    torch.manual_seed(0)
+    model = tiny_lm()
+    config = SelectionConfig(score_adaptation_every=2, score_bat_every=2, curvature_examples=4)
+    selector = RedrawingSelector(config, target=flat_parameters(model) * 0.9, draws=draws,
+                                 pooled_draws=2)
+
+    def context(step):
+        return SelectionContext(model=model, task=CausalLMTask(), adaptation_batch=lm_batch(6, 16, 1),
+                                candidate_batch=lm_batch(8, 16, 2 + step),
+                                candidate_ids=list(range(8)), step=step)
+
+    return selector, context
+
+
+def test_redraws_happen_at_checks_of_a_kept_set_only():
+    selector, context = selector_and_context()
+    for step in range(5):
+        selector.select(context(step), 3)
+    assert set(selector.redraws) == {2, 4}  # step 0 selected the first D^B': nothing to re-check
+    for redraw in selector.redraws.values():
+        assert len(redraw["single_ratios"]) == 3 and redraw["pooled_holds"] == (redraw["pooled_ratio"] <= 1)
+        assert len(set(redraw["single_ratios"])) == 3  # each draw is a different curvature
+
+
+def test_scoring_again_with_the_checks_own_draw_gives_its_ratio():
+    selector, context = selector_and_context()
+    selector.select(context(0), 3)
+    check = context(2)
+    adaptation = check.adaptation_batch
+    problem = selector._problem(check, adaptation)
+    own = ratio(problem, selector.config)
+    again = selector.score_again(check, adaptation, problem, 1, selector._draw_seed(2))
+    assert again == pytest.approx(own, rel=1e-6)
+    other = selector.score_again(check, adaptation, problem, 1, selector._draw_seed(2) + 1)
+    assert other != pytest.approx(own, rel=1e-6)
+
+
+def test_summary_counts_single_draws_that_disagree_with_the_pooled_check():
+    def check(share, pooled_holds):
+        return {"single_share_holding": share, "pooled_holds": pooled_holds, "grid_holds": False,
+                "single_ratio_sd": 0.1, "single_ratio_mean": 1.0, "pooled_minus_single_mean": -0.02}
+
+    runs = [{"grid": "dreambooth", "checks": [check(0.25, True), check(0.0, False)]},
+            {"grid": "lora_dora", "checks": [check(1.0, True)]}]
+    rows = summary(runs)
+    assert rows["image"]["single_disagrees_with_pooled"] == pytest.approx((0.75 + 0.0) / 2)
+    assert rows["image"]["checks_with_split_single_verdicts"] == 1
+    assert rows["image"]["pooled_holding"] == 1 and rows["text"]["checks"] == 1
+    assert rows["image"]["grid_agrees_with_pooled"] == 1  # the grid's draw failed both checks
+    assert rows["text"]["single_disagrees_with_pooled"] == 0.0
