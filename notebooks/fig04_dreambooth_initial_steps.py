@@ -29,9 +29,10 @@
 # step both were evaluated at); `compute_matched` − plain at each run's last step (what the extra
 # steps did to plain); and BAT − `compute_matched` at **equal wall time**, the claims table's row
 # (`bat.analysis.claims`): BAT at its last step, `compute_matched` at whichever of its evaluated
-# steps has the lower held-out loss. `compute_matched` is evaluated at the grid's evaluation steps
-# and its own last step only, so when its best step is the grid's last one, where it still equals
-# plain, that row is BAT − plain: the extra steps did not lower plain's held-out loss.
+# steps has the lowest held-out loss. `compute_matched` is evaluated at the grid's evaluation
+# interval along its whole longer run and at its end, so when its best step is the grid's last
+# one, where it still equals plain, that row is BAT − plain: none of its extra steps lowered
+# plain's held-out loss.
 
 # %% tags=["parameters"]
 grid = "dreambooth"

@@ -229,9 +229,10 @@ def check_draws_block(root: Path) -> str:
                      f"{_number(row['median_pooled_minus_single_mean'])} |")
     names = ", ".join(f"`{run['run']}`" for run in runs)
     lines += ["", f"Runs: {names}; {draws} single draws and one pooled check of {pooled} draws per "
-              f"check of a kept D^B' ({_number(data['minutes'])} min). The scored runs reproduce the "
-              "committed checks to a relative "
-              f"{_number(max(run['committed_match'] for run in runs))} (`committed_match`)."]
+              f"due check of a kept D^B' ({_number(data['minutes'])} min with {data['threads']} torch "
+              "threads). The scored runs reproduce the committed checks to a relative "
+              f"{_number(max(run['committed_match'] for run in runs))} (`committed_match`; the grids "
+              "run one thread each, so sums round differently with more)."]
     return "\n".join(lines) + "\n"
 
 
