@@ -47,7 +47,7 @@ from bat import io, paths  # noqa: E402
 from bat.config import read_yaml  # noqa: E402
 from bat.core import selection  # noqa: E402
 from bat.core.mixing import derived_seed  # noqa: E402
-from bat.core.prop2 import Prop2Problem  # noqa: E402
+from bat.core.prop2 import Prop2Problem, Prop2Scores  # noqa: E402
 from bat.core.runtime import runtime_config  # noqa: E402
 from bat.stages.grid import Cell, GridContext, GridRunner, load_grid  # noqa: E402
 from bat.stages.oracle import track_options  # noqa: E402
@@ -58,12 +58,16 @@ DEFAULT_RUNS = ("dreambooth:noto:dreambooth:0", "dreambooth:emojione:dreambooth:
 REDRAW_STREAM = 7  # derived_seed stream of the extra draws, apart from the grid's own
 
 
-def ratio(problem: Prop2Problem, config: selection.SelectionConfig) -> float:
-    """factor · Score_bat / Score_A of ``problem`` under ``config``: eq. 12 holds when ≤ 1."""
-    scores = problem.scores(config.solve_options, inequality=config.inequality,
-                            relative=config.relative_damping)
+def scores_ratio(scores: Prop2Scores) -> float:
+    """factor · Score_bat / Score_A, the margin of :attr:`Prop2Scores.holds` (holds when ≤ 1)."""
     factor = scores.gamma if scores.inequality == "norms" else math.sqrt(scores.gamma)
     return factor * scores.score_bat / scores.score_adaptation
+
+
+def ratio(problem: Prop2Problem, config: selection.SelectionConfig) -> float:
+    """:func:`scores_ratio` of ``problem``'s scores under ``config``."""
+    return scores_ratio(problem.scores(config.solve_options, inequality=config.inequality,
+                                       relative=config.relative_damping))
 
 
 class RedrawingSelector(selection.Prop2Selector):
@@ -145,21 +149,22 @@ def measure_run(spec: str, draws: int, pooled_draws: int) -> dict:
         redraw = selector.redraws.get(record["step"])
         if redraw is None or "score_bat" not in record or "condition" not in record:
             continue
-        factor = (record["gamma"] if selector.config.inequality == "norms"
-                  else math.sqrt(record["gamma"]))
+        grid_ratio = scores_ratio(Prop2Scores(record["score_adaptation"], record["score_bat"],
+                                              record["gamma"], selector.config.inequality, {}))
         single = redraw["single_ratios"]
+        mean = statistics.fmean(single)
         checks.append({
             "step": record["step"], "score_adaptation": record["score_adaptation"],
             "score_bat": record["score_bat"],
-            "grid_ratio": factor * record["score_bat"] / record["score_adaptation"],
+            "grid_ratio": grid_ratio,
             "grid_holds": bool(record["condition"]),
-            "single_ratio_mean": statistics.fmean(single),
+            "single_ratio_mean": mean,
             "single_ratio_sd": statistics.stdev(single),
             "single_ratio_min": min(single), "single_ratio_max": max(single),
             "single_share_holding": sum(r <= 1 for r in single) / len(single),
             # more draws widen the rows' span, so the pooled check is not only less noisy but
             # can sit systematically apart from the single draws' mean
-            "pooled_minus_single_mean": redraw["pooled_ratio"] - statistics.fmean(single),
+            "pooled_minus_single_mean": redraw["pooled_ratio"] - mean,
             **{key: redraw[key] for key in ("single_ratios", "pooled_ratio", "pooled_holds",
                                             "seconds")}})
     return {"run": spec, "grid": grid, "track": config.track, "dataset": dataset, "adapter": adapter,

@@ -8,7 +8,9 @@ from bat.core.curvature import flat_parameters
 from bat.core.protocols import SelectionContext
 from bat.core.selection import SelectionConfig
 from bat.text.task import CausalLMTask
-from benchmarks.bench_check_draws import RedrawingSelector, committed_match, ratio, summary
+from bat.core.prop2 import Prop2Scores
+from benchmarks.bench_check_draws import (RedrawingSelector, committed_match, ratio, scores_ratio,
+                                         summary)
 from benchmarks.bench_curvature import lm_batch, tiny_lm
 
 
@@ -78,3 +80,10 @@ def test_committed_match_pairs_a_0_based_check_with_the_1_based_table_row(tmp_pa
         committed_match("g", "noto", "lora", 0, [{**check, "step": 3}], tmp_path)
     with pytest.raises(ValueError, match="no check of a kept"):
         committed_match("g", "noto", "lora", 0, [], tmp_path)
+
+
+@pytest.mark.parametrize("inequality", ["norms", "mean_squares"])
+def test_the_ratio_is_the_margin_of_eq_12(inequality):
+    for score_bat in (1.9, 2.1, 2.9, 3.1):
+        scores = Prop2Scores(1.0, score_bat, 0.25, inequality, {})
+        assert (scores_ratio(scores) <= 1) == scores.holds
